@@ -1,0 +1,88 @@
+"""Errors raised by the upscaler.
+
+The type says what the caller does next: a job that hits a
+``PermanentError`` fails at once (and the gateway refunds it), a job that
+hits a ``RetryableError`` may succeed if it is tried again later.
+
+    UpscalerError
+    ├── PermanentError                 retrying the same input gives the same failure
+    │   ├── ImageError                 the input file cannot be used
+    │   │   ├── UnsupportedImageError  not JPEG, PNG or WebP, or a layout we cannot keep
+    │   │   ├── CorruptImageError      truncated or damaged pixel data
+    │   │   └── ImageTooLargeError     over the configured pixel limit
+    │   ├── InvalidOptionsError        settings the pipeline cannot run with
+    │   ├── OutputFormatError          the output format cannot hold the input's layout or depth
+    │   ├── UnknownModelError          no such model in the manifest
+    │   └── WeightsError               weight file missing, damaged or for another network
+    │       └── ChecksumMismatchError  a download whose sha256 is not the published one
+    └── RetryableError                 may pass on another try or another machine
+        ├── DownloadError              network failure while fetching weights
+        └── OutOfMemoryError           device memory ran out even at the smallest tile
+"""
+
+from __future__ import annotations
+
+
+class UpscalerError(Exception):
+    """Base class of every error the upscaler raises on purpose."""
+
+
+class PermanentError(UpscalerError):
+    """Raised when the same input would fail the same way on every try."""
+
+
+class RetryableError(UpscalerError):
+    """Raised when the failure may go away on a later try (network, memory)."""
+
+
+class ImageError(PermanentError):
+    """Raised when an input image cannot be used."""
+
+
+class UnsupportedImageError(ImageError):
+    """Raised when the input is not a JPEG, PNG or WebP we can decode and re-encode."""
+
+
+class CorruptImageError(ImageError):
+    """Raised when the input's pixel data is truncated or damaged."""
+
+
+class ImageTooLargeError(ImageError):
+    """Raised, before any pixel is decoded, when width x height exceeds the limit."""
+
+    def __init__(self, width: int, height: int, max_pixels: int) -> None:
+        super().__init__(
+            f"image is {width}x{height} = {width * height:,} pixels; "
+            f"the limit is {max_pixels:,} pixels"
+        )
+        self.width = width
+        self.height = height
+        self.max_pixels = max_pixels
+
+
+class InvalidOptionsError(PermanentError):
+    """Raised when pipeline settings are impossible (fp16 on CPU, negative tile, bad pixels)."""
+
+
+class OutputFormatError(PermanentError):
+    """Raised when the requested output format cannot keep the image's channels or depth."""
+
+
+class UnknownModelError(PermanentError):
+    """Raised when a model name is not in the manifest."""
+
+
+class WeightsError(PermanentError):
+    """Raised when a weight file is missing, unreadable or does not fit its network."""
+
+
+class ChecksumMismatchError(WeightsError):
+    """Raised by ``fetch_weights`` when a download's sha256 differs from the manifest's."""
+
+
+class DownloadError(RetryableError):
+    """Raised by ``fetch_weights`` when the download itself fails (offline, HTTP error)."""
+
+
+class OutOfMemoryError(RetryableError):
+    """Raised when device memory runs out even with batch 1 and the smallest tile."""

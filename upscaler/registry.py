@@ -1,9 +1,9 @@
 """The model manifest (``models/manifest.toml``) as frozen dataclasses.
 
-    >>> registry = ModelRegistry.load(Path("models"))
-    >>> spec = registry.get("RealESRGAN_x4plus")
-    >>> spec.scale, spec.arch.name
-    (4, 'RRDBNet')
+>>> registry = ModelRegistry.load(Path("models"))
+>>> spec = registry.get("RealESRGAN_x4plus")
+>>> spec.scale, spec.arch.name
+(4, 'RRDBNet')
 """
 
 from __future__ import annotations

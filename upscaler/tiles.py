@@ -72,8 +72,9 @@ def plan_axis(length: int, tile: int, overlap: int, multiple: int = 1) -> list[S
     if multiple > 1:
         if length % multiple:
             raise ValueError(f"length {length} is not a multiple of {multiple}")
-        units = plan_axis(length // multiple, max(tile // multiple, 1) if tile > 0 else 0,
-                          -(-overlap // multiple))
+        units = plan_axis(
+            length // multiple, max(tile // multiple, 1) if tile > 0 else 0, -(-overlap // multiple)
+        )
         return [_scale_span(span, multiple) for span in units]
     if tile <= 0 or tile + 2 * overlap >= length:
         return [Span(0, length, 0, length)]
@@ -105,8 +106,12 @@ def _place(core_start: int, core_end: int, window: int, length: int, multiple: i
 
 
 def _scale_span(span: Span, factor: int) -> Span:
-    return Span(*(value * factor for value in (span.window_start, span.window_size,
-                                               span.core_start, span.core_end)))
+    return Span(
+        *(
+            value * factor
+            for value in (span.window_start, span.window_size, span.core_start, span.core_end)
+        )
+    )
 
 
 def plan_tiles(height: int, width: int, tile: int, overlap: int, multiple: int = 1) -> TilePlan:

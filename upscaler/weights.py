@@ -65,7 +65,8 @@ def fetch_weights(
     ``ChecksumMismatchError`` when it is not the published file; in both
     cases no file (partial or wrong) is left in the weights folder.
     """
-    if not spec.url:
+    url = spec.url
+    if not url:
         raise WeightsError(f"{spec.name} has no download URL in the manifest")
     target = registry.official_path(spec)
 
@@ -73,7 +74,7 @@ def fetch_weights(
         digest = hashlib.sha256()
         done = 0
         try:
-            with urllib.request.urlopen(spec.url, timeout=timeout_s) as response:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
                 total = int(response.headers.get("Content-Length") or 0) or spec.size_bytes
                 with tmp.open("wb") as out:
                     while chunk := response.read(CHUNK_BYTES):
@@ -84,7 +85,7 @@ def fetch_weights(
                             progress(done, total)
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise DownloadError(f"cannot download {spec.name} from {spec.url}: {reason}") from exc
+            raise DownloadError(f"cannot download {spec.name} from {url}: {reason}") from exc
         if spec.sha256 and digest.hexdigest() != spec.sha256:
             raise ChecksumMismatchError(
                 f"{spec.name}: downloaded file has sha256 {digest.hexdigest()}, "

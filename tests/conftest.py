@@ -1,0 +1,39 @@
+"""Shared fixtures: the project's model registry with real (converted) weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from upscaler.images import decode_image
+from upscaler.registry import PROJECT_MODELS_DIR, ModelRegistry
+from upscaler.weights import import_ncnn_weights
+
+SAMPLES = PROJECT_MODELS_DIR.parent / "samples"
+FAST_MODEL = "realesr-animevideov3"  # 18 convolutions: for tests about plumbing, not pixels
+
+
+@pytest.fixture(scope="session")
+def registry() -> ModelRegistry:
+    """The project's manifest; converts the ncnn weights once if they are not there yet."""
+    registry = ModelRegistry.from_env({})
+    for name in ("RealESRGAN_x4plus", FAST_MODEL):
+        spec = registry.get(name)
+        if not registry.converted_path(spec).is_file():
+            import_ncnn_weights(registry, spec)
+    return registry
+
+
+def sample(name: str) -> np.ndarray:
+    """A bundled photo as RGB uint8 pixels."""
+    return decode_image((SAMPLES / f"{name}.png").read_bytes()).pixels
+
+
+@pytest.fixture(scope="session")
+def cat_crop() -> np.ndarray:
+    """48x48 of fur and eye from the bundled cat photo."""
+    return np.ascontiguousarray(sample("chelsea")[90:138, 170:218])
+
+

@@ -1,0 +1,258 @@
+"""``smi-bench``: how fast the pipeline upscales a real photo, and how clean its seams are.
+
+    smi-bench --input-size 128 --tile 64 --baseline --json out/bench.json
+    smi-bench --input-size 2000 --device cuda --precision fp16 --tile 512 --baseline
+
+The photo (``samples/chelsea.png`` unless ``--image``) is resized to N x N,
+encoded as PNG and then taken through decode, inference, assembly and
+encode, each timed. With ``--baseline`` the same input goes through
+``RealESRGANer`` with identical weights, tile size and overlap, and both
+tiled outputs are compared with an untiled run of the same implementation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from upscaler.baseline import reference_upscale, reference_upscaler
+from upscaler.cli import add_model_arguments, default_device, default_precision
+from upscaler.images import decode_image, encode_image
+from upscaler.pipeline import PipelineOptions, Upscaler
+from upscaler.registry import PROJECT_MODELS_DIR, ModelRegistry
+
+DEFAULT_IMAGE = PROJECT_MODELS_DIR.parent / "samples" / "chelsea.png"
+
+
+@dataclass(frozen=True)
+class SeamError:
+    """How far a tiled output is from the untiled output of the same implementation."""
+
+    max_abs: int
+    mean_abs: float
+    psnr_db: float
+
+    @classmethod
+    def between(cls, tiled: np.ndarray, untiled: np.ndarray) -> SeamError:
+        diff = tiled.astype(np.float64) - untiled.astype(np.float64)
+        peak = float(np.iinfo(tiled.dtype).max)
+        mse = float(np.mean(diff**2))
+        psnr = math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
+        return cls(int(np.abs(diff).max()), float(np.abs(diff).mean()), psnr)
+
+
+def test_photo(size: int, image: Path = DEFAULT_IMAGE) -> bytes:
+    """A real photo resized to ``size`` x ``size``, as PNG bytes."""
+    pixels = decode_image(image.read_bytes()).pixels
+    shrink = size < min(pixels.shape[:2])
+    resized = cv2.resize(
+        pixels, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+    )
+    return encode_image(resized, "png")
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    registry = ModelRegistry.from_env()
+    device = args.device or default_device()
+    precision = args.precision or default_precision(device)
+    options = PipelineOptions(tile=args.tile, overlap=args.tile_pad, batch=args.batch)
+    upscaler = Upscaler.load(
+        registry,
+        args.model,
+        weights=args.weights,
+        device=device,
+        precision=precision,
+        options=options,
+    )
+    spec = upscaler.spec
+    weights = args.weights or registry.weights_path(spec)
+    source = test_photo(args.input_size, args.image)
+
+    for _ in range(args.warmup):
+        upscaler.upscale(decode_image(source).pixels)
+
+    runs = []
+    for _ in range(args.repeat):
+        started = time.perf_counter()
+        pixels = decode_image(source).pixels
+        decoded = time.perf_counter()
+        result = upscaler.upscale(pixels)
+        upscaled = time.perf_counter()
+        encoded = encode_image(result.pixels, "png")
+        finished = time.perf_counter()
+        runs.append(
+            {
+                "decode_s": decoded - started,
+                "infer_s": result.infer_s,
+                "assemble_s": upscaled - decoded - result.infer_s,
+                "encode_s": finished - upscaled,
+                "total_s": finished - started,
+            }
+        )
+    best = min(runs, key=lambda run: run["total_s"])
+    megapixels = args.input_size**2 / 1e6
+    report: dict[str, Any] = {
+        "model": spec.name,
+        "weights": str(weights),
+        "device": device,
+        "device_name": (
+            torch.cuda.get_device_name()
+            if device.startswith("cuda")
+            else platform.processor() or platform.machine()
+        ),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "precision": precision,
+        "input_size": args.input_size,
+        "output_size": args.input_size * spec.scale,
+        "tile": args.tile,
+        "tile_pad": args.tile_pad,
+        "batch": args.batch,
+        "tiles": result.tiles,
+        "final_batch": result.final_batch,
+        "output_bytes": len(encoded),
+        "stages": best,
+        "upscale_s": best["infer_s"] + best["assemble_s"],
+        "input_megapixels_per_s": megapixels / best["total_s"],
+        "images_per_hour": 3600 / best["total_s"],
+    }
+    if args.baseline:
+        report.update(
+            _compare_with_baseline(
+                args, upscaler, spec, weights, pixels, result.pixels, device, precision
+            )
+        )
+    return report
+
+
+def _compare_with_baseline(
+    args: argparse.Namespace,
+    upscaler: Upscaler,
+    spec: Any,
+    weights: Path,
+    pixels: np.ndarray,
+    ours_tiled: np.ndarray,
+    device: str,
+    precision: str,
+) -> dict[str, Any]:
+    half = precision == "fp16"
+    reference = reference_upscaler(
+        spec, weights, tile=args.tile, tile_pad=args.tile_pad, half=half, device=device
+    )
+    for _ in range(args.warmup):
+        reference_upscale(reference, pixels)
+    times = []
+    for _ in range(args.repeat):
+        _synchronize(device)
+        started = time.perf_counter()
+        theirs_tiled = reference_upscale(reference, pixels)
+        _synchronize(device)
+        times.append(time.perf_counter() - started)
+    baseline_s = min(times)
+    report: dict[str, Any] = {
+        "baseline": {
+            "implementation": "realesrgan.RealESRGANer",
+            "pre_pad": 0,
+            "half": half,
+            "upscale_s": baseline_s,
+        },
+    }
+    if args.seams:
+        untiled = PipelineOptions(tile=0, overlap=0, batch=1)
+        ours_untiled = upscaler.upscale(pixels, options=untiled).pixels
+        reference.tile_size = 0
+        theirs_untiled = reference_upscale(reference, pixels)
+        report["seams"] = {
+            "ours": vars(SeamError.between(ours_tiled, ours_untiled)),
+            "baseline": vars(SeamError.between(theirs_tiled, theirs_untiled)),
+            "untiled_ours_vs_baseline_max_abs": int(
+                np.abs(ours_untiled.astype(int) - theirs_untiled.astype(int)).max()
+            ),
+        }
+    return report
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    stages = report["stages"]
+    print(
+        f"model {report['model']} on {report['device']} ({report['device_name']}), "
+        f"{report['precision']}, {report['threads']} threads, torch {report['torch']}"
+    )
+    print(
+        f"input {report['input_size']}x{report['input_size']} -> "
+        f"{report['output_size']}x{report['output_size']}, tile {report['tile']} "
+        f"pad {report['tile_pad']} batch {report['batch']} ({report['tiles']} tiles)"
+    )
+    print(f"{'stage':<10}{'seconds':>10}")
+    for name in ("decode_s", "infer_s", "assemble_s", "encode_s", "total_s"):
+        print(f"{name[:-2]:<10}{stages[name]:>10.3f}")
+    print(
+        f"input megapixels/s {report['input_megapixels_per_s']:.4f}, "
+        f"images/hour {report['images_per_hour']:.1f}"
+    )
+    if "baseline" in report:
+        ours, theirs = report["upscale_s"], report["baseline"]["upscale_s"]
+        print(
+            f"upscale (infer+assemble): ours {ours:.3f}s, RealESRGANer {theirs:.3f}s, "
+            f"speed ratio {theirs / ours:.2f}x"
+        )
+    if "seams" in report:
+        for who in ("ours", "baseline"):
+            seam = report["seams"][who]
+            print(
+                f"seams {who:<9} max {seam['max_abs']:>4}  mean {seam['mean_abs']:.4f}  "
+                f"PSNR {seam['psnr_db']:.2f} dB"
+            )
+        print(
+            f"untiled ours vs RealESRGANer: max "
+            f"{report['seams']['untiled_ours_vs_baseline_max_abs']} level(s)"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="smi-bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--input-size", type=int, default=128, help="N for an N x N input")
+    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="photo to resize")
+    add_model_arguments(parser)
+    parser.add_argument("--baseline", action="store_true", help="also time RealESRGANer")
+    parser.add_argument(
+        "--no-seams",
+        dest="seams",
+        action="store_false",
+        help="with --baseline, skip the untiled runs (too big for the device)",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="timed runs; the best is kept")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed runs first (default: 1 on CUDA, 0 on CPU)"
+    )
+    parser.add_argument("--json", type=Path, help="write the figures here as JSON")
+    args = parser.parse_args(argv)
+    if args.warmup is None:
+        args.warmup = 1 if (args.device or default_device()).startswith("cuda") else 0
+    report = run_benchmark(args)
+    _print_report(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -35,5 +33,3 @@ def sample(name: str) -> np.ndarray:
 def cat_crop() -> np.ndarray:
     """48x48 of fur and eye from the bundled cat photo."""
     return np.ascontiguousarray(sample("chelsea")[90:138, 170:218])
-
-

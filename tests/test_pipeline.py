@@ -122,8 +122,9 @@ def test_same_pixels_as_realesrganer_untiled(layout, x4plus, reference, cat_crop
     pixels = _layouts(cat_crop)[layout]
     ours = x4plus.upscale(pixels).pixels
     theirs = reference_upscale(reference, pixels)
-    assert ours.shape == theirs.shape == (pixels.shape[0] * 4, pixels.shape[1] * 4,
-                                          *pixels.shape[2:])
+    assert (
+        ours.shape == theirs.shape == (pixels.shape[0] * 4, pixels.shape[1] * 4, *pixels.shape[2:])
+    )
     assert ours.dtype == theirs.dtype == pixels.dtype
     difference = np.abs(ours.astype(np.int64) - theirs.astype(np.int64))
     assert difference.max() <= 1, f"{layout}: differs by up to {difference.max()} levels"

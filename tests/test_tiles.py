@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -25,7 +27,7 @@ def coverage(plan_tiles_list, height: int, width: int) -> np.ndarray:
 def test_axis_cores_partition_the_axis_and_windows_are_equal(length, tile, overlap):
     spans = plan_axis(length, tile, overlap)
     assert spans[0].core_start == 0 and spans[-1].core_end == length
-    for before, after in zip(spans, spans[1:], strict=False):
+    for before, after in itertools.pairwise(spans):
         assert before.core_end == after.core_start
     assert len({span.window_size for span in spans}) == 1
     for span in spans:
@@ -47,9 +49,7 @@ def test_axis_gives_overlap_of_context_inside_the_image_and_bounds_the_window(
     assert len(spans) <= -(-length // tile)  # never more windows than RealESRGANer
 
 
-@given(
-    height=st.integers(1, 300), width=st.integers(1, 300), tile=tiles, overlap=overlaps
-)
+@given(height=st.integers(1, 300), width=st.integers(1, 300), tile=tiles, overlap=overlaps)
 def test_every_pixel_belongs_to_exactly_one_core(height, width, tile, overlap):
     plan = plan_tiles(height, width, tile, overlap)
     assert (coverage(plan.tiles, height, width) == 1).all()
@@ -75,7 +75,9 @@ def test_multiples_keep_every_boundary_divisible(units_h, units_w, tile, overlap
 
 @settings(max_examples=50)
 @given(
-    height=st.integers(1, 200), width=st.integers(1, 200), tile=st.integers(8, 100),
+    height=st.integers(1, 200),
+    width=st.integers(1, 200),
+    tile=st.integers(8, 100),
     overlap=overlaps,
 )
 def test_split_tiles_cover_the_same_pixels(height, width, tile, overlap):

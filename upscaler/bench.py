@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from upscaler.baseline import reference_upscale, reference_upscaler
-from upscaler.cli import add_model_arguments, default_device, default_precision
+from upscaler.cli import add_model_arguments, default_device, load_upscaler
 from upscaler.images import decode_image, encode_image
 from upscaler.pipeline import PipelineOptions, Upscaler
 from upscaler.registry import PROJECT_MODELS_DIR, ModelRegistry
@@ -70,17 +70,8 @@ def _synchronize(device: str) -> None:
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     registry = ModelRegistry.from_env()
-    device = args.device or default_device()
-    precision = args.precision or default_precision(device)
-    options = PipelineOptions(tile=args.tile, overlap=args.tile_pad, batch=args.batch)
-    upscaler = Upscaler.load(
-        registry,
-        args.model,
-        weights=args.weights,
-        device=device,
-        precision=precision,
-        options=options,
-    )
+    upscaler = load_upscaler(args, registry)
+    device, precision = str(upscaler.device), upscaler.precision
     spec = upscaler.spec
     weights = args.weights or registry.weights_path(spec)
     source = test_photo(args.input_size, args.image)
@@ -124,7 +115,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "output_size": args.input_size * spec.scale,
         "tile": args.tile,
         "tile_pad": args.tile_pad,
-        "batch": args.batch,
+        "batch": upscaler.options.batch,
+        "compiled": args.compile,
         "tiles": result.tiles,
         "final_batch": result.final_batch,
         "output_bytes": len(encoded),

@@ -50,11 +50,9 @@ class CorruptImageError(ImageError):
 class ImageTooLargeError(ImageError):
     """Raised, before any pixel is decoded, when width x height exceeds the limit."""
 
-    def __init__(self, width: int, height: int, max_pixels: int) -> None:
-        super().__init__(
-            f"image is {width}x{height} = {width * height:,} pixels; "
-            f"the limit is {max_pixels:,} pixels"
-        )
+    def __init__(self, width: int | None, height: int | None, max_pixels: int) -> None:
+        size = f"{width}x{height} = {width * height:,} pixels" if width and height else "larger"
+        super().__init__(f"image is {size}; the limit is {max_pixels:,} pixels")
         self.width = width
         self.height = height
         self.max_pixels = max_pixels

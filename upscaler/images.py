@@ -73,7 +73,7 @@ class ImageInfo:
 
 def probe_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Format and size from the header; raise if unsupported or over ``max_pixels``."""
-    image = _open(data)
+    image = _open(data, max_pixels)
     with image:
         return _check_header(image, max_pixels)
 
@@ -85,7 +85,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
     (before decoding) over ``max_pixels``, and ``CorruptImageError`` when
     the pixel data is truncated or damaged.
     """
-    image = _open(data)
+    image = _open(data, max_pixels)
     with image:
         info = _check_header(image, max_pixels)
         orientation = _orientation(image)
@@ -100,7 +100,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
     return DecodedImage(np.ascontiguousarray(_apply_orientation(pixels, orientation)), info.format)
 
 
-def _open(data: bytes) -> Image.Image:
+def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # Our own pixel limit is checked next, with a clearer error.
@@ -109,7 +109,8 @@ def _open(data: bytes) -> Image.Image:
     except UnidentifiedImageError as exc:
         raise UnsupportedImageError("not a JPEG, PNG or WebP image") from exc
     except Image.DecompressionBombError as exc:
-        raise UnsupportedImageError(f"refused by the image decoder: {exc}") from exc
+        # Pillow's own guard fires first for sizes far beyond any sane limit.
+        raise ImageTooLargeError(None, None, max_pixels) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise CorruptImageError(f"unreadable image header: {exc}") from exc
 

@@ -76,7 +76,7 @@ def parse_param(text: str) -> list[NcnnLayer]:
 
 
 def _read_arrays(layers: list[NcnnLayer], blob: bytes) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield ``(layer name, flat fp32 array)`` for each weight blob, in file order."""
+    """Yield ``(layer name, flat array)`` for each weight blob, in file order and precision."""
     offset = 0
 
     def take(count: int, dtype: str) -> np.ndarray:
@@ -86,7 +86,7 @@ def _read_arrays(layers: list[NcnnLayer], blob: bytes) -> Iterator[tuple[str, np
             raise WeightsError(f"ncnn .bin ends early at byte {offset} (needs {size} more)")
         array = np.frombuffer(blob, dtype=dtype, count=count, offset=offset)
         offset += (size + 3) // 4 * 4
-        return array.astype(np.float32)
+        return array
 
     for layer in layers:
         if layer.kind == "Convolution":
@@ -108,7 +108,11 @@ def _read_arrays(layers: list[NcnnLayer], blob: bytes) -> Iterator[tuple[str, np
 
 
 def convert_ncnn(param_path: Path, bin_path: Path, network: nn.Module) -> OrderedDict:
-    """Return ``network``'s state dict filled from an ncnn model, every shape checked."""
+    """Return ``network``'s state dict filled from an ncnn model, every shape checked.
+
+    Tensors keep the precision they were stored in (fp16 weights, fp32
+    biases): exact values at half the size; ``load_state_dict`` widens them.
+    """
     layers = parse_param(param_path.read_text())
     arrays = list(_read_arrays(layers, bin_path.read_bytes()))
     target = network.state_dict()

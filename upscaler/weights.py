@@ -47,6 +47,7 @@ def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        tmp.chmod(0o644)  # mkstemp makes it private; weights are not secret
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

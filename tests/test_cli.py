@@ -1,0 +1,138 @@
+"""The commands as a user runs them: real processes, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FAST_MODEL, SAMPLES
+from upscaler.images import decode_image, encode_image
+
+BIN = Path(sys.executable).parent
+
+
+def run(command: str, *args: object, env: dict[str, str] | None = None):
+    return subprocess.run(
+        [str(BIN / command), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def small_photo(tmp_path) -> Path:
+    pixels = decode_image((SAMPLES / "coffee.png").read_bytes()).pixels[150:182, 250:290]
+    path = tmp_path / "cup.jpg"
+    path.write_bytes(encode_image(np.ascontiguousarray(pixels), "jpeg"))
+    return path
+
+
+def test_upscale_writes_a_4x_image(registry, small_photo, tmp_path):
+    output = tmp_path / "cup-4x.png"
+    done = run(
+        "smi-upscale",
+        small_photo,
+        output,
+        "--model",
+        FAST_MODEL,
+        "--tile",
+        "16",
+        "--tile-pad",
+        "4",
+        "--batch",
+        "2",
+    )
+    assert done.returncode == 0, done.stderr
+    result = decode_image(output.read_bytes())
+    assert (result.width, result.height, result.mode) == (160, 128, "RGB")
+    assert "tile" in done.stderr  # the progress bar
+    assert "160x128 RGB 8-bit" in done.stderr
+
+
+def test_upscale_with_the_default_model_and_quiet(registry, small_photo, tmp_path):
+    output = tmp_path / "cup-4x.webp"
+    done = run("smi-upscale", small_photo, output, "--tile", "0", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert decode_image(output.read_bytes()).format == "webp"
+
+
+def test_upscale_of_a_broken_file_fails_clearly_and_writes_nothing(registry, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes((SAMPLES / "grass.png").read_bytes()[:5000])
+    output = tmp_path / "never.png"
+    done = run("smi-upscale", broken, output, "--model", FAST_MODEL)
+    assert done.returncode == 1
+    assert done.stderr.startswith("smi-upscale: error: damaged or truncated")
+    assert "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == [broken]
+
+
+def test_upscale_refuses_alpha_into_jpeg_before_working(registry, tmp_path):
+    rgba = tmp_path / "logo.png"
+    rgba.write_bytes(encode_image(np.zeros((8, 8, 4), dtype=np.uint8), "png"))
+    done = run("smi-upscale", rgba, tmp_path / "logo.jpg", "--model", FAST_MODEL)
+    assert done.returncode == 1 and "JPEG cannot hold an alpha channel" in done.stderr
+
+
+def test_upscale_of_an_unknown_model_lists_the_known_ones(small_photo, tmp_path):
+    done = run("smi-upscale", small_photo, tmp_path / "x.png", "--model", "nope")
+    assert done.returncode == 1 and "RealESRGAN_x4plus" in done.stderr
+
+
+def test_models_list_shows_weights_status(registry):
+    done = run("smi-models", "list")
+    assert done.returncode == 0
+    line = next(row for row in done.stdout.splitlines() if row.startswith("RealESRGAN_x4plus "))
+    assert "(default)" in line and "RRDBNet" in line
+    assert "official" in line or "converted from ncnn" in line
+
+
+def test_models_fetch_offline_fails_clearly(tmp_path):
+    (tmp_path / "manifest.toml").write_text(
+        'default = "m"\n[models.m]\narch = "SRVGGNetCompact"\nscale = 4\n'
+        'url = "http://127.0.0.1:9/m.pth"\nsha256 = "' + "0" * 64 + '"\n'
+    )
+    done = run("smi-models", "fetch", "m", "--timeout", "5", env={"SMI_MODELS_DIR": str(tmp_path)})
+    assert done.returncode == 1 and "cannot download m" in done.stderr
+    weights = tmp_path / "weights"
+    assert not weights.exists() or not any(weights.iterdir())
+
+
+def test_models_import_ncnn_converts_into_the_weights_folder(tmp_path):
+    done = run("smi-models", "import-ncnn", FAST_MODEL, env={"SMI_WEIGHTS_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / f"{FAST_MODEL}.ncnn.pth").stat().st_size > 1_000_000
+
+
+def test_bench_prints_stages_and_writes_json(registry, tmp_path):
+    report_path = tmp_path / "bench.json"
+    done = run(
+        "smi-bench",
+        "--input-size",
+        "40",
+        "--model",
+        FAST_MODEL,
+        "--tile",
+        "16",
+        "--tile-pad",
+        "4",
+        "--baseline",
+        "--json",
+        report_path,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(report_path.read_text())
+    assert set(report["stages"]) == {"decode_s", "infer_s", "assemble_s", "encode_s", "total_s"}
+    assert report["output_size"] == 160 and report["images_per_hour"] > 0
+    assert report["baseline"]["upscale_s"] > 0
+    assert report["seams"]["untiled_ours_vs_baseline_max_abs"] <= 1
+    assert "speed ratio" in done.stdout and "seams ours" in done.stdout

@@ -1,0 +1,169 @@
+"""Image decoding and encoding: formats, layouts, depth, orientation, limits, damage."""
+
+from __future__ import annotations
+
+import io
+import time
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from conftest import SAMPLES
+from upscaler.errors import (
+    CorruptImageError,
+    ImageTooLargeError,
+    OutputFormatError,
+    UnsupportedImageError,
+)
+from upscaler.images import decode_image, encode_image, probe_image
+
+RNG = np.random.default_rng(3)
+
+
+def pillow_bytes(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def random_pixels(shape, dtype=np.uint8) -> np.ndarray:
+    return RNG.integers(0, np.iinfo(dtype).max, size=shape, dtype=dtype, endpoint=True)
+
+
+@pytest.mark.parametrize(
+    ("mode", "shape"),
+    [("L", (20, 30)), ("LA", (20, 30, 2)), ("RGB", (20, 30, 3)), ("RGBA", (20, 30, 4))],
+)
+def test_png_round_trip_keeps_layout_exactly(mode, shape):
+    pixels = random_pixels(shape)
+    decoded = decode_image(encode_image(pixels, "png"))
+    assert decoded.mode == mode and decoded.format == "png" and decoded.bit_depth == 8
+    assert np.array_equal(decoded.pixels, pixels)
+
+
+@pytest.mark.parametrize("shape", [(20, 30), (20, 30, 3), (20, 30, 4)])
+def test_16_bit_png_stays_16_bit(shape):
+    pixels = random_pixels(shape, np.uint16)
+    decoded = decode_image(encode_image(pixels, "png"))
+    assert decoded.bit_depth == 16 and decoded.pixels.dtype == np.uint16
+    assert np.array_equal(decoded.pixels, pixels)
+
+
+def test_16_bit_channels_come_back_in_rgb_order():
+    pixels = np.zeros((2, 2, 3), dtype=np.uint16)
+    pixels[..., 0] = 60000  # red
+    _, encoded = cv2.imencode(".png", pixels[..., ::-1])  # OpenCV writes BGR
+    decoded = decode_image(encoded.tobytes()).pixels
+    assert (decoded[..., 0] == 60000).all() and (decoded[..., 2] == 0).all()
+
+
+def test_jpeg_and_webp_decode_a_real_photo():
+    photo = Image.open(SAMPLES / "coffee.png").convert("RGB")
+    for fmt, tolerance in (("JPEG", 12), ("WEBP", 12)):
+        decoded = decode_image(pillow_bytes(photo, fmt, quality=95))
+        assert decoded.format == fmt.lower()
+        assert decoded.pixels.shape == (photo.height, photo.width, 3)
+        assert np.abs(decoded.pixels.astype(int) - np.asarray(photo).astype(int)).mean() < tolerance
+
+
+def test_webp_with_alpha_keeps_alpha():
+    pixels = random_pixels((16, 16, 4))
+    decoded = decode_image(encode_image(pixels, "webp"))
+    assert decoded.mode == "RGBA"
+
+
+def test_palette_png_becomes_rgb_or_rgba():
+    palette = Image.fromarray(random_pixels((10, 10, 3))).quantize(16)
+    assert decode_image(pillow_bytes(palette, "PNG")).mode == "RGB"
+    palette.info["transparency"] = 0
+    assert decode_image(pillow_bytes(palette, "PNG", transparency=0)).mode == "RGBA"
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_like_pillow(orientation):
+    image = Image.fromarray(random_pixels((12, 20, 3)))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = pillow_bytes(image, "PNG", exif=exif.tobytes())
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+    assert np.array_equal(decode_image(data).pixels, expected)
+
+
+def test_exif_orientation_on_a_jpeg_turns_the_picture():
+    image = Image.fromarray(random_pixels((12, 20, 3)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: rotate 90 degrees clockwise to view
+    decoded = decode_image(pillow_bytes(image, "JPEG", exif=exif.tobytes()))
+    assert decoded.pixels.shape == (20, 12, 3)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims a size; its pixel data is a few bytes of nothing."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body).to_bytes(4, "big")
+        return len(body).to_bytes(4, "big") + kind + body + crc
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    data = _png_header_only(8000, 6000)  # 48 megapixels claimed, 70 bytes long
+    started = time.perf_counter()
+    with pytest.raises(ImageTooLargeError) as raised:
+        decode_image(data)
+    assert time.perf_counter() - started < 1
+    assert raised.value.width == 8000 and raised.value.max_pixels == 4096 * 4096
+    assert "8000x6000" in str(raised.value)
+    with pytest.raises(ImageTooLargeError, match="limit is 16,777,216"):
+        decode_image(_png_header_only(50_000, 50_000))  # past Pillow's own bomb guard
+    with pytest.raises(ImageTooLargeError):
+        probe_image(encode_image(random_pixels((40, 40, 3)), "png"), max_pixels=1000)
+    assert probe_image(encode_image(random_pixels((40, 50, 3)), "png")).width == 50
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_truncated_files_are_corrupt(fmt):
+    data = pillow_bytes(Image.open(SAMPLES / "chelsea.png").convert("RGB"), fmt)
+    with pytest.raises(CorruptImageError):
+        decode_image(data[: len(data) // 2])
+
+
+def test_truncated_16_bit_png_is_corrupt():
+    data = encode_image(random_pixels((64, 64, 3), np.uint16), "png")
+    with pytest.raises(CorruptImageError):
+        decode_image(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"hello, this is text", b"%PDF-1.4 not an image at all"],
+)
+def test_non_images_are_unsupported(data):
+    with pytest.raises(UnsupportedImageError):
+        decode_image(data)
+
+
+def test_other_image_formats_are_unsupported():
+    gif = pillow_bytes(Image.fromarray(random_pixels((8, 8, 3))), "GIF")
+    with pytest.raises(UnsupportedImageError, match="GIF"):
+        decode_image(gif)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "fmt", "message"),
+    [
+        ((4, 4, 4), np.uint8, "jpeg", "alpha"),
+        ((4, 4, 2), np.uint8, "jpeg", "alpha"),
+        ((4, 4, 3), np.uint16, "jpeg", "16-bit"),
+        ((4, 4, 3), np.uint16, "webp", "16-bit"),
+        ((4, 4), np.uint8, "webp", "grayscale"),
+    ],
+)
+def test_encoding_refuses_to_drop_alpha_or_depth(shape, dtype, fmt, message):
+    with pytest.raises(OutputFormatError, match=message):
+        encode_image(np.zeros(shape, dtype=dtype), fmt)

@@ -19,6 +19,7 @@ from upscaler.bench import SeamError
 from upscaler.errors import InvalidOptionsError, OutOfMemoryError
 from upscaler.pipeline import PipelineOptions, Upscaler
 from upscaler.registry import ModelSpec
+from upscaler.tiles import plan_tiles
 
 
 class NearestX4(nn.Module):
@@ -134,17 +135,19 @@ def test_same_pixels_as_realesrganer_untiled(layout, x4plus, reference, cat_crop
 
 
 def test_seams_are_half_of_realesrganer_on_fur(registry):
-    """At tile 64 our default overlap leaves at most half RealESRGANer's seam error."""
+    """At the same tile size our default overlap leaves at most half RealESRGANer's seam error."""
     spec = registry.get("RealESRGAN_x4plus")
-    pixels = np.ascontiguousarray(sample("chelsea")[40:136, 150:246])  # 96x96 of fur
+    pixels = np.ascontiguousarray(sample("chelsea")[20:148, 150:278])  # 128x128 of fur and eye
     upscaler = Upscaler.load(registry, spec.name)
+    tiled = PipelineOptions(tile=48)  # default overlap
+    assert len(plan_tiles(128, 128, tiled.tile, tiled.overlap).tiles) == 9
     untiled = upscaler.upscale(pixels, options=PipelineOptions(tile=0)).pixels
-    ours = upscaler.upscale(pixels, options=PipelineOptions(tile=48)).pixels
+    ours = upscaler.upscale(pixels, options=tiled).pixels
     theirs = reference_upscale(
         reference_upscaler(spec, registry.weights_path(spec), tile=48, tile_pad=10), pixels
     )
     our_error, their_error = SeamError.between(ours, untiled), SeamError.between(theirs, untiled)
-    assert their_error.mean_abs > 0.1  # the comparison means something
+    assert their_error.mean_abs > 0.5  # the comparison means something
     assert our_error.mean_abs <= their_error.mean_abs / 2
     assert our_error.psnr_db >= their_error.psnr_db + 6
 

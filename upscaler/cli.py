@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +18,14 @@ import torch
 from tqdm import tqdm
 
 from upscaler.errors import UpscalerError
-from upscaler.images import DEFAULT_MAX_PIXELS, decode_image, encode_image, output_format
+from upscaler.files import write_bytes_atomically
+from upscaler.images import (
+    DEFAULT_MAX_PIXELS,
+    decode_image,
+    encode_image,
+    ensure_encodable,
+    output_format,
+)
 from upscaler.pipeline import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
@@ -86,19 +91,6 @@ def load_upscaler(args: argparse.Namespace, registry: ModelRegistry) -> Upscaler
     )
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` so that ``path`` is either absent, the old file, or complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def upscale_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smi-upscale", description="Upscale one image 4x.")
     parser.add_argument("input", type=Path)
@@ -116,6 +108,7 @@ def upscale_main(argv: Sequence[str] | None = None) -> int:
     try:
         fmt = output_format(args.output)
         image = decode_image(args.input.read_bytes(), max_pixels=args.max_pixels)
+        ensure_encodable(len(image.mode), image.pixels.dtype, fmt)
         upscaler = load_upscaler(args, ModelRegistry.from_env())
         with tqdm(total=None, unit="tile", disable=args.quiet, desc=args.input.name) as bar:
 
@@ -124,7 +117,7 @@ def upscale_main(argv: Sequence[str] | None = None) -> int:
                 bar.update(done - bar.n)
 
             result = upscaler.upscale(image.pixels, progress=progress)
-        write_atomically(args.output, encode_image(result.pixels, fmt))
+        write_bytes_atomically(args.output, encode_image(result.pixels, fmt))
     except (UpscalerError, OSError) as exc:
         print(f"smi-upscale: error: {exc}", file=sys.stderr)
         return 1

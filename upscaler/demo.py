@@ -15,8 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from upscaler.cli import write_atomically
 from upscaler.errors import UpscalerError
+from upscaler.files import write_bytes_atomically
 from upscaler.images import decode_image, encode_image
 from upscaler.pipeline import Upscaler
 from upscaler.registry import PROJECT_MODELS_DIR, ModelRegistry
@@ -62,9 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bicubic = cv2.resize(photo, (width, height), interpolation=cv2.INTER_CUBIC)
     upscaled_path = args.output_dir / "chelsea-4x.png"
     compare_path = args.output_dir / "chelsea-compare.png"
-    write_atomically(upscaled_path, encode_image(result.pixels, "png"))
+    write_bytes_atomically(upscaled_path, encode_image(result.pixels, "png"))
     comparison = side_by_side(bicubic, result.pixels, ("bicubic 4x", f"{upscaler.spec.name}"))
-    write_atomically(compare_path, encode_image(comparison, "png"))
+    write_bytes_atomically(compare_path, encode_image(comparison, "png"))
     print(
         f"{photo.shape[1]}x{photo.shape[0]} -> {width}x{height} with {upscaler.spec.name} "
         f"on {upscaler.device} in {seconds:.1f}s"

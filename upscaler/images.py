@@ -205,15 +205,23 @@ def output_format(path: Path) -> str:
         ) from None
 
 
-def encode_image(pixels: np.ndarray, fmt: str, *, quality: int = 95) -> bytes:
-    """Encode RGB-ordered pixels; refuse formats that would drop alpha or depth."""
-    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
-    if pixels.dtype == np.uint16 and fmt != "png":
+def ensure_encodable(channels: int, dtype: np.dtype, fmt: str) -> None:
+    """Raise ``OutputFormatError`` if ``fmt`` would drop the alpha channel or the depth.
+
+    Cheap, so callers check before spending minutes on the pixels.
+    """
+    if dtype == np.uint16 and fmt != "png":
         raise OutputFormatError(f"16-bit images can only be written as PNG, not {fmt}")
     if fmt == "jpeg" and channels in (2, 4):
         raise OutputFormatError("JPEG cannot hold an alpha channel; write PNG or WebP")
     if fmt == "webp" and channels in (1, 2):
         raise OutputFormatError("WebP cannot hold a grayscale image; write PNG or JPEG")
+
+
+def encode_image(pixels: np.ndarray, fmt: str, *, quality: int = 95) -> bytes:
+    """Encode RGB-ordered pixels; refuse formats that would drop alpha or depth."""
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    ensure_encodable(channels, pixels.dtype, fmt)
     if channels == 2:  # OpenCV cannot write gray+alpha; Pillow can (8-bit only reaches here)
         buffer = io.BytesIO()
         Image.fromarray(pixels, "LA").save(buffer, format="PNG", compress_level=3)

@@ -11,9 +11,7 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -23,6 +21,7 @@ import torch
 from torch import nn
 
 from upscaler.errors import ChecksumMismatchError, DownloadError, WeightsError
+from upscaler.files import write_atomically
 from upscaler.ncnn import convert_ncnn, ncnn_models_dir
 from upscaler.registry import ModelRegistry, ModelSpec
 
@@ -37,20 +36,6 @@ def sha256_of(path: Path) -> str:
         while chunk := fh.read(CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write`` on a temporary file beside ``target``, then rename it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        tmp.chmod(0o644)  # mkstemp makes it private; weights are not secret
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def fetch_weights(
@@ -93,7 +78,7 @@ def fetch_weights(
                 f"expected {spec.sha256}; it was discarded"
             )
 
-    _write_atomically(target, download)
+    write_atomically(target, download)
     return target
 
 
@@ -111,7 +96,7 @@ def import_ncnn_weights(
     state = convert_ncnn(param, blob, network)
     network.load_state_dict(state, strict=True)
     target = registry.converted_path(spec)
-    _write_atomically(target, lambda tmp: torch.save({"params_ema": state}, tmp))
+    write_atomically(target, lambda tmp: torch.save({"params_ema": state}, tmp))
     return target
 
 

@@ -1,7 +1,7 @@
 # One command sets up and runs each thing a newcomer wants:
 #   make demo    upscale a bundled photo with real weights (out/demo/)
 #   make test    lint, type-check and run the whole test suite
-#   make bench   the CPU benchmark against RealESRGANer, figures in out/bench.json
+#   make bench   the CPU benchmark against RealESRGANer, figures in out/bench-*.json
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -40,8 +40,11 @@ lint: $(STAMP)
 test: setup lint
 	$(BIN)/pytest
 
+BENCH := $(BIN)/smi-bench --input-size 128 --tile 64 --tile-pad 10 --batch 4 --baseline --no-seams --warmup 1 --repeat 5
+
 bench: setup
-	$(BIN)/smi-bench --input-size 128 --tile 64 --tile-pad 10 --baseline --warmup 1 --repeat 3 --json out/bench.json
+	$(BENCH) --json out/bench-eager.json
+	$(BENCH) --compile --json out/bench-compiled.json
 
 gpu-bench:
 	bash scripts/gpu_bench.sh

@@ -229,7 +229,8 @@ class Upscaler:
                 )
             result.final_batch = batch
             started = time.perf_counter()
-            host = target[:, : height * scale, : width * scale].permute(1, 2, 0).cpu().numpy()
+            cropped = target[:, : height * scale, : width * scale]
+            host = cropped.permute(1, 2, 0).contiguous().cpu().numpy()
             result.assemble_s += time.perf_counter() - started
         host = host.astype(pixels.dtype, copy=False)
         result.pixels = host[:, :, 0] if pixels.ndim == 2 else host

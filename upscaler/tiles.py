@@ -2,11 +2,12 @@
 
 An image is cut into *cores* that partition it exactly (every output pixel
 comes from one core). Each core is run through the network inside a larger
-*window* that adds ``overlap`` pixels of context on every side, so the
-network sees nearly what it would see on the whole image. All windows of a
-plan have the same shape, so they can be stacked into batches: a window
-that would cross the image border is shifted inward instead of shrunk
-(the extra context is real image, never padding).
+*window* with at least ``overlap`` pixels of real image around it (less only
+where the image itself ends), so the network sees nearly what it would see
+on the whole image. Along each axis the windows all have one size and are
+spread evenly from edge to edge, neighbours sharing ``2 * overlap`` pixels:
+as many windows and as many pixels as ``RealESRGANer`` runs for the same
+tile size, but in one shape, so they stack into batches.
 
     >>> plan = plan_tiles(height=100, width=150, tile=64, overlap=8)
     >>> plan.window_height, plan.window_width, len(plan.tiles)

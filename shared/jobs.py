@@ -1,0 +1,75 @@
+"""Job states and the transitions allowed between them.
+
+    awaiting_payment ──paid──▶ pending ──▶ processing ──▶ completed
+          │                                    │
+          └──expired──▶ expired                └──▶ failed ──▶ refunding ──▶ refunded
+                                                                   └──▶ refund_failed
+
+Every status change goes through ``check_transition``, so an event that
+arrives twice, late or out of order cannot move a job backwards (an
+``expired`` after a payment changes nothing; a second ``completed`` is a
+no-op for the caller to recognise, not a new state).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life; stored as these strings."""
+
+    AWAITING_PAYMENT = "awaiting_payment"
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    FAILED = "failed"
+    REFUNDING = "refunding"
+    REFUNDED = "refunded"
+    REFUND_FAILED = "refund_failed"
+
+    @property
+    def is_final(self) -> bool:
+        """No event moves a job out of a final state (admins may retry a refund)."""
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset(
+    {JobStatus.COMPLETED, JobStatus.EXPIRED, JobStatus.REFUNDED, JobStatus.REFUND_FAILED}
+)
+
+ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.AWAITING_PAYMENT: frozenset({JobStatus.PENDING, JobStatus.EXPIRED}),
+    JobStatus.PENDING: frozenset({JobStatus.PROCESSING, JobStatus.COMPLETED, JobStatus.FAILED}),
+    # processing -> processing records progress and heartbeats.
+    JobStatus.PROCESSING: frozenset(
+        {JobStatus.PROCESSING, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.PENDING}
+    ),
+    JobStatus.FAILED: frozenset({JobStatus.REFUNDING, JobStatus.PENDING}),
+    JobStatus.REFUNDING: frozenset({JobStatus.REFUNDED, JobStatus.REFUND_FAILED}),
+    JobStatus.REFUND_FAILED: frozenset({JobStatus.REFUNDING}),
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.EXPIRED: frozenset(),
+    JobStatus.REFUNDED: frozenset(),
+}
+
+
+class IllegalTransitionError(ValueError):
+    """Raised by ``check_transition`` when a job may not move from one state to another."""
+
+    def __init__(self, current: JobStatus, wanted: JobStatus) -> None:
+        super().__init__(f"a job cannot go from {current} to {wanted}")
+        self.current = current
+        self.wanted = wanted
+
+
+def can_transition(current: JobStatus, wanted: JobStatus) -> bool:
+    """Whether ``current -> wanted`` is an allowed step."""
+    return wanted in ALLOWED_TRANSITIONS[current]
+
+
+def check_transition(current: JobStatus, wanted: JobStatus) -> None:
+    """Raise ``IllegalTransitionError`` unless ``current -> wanted`` is allowed."""
+    if not can_transition(current, wanted):
+        raise IllegalTransitionError(current, wanted)

@@ -1,0 +1,50 @@
+"""Broker topology: the exchanges and queues, and nothing else.
+
+- ``smi.jobs`` (direct) routes paid jobs to the ``smi.upscale`` queue that
+  every GPU worker consumes, one message at a time, acknowledged late.
+- Messages a worker cannot decode are rejected into ``smi.dead`` through
+  the dead-letter exchange, never retried in a loop.
+- ``smi.events`` (direct) carries what workers report back to the gateway's
+  ``smi.job-events`` queue.
+
+All queues are durable and messages persistent: a broker restart loses
+nothing that was confirmed.
+"""
+
+from __future__ import annotations
+
+from kombu import Exchange, Queue
+
+JOBS_EXCHANGE = Exchange("smi.jobs", type="direct", durable=True)
+EVENTS_EXCHANGE = Exchange("smi.events", type="direct", durable=True)
+DEAD_LETTER_EXCHANGE = Exchange("smi.dlx", type="direct", durable=True)
+
+UPSCALE_ROUTING_KEY = "upscale"
+EVENTS_ROUTING_KEY = "job-event"
+DEAD_ROUTING_KEY = "dead"
+
+UPSCALE_QUEUE = Queue(
+    "smi.upscale",
+    exchange=JOBS_EXCHANGE,
+    routing_key=UPSCALE_ROUTING_KEY,
+    durable=True,
+    queue_arguments={
+        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
+        "x-dead-letter-routing-key": DEAD_ROUTING_KEY,
+    },
+)
+EVENTS_QUEUE = Queue(
+    "smi.job-events",
+    exchange=EVENTS_EXCHANGE,
+    routing_key=EVENTS_ROUTING_KEY,
+    durable=True,
+    queue_arguments={
+        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
+        "x-dead-letter-routing-key": DEAD_ROUTING_KEY,
+    },
+)
+DEAD_QUEUE = Queue(
+    "smi.dead", exchange=DEAD_LETTER_EXCHANGE, routing_key=DEAD_ROUTING_KEY, durable=True
+)
+
+ALL_QUEUES = (UPSCALE_QUEUE, EVENTS_QUEUE, DEAD_QUEUE)

@@ -1,0 +1,116 @@
+"""The wire contract: job states, message schemas, topology."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.jobs import (
+    ALLOWED_TRANSITIONS,
+    FINAL_STATES,
+    IllegalTransitionError,
+    JobStatus,
+    can_transition,
+    check_transition,
+)
+from shared.messages import EventKind, JobEvent, MessageError, UpscaleRequest
+from shared.topology import ALL_QUEUES, DEAD_LETTER_EXCHANGE, UPSCALE_QUEUE
+
+
+def test_every_state_has_its_transitions_listed():
+    assert set(ALLOWED_TRANSITIONS) == set(JobStatus)
+
+
+def test_the_paid_path_and_the_refund_path_are_allowed():
+    path = ["awaiting_payment", "pending", "processing", "failed", "refunding", "refunded"]
+    for current, wanted in itertools.pairwise(map(JobStatus, path)):
+        check_transition(current, wanted)
+    check_transition(JobStatus.PROCESSING, JobStatus.COMPLETED)
+    check_transition(JobStatus.AWAITING_PAYMENT, JobStatus.EXPIRED)
+
+
+@pytest.mark.parametrize(
+    ("current", "wanted"),
+    [
+        ("completed", "expired"),  # an expiry after payment changes nothing
+        ("pending", "awaiting_payment"),
+        ("refunded", "refunding"),  # never a second refund
+        ("expired", "pending"),
+        ("awaiting_payment", "completed"),
+    ],
+)
+def test_backwards_and_skipping_moves_are_refused(current, wanted):
+    with pytest.raises(IllegalTransitionError, match=f"from {current} to {wanted}"):
+        check_transition(JobStatus(current), JobStatus(wanted))
+
+
+def test_final_states_lead_nowhere_but_an_admin_refund_retry():
+    for state in FINAL_STATES:
+        allowed = ALLOWED_TRANSITIONS[state]
+        assert allowed <= {JobStatus.REFUNDING}, state
+        assert state.is_final
+
+
+@given(st.sampled_from(list(JobStatus)), st.sampled_from(list(JobStatus)))
+def test_can_transition_agrees_with_check(current, wanted):
+    try:
+        check_transition(current, wanted)
+        assert can_transition(current, wanted)
+    except IllegalTransitionError:
+        assert not can_transition(current, wanted)
+
+
+def test_request_round_trips_as_json_with_its_schema():
+    request = UpscaleRequest("j1", "jobs/j1/source.png", "jobs/j1/result.png", attempt=2)
+    body = request.to_json()
+    assert '"schema":"smi.upscale-request.v1"' in body
+    assert UpscaleRequest.from_json(body) == request
+    assert UpscaleRequest.from_json(body.encode()) == request
+
+
+def test_event_round_trips():
+    event = JobEvent("j1", EventKind.COMPLETED, "e1", result_key="jobs/j1/result.png")
+    assert JobEvent.from_json(event.to_json()) == event
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x80\x04pickle",
+        "[]",
+        '{"schema": "smi.upscale-request.v2", "job_id": "j", "source_key": "s", "result_key": "r"}',
+        '{"schema": "smi.upscale-request.v1", "job_id": "j", "source_key": "s"}',
+        '{"schema": "smi.upscale-request.v1", "job_id": "j", "source_key": "s", '
+        '"result_key": "r", "surprise": 1}',
+        '{"schema": "smi.upscale-request.v1", "job_id": 5, "source_key": "s", "result_key": "r"}',
+        '{"schema": "smi.upscale-request.v1", "job_id": "", "source_key": "s", "result_key": "r"}',
+        '{"schema": "smi.upscale-request.v1", "job_id": "j", "source_key": "s", '
+        '"result_key": "r", "attempt": true}',
+    ],
+)
+def test_malformed_requests_are_refused(body):
+    with pytest.raises(MessageError):
+        UpscaleRequest.from_json(body)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"kind": "exploded"},
+        {"kind": "progress", "progress": 1.5},
+        {"kind": "completed"},
+        {"kind": "failed"},
+    ],
+)
+def test_malformed_events_are_refused(fields):
+    event = {"schema": "smi.job-event.v1", "job_id": "j", "event_id": "e", **fields}
+    with pytest.raises(MessageError):
+        JobEvent.from_json(event)
+
+
+def test_work_queues_dead_letter_and_everything_is_durable():
+    assert UPSCALE_QUEUE.queue_arguments["x-dead-letter-exchange"] == DEAD_LETTER_EXCHANGE.name
+    assert all(queue.durable for queue in ALL_QUEUES)

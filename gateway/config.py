@@ -1,0 +1,183 @@
+"""The gateway's configuration: one frozen object built from ``SMI_*`` variables.
+
+    >>> config = GatewayConfig.from_env({"SMI_STRIPE_TEST_SECRET_KEY": "sk_test_1",
+    ...                                  "SMI_STRIPE_TEST_WEBHOOK_SECRET": "whsec_1"})
+    >>> config.stripe.mode, config.stripe.secret_key
+    ('test', 'sk_test_1')
+
+``from_env`` checks everything at once and raises ``ConfigError`` listing
+every problem, so a misconfigured deployment fails at start-up with the
+whole list rather than one complaint per restart. ``stripe`` holds only the
+keys for the selected mode (test or live).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+PREFIX = "SMI_"
+STRIPE_MINIMUM_CENTS = 50  # Stripe refuses smaller USD charges
+DEFAULT_DATA_DIR = Path("var")
+
+
+class ConfigError(ValueError):
+    """Raised by ``GatewayConfig.from_env`` with every configuration problem found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n" + "\n".join(f"- {p}" for p in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class StripeConfig:
+    """The keys for the selected Stripe mode (the spec's ``get_stripe_config``)."""
+
+    mode: Literal["test", "live"]
+    secret_key: str
+    webhook_secret: str
+    api_base: str | None  # the emulator's address; None means Stripe itself
+
+
+@dataclass(frozen=True)
+class PricingConfig:
+    """Output megapixels x price x markup, in the smallest currency unit."""
+
+    price_per_megapixel_cents: float
+    markup: float
+    currency: str
+    minimum_cents: int = STRIPE_MINIMUM_CENTS
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything the gateway process needs, validated."""
+
+    stripe: StripeConfig
+    pricing: PricingConfig
+    database_url: str
+    broker_url: str
+    storage_url: str
+    public_url: str
+    source_hosts: tuple[str, ...]
+    data_dir: Path
+    checkout_expires_minutes: int
+    max_source_bytes: int
+    max_source_pixels: int
+    fetch_timeout_s: float
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> GatewayConfig:
+        """Build and validate the configuration; ``ConfigError`` lists every problem."""
+        env = _Reader(environ)
+        data_dir = Path(env.text("DATA_DIR", str(DEFAULT_DATA_DIR)))
+        mode = env.text("STRIPE_MODE", "test")
+        if mode not in ("test", "live"):
+            env.problem(f"SMI_STRIPE_MODE must be test or live, not {mode!r}")
+            mode = "test"
+        prefix = f"STRIPE_{mode.upper()}"
+        secret_key = env.text(f"{prefix}_SECRET_KEY", "")
+        webhook_secret = env.text(f"{prefix}_WEBHOOK_SECRET", "")
+        api_base = env.text("STRIPE_API_BASE", "") or None
+        public_url = env.text("PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+
+        key_prefixes = (f"sk_{mode}_", f"rk_{mode}_")
+        if not secret_key:
+            env.problem(f"SMI_{prefix}_SECRET_KEY is required in {mode} mode")
+        elif not secret_key.startswith(key_prefixes):
+            env.problem(
+                f"SMI_{prefix}_SECRET_KEY must start with {' or '.join(key_prefixes)} "
+                f"in {mode} mode"
+            )
+        if not webhook_secret:
+            env.problem(f"SMI_{prefix}_WEBHOOK_SECRET is required and may not be empty")
+        if mode == "live":
+            if api_base:
+                env.problem("SMI_STRIPE_API_BASE (an emulator) is refused in live mode")
+            if not public_url.startswith("https://"):
+                env.problem("SMI_PUBLIC_URL must be https:// in live mode")
+        if api_base and not _is_http_url(api_base):
+            env.problem(f"SMI_STRIPE_API_BASE must be an http(s) URL, not {api_base!r}")
+        if not _is_http_url(public_url):
+            env.problem(f"SMI_PUBLIC_URL must be an http(s) URL, not {public_url!r}")
+
+        source_hosts = tuple(
+            host.strip().lower() for host in env.text("SOURCE_HOSTS", "").split(",") if host.strip()
+        )
+        for host in source_hosts:
+            if "/" in host or "@" in host:
+                env.problem(f"SMI_SOURCE_HOSTS holds 'host' or 'host:port' entries, not {host!r}")
+
+        pricing = PricingConfig(
+            price_per_megapixel_cents=env.number("PRICE_PER_MEGAPIXEL_CENTS", 2.0, minimum=0),
+            markup=env.number("MARKUP", 1.5, minimum=1.0),
+            currency=env.text("CURRENCY", "usd").lower(),
+        )
+        if len(pricing.currency) != 3 or not pricing.currency.isalpha():
+            env.problem(f"SMI_CURRENCY must be a 3-letter ISO code, not {pricing.currency!r}")
+
+        config = cls(
+            stripe=StripeConfig(mode, secret_key, webhook_secret, api_base),  # type: ignore[arg-type]
+            pricing=pricing,
+            database_url=env.text("DATABASE_URL", f"sqlite:///{data_dir / 'gateway.sqlite3'}"),
+            broker_url=env.text("BROKER_URL", f"filesystem://{data_dir / 'broker'}"),
+            storage_url=env.text("STORAGE_URL", f"file://{(data_dir / 'storage').resolve()}"),
+            public_url=public_url,
+            source_hosts=source_hosts,
+            data_dir=data_dir,
+            # Stripe accepts 30 minutes to 24 hours.
+            checkout_expires_minutes=int(
+                env.number("CHECKOUT_EXPIRES_MINUTES", 60, minimum=30, maximum=24 * 60)
+            ),
+            max_source_bytes=int(env.number("MAX_SOURCE_BYTES", 50 * 2**20, minimum=1)),
+            max_source_pixels=int(env.number("MAX_SOURCE_PIXELS", 4096 * 4096, minimum=1)),
+            fetch_timeout_s=env.number("FETCH_TIMEOUT_S", 20.0, minimum=0.1),
+        )
+        if env.problems:
+            raise ConfigError(env.problems)
+        return config
+
+
+class _Reader:
+    """Reads ``SMI_*`` values and collects problems instead of stopping at the first."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+
+    def problem(self, message: str) -> None:
+        self.problems.append(message)
+
+    def text(self, name: str, default: str) -> str:
+        return self.environ.get(PREFIX + name, default).strip()
+
+    def number(
+        self,
+        name: str,
+        default: float,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+    ) -> float:
+        raw = self.environ.get(PREFIX + name)
+        if raw is None or not raw.strip():
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            self.problem(f"{PREFIX}{name} must be a number, not {raw!r}")
+            return default
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            bounds = f"{minimum if minimum is not None else '-inf'}..{maximum or 'inf'}"
+            self.problem(f"{PREFIX}{name} must be within {bounds}, not {raw}")
+            return default
+        return value
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)

@@ -1,0 +1,57 @@
+"""Prices, computed on the server from an image's real dimensions.
+
+    >>> quote = quote_price(2000, 2000, PricingConfig(2.0, 1.5, "usd"))
+    >>> quote.amount_cents, quote.description
+    (192, '2000x2000 → 8000x8000 pixels')
+
+The browser never sends a price: it names an image, the gateway measures it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal
+
+from gateway.config import PricingConfig
+
+SCALE = 4
+
+
+@dataclass(frozen=True)
+class Quote:
+    """What a 4x upscale of one image costs."""
+
+    width: int
+    height: int
+    output_width: int
+    output_height: int
+    amount_cents: int
+    currency: str
+
+    @property
+    def description(self) -> str:
+        """The Checkout line item's description, e.g. ``2000x2000 → 8000x8000 pixels``."""
+        return f"{self.width}x{self.height} → {self.output_width}x{self.output_height} pixels"
+
+
+def quote_price(width: int, height: int, pricing: PricingConfig) -> Quote:
+    """Output megapixels x price per megapixel x markup, rounded up to a whole cent.
+
+    Never below Stripe's minimum charge; ``ValueError`` for an empty image.
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"an image has a positive size, not {width}x{height}")
+    output_megapixels = Decimal(width * SCALE * height * SCALE) / Decimal(1_000_000)
+    amount = (
+        output_megapixels
+        * Decimal(str(pricing.price_per_megapixel_cents))
+        * Decimal(str(pricing.markup))
+    ).to_integral_value(rounding=ROUND_CEILING)
+    return Quote(
+        width=width,
+        height=height,
+        output_width=width * SCALE,
+        output_height=height * SCALE,
+        amount_cents=max(int(amount), pricing.minimum_cents),
+        currency=pricing.currency,
+    )

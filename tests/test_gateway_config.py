@@ -1,0 +1,110 @@
+"""Gateway configuration and pricing."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.config import ConfigError, GatewayConfig, PricingConfig
+from gateway.pricing import quote_price
+
+TEST_ENV = {
+    "SMI_STRIPE_TEST_SECRET_KEY": "sk_test_abc",
+    "SMI_STRIPE_TEST_WEBHOOK_SECRET": "whsec_x",
+}
+LIVE_ENV = {
+    "SMI_STRIPE_MODE": "live",
+    "SMI_STRIPE_LIVE_SECRET_KEY": "sk_live_abc",
+    "SMI_STRIPE_LIVE_WEBHOOK_SECRET": "whsec_live",
+    "SMI_PUBLIC_URL": "https://shop.example",
+}
+
+
+def test_test_mode_picks_the_test_keys_and_embedded_defaults():
+    config = GatewayConfig.from_env({**TEST_ENV, "SMI_STRIPE_LIVE_SECRET_KEY": "sk_live_zzz"})
+    assert (config.stripe.mode, config.stripe.secret_key) == ("test", "sk_test_abc")
+    assert config.stripe.webhook_secret == "whsec_x"
+    assert config.database_url.startswith("sqlite:///")
+    assert config.broker_url.startswith("filesystem://")
+    assert config.storage_url.startswith("file://")
+    assert config.pricing.currency == "usd"
+
+
+def test_live_mode_picks_the_live_keys():
+    config = GatewayConfig.from_env({**LIVE_ENV, **TEST_ENV})
+    assert (config.stripe.mode, config.stripe.secret_key) == ("live", "sk_live_abc")
+
+
+def test_every_problem_is_listed_at_once():
+    env = {
+        "SMI_STRIPE_MODE": "live",
+        "SMI_STRIPE_LIVE_SECRET_KEY": "sk_test_oops",
+        "SMI_STRIPE_LIVE_WEBHOOK_SECRET": "",
+        "SMI_STRIPE_API_BASE": "http://127.0.0.1:12111",
+        "SMI_PUBLIC_URL": "http://shop.example",
+        "SMI_MARKUP": "cheap",
+        "SMI_CURRENCY": "dollars",
+        "SMI_CHECKOUT_EXPIRES_MINUTES": "5",
+    }
+    with pytest.raises(ConfigError) as raised:
+        GatewayConfig.from_env(env)
+    problems = "\n".join(raised.value.problems)
+    assert len(raised.value.problems) == 7
+    for fragment in (
+        "must start with sk_live_",
+        "WEBHOOK_SECRET is required and may not be empty",
+        "refused in live mode",
+        "must be https:// in live mode",
+        "SMI_MARKUP must be a number",
+        "SMI_CURRENCY must be a 3-letter",
+        "SMI_CHECKOUT_EXPIRES_MINUTES must be within",
+    ):
+        assert fragment in problems
+
+
+@pytest.mark.parametrize("mode", ["test", "live"])
+def test_an_empty_webhook_secret_is_never_accepted(mode):
+    env = {**(TEST_ENV if mode == "test" else LIVE_ENV)}
+    env[f"SMI_STRIPE_{mode.upper()}_WEBHOOK_SECRET"] = "   "
+    with pytest.raises(ConfigError, match="WEBHOOK_SECRET"):
+        GatewayConfig.from_env(env)
+
+
+def test_unknown_mode_and_bad_hosts_are_refused():
+    with pytest.raises(ConfigError) as raised:
+        GatewayConfig.from_env(
+            {**TEST_ENV, "SMI_STRIPE_MODE": "staging", "SMI_SOURCE_HOSTS": "a.example, http://b/"}
+        )
+    assert len(raised.value.problems) == 2
+
+
+def test_source_hosts_are_normalised():
+    config = GatewayConfig.from_env({**TEST_ENV, "SMI_SOURCE_HOSTS": " Images.Example ,cdn:8080,"})
+    assert config.source_hosts == ("images.example", "cdn:8080")
+
+
+PRICING = PricingConfig(price_per_megapixel_cents=2.0, markup=1.5, currency="usd")
+
+
+def test_price_of_a_2000_pixel_square():
+    quote = quote_price(2000, 2000, PRICING)
+    assert (quote.output_width, quote.output_height) == (8000, 8000)
+    assert quote.amount_cents == 192  # 64 MP x 2 cents x 1.5
+    assert quote.description == "2000x2000 → 8000x8000 pixels"
+
+
+def test_small_images_cost_stripes_minimum():
+    assert quote_price(10, 10, PRICING).amount_cents == 50
+
+
+@given(st.integers(1, 5000), st.integers(1, 5000))
+def test_price_never_falls_below_the_minimum_and_grows_with_size(width, height):
+    quote = quote_price(width, height, PRICING)
+    assert quote.amount_cents >= 50
+    assert quote_price(width + 1, height, PRICING).amount_cents >= quote.amount_cents
+
+
+def test_empty_images_have_no_price():
+    with pytest.raises(ValueError):
+        quote_price(0, 10, PRICING)

@@ -1,0 +1,159 @@
+"""The job store, one contract run against SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, create_engine, func, inspect, select, text
+
+from gateway.database import create_database_engine, migrate, session_factory
+from gateway.jobs import (
+    DuplicateEventError,
+    NewJob,
+    UnknownJobError,
+    add_outbox_message,
+    audit_trail,
+    change_status,
+    claim_event,
+    create_job,
+    get_job,
+)
+from gateway.tables import OutboxMessage, WebhookEvent
+from shared.jobs import IllegalTransitionError, JobStatus
+
+# This machine's PostgreSQL (CI starts it in .ci/run); trust authentication.
+POSTGRES_ADMIN_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
+NEW_JOB = NewJob("https://img.example/cat.jpg", "jobs/x/source.png", 2000, 2000, 192, "usd")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request, tmp_path) -> Iterator[Engine]:
+    """A freshly migrated database of each kind; PostgreSQL gets a database of its own."""
+    if request.param == "sqlite":
+        engine = create_database_engine(f"sqlite:///{tmp_path / 'gateway.sqlite3'}")
+        migrate(engine)
+        yield engine
+        engine.dispose()
+        return
+    name = f"smi_test_{secrets.token_hex(6)}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:  # fails loudly when PostgreSQL is down
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine = create_database_engine(f"postgresql://root@127.0.0.1:5432/{name}")
+    try:
+        migrate(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+class TestJobStoreContract:
+    def test_migrations_create_every_table_and_run_twice(self, engine):
+        tables = set(inspect(engine).get_table_names())
+        expected = {"jobs", "audit", "webhook_events", "payments", "outbox", "refunds"}
+        assert expected <= tables
+        migrate(engine)  # already at head: nothing to do, no error
+
+    def test_created_job_awaits_payment_with_an_audit_row(self, engine):
+        Session = session_factory(engine)
+        with Session.begin() as session:
+            job = create_job(session, NEW_JOB)
+        assert job.id.startswith("job_") and len(job.id) > 20
+        with Session() as session:
+            stored = get_job(session, job.id)
+            assert stored.status == JobStatus.AWAITING_PAYMENT
+            assert [entry.to_status for entry in audit_trail(session, job.id)] == [
+                "awaiting_payment"
+            ]
+
+    def test_status_changes_are_guarded_and_audited(self, engine):
+        Session = session_factory(engine)
+        with Session.begin() as session:
+            job = create_job(session, NEW_JOB)
+        with Session.begin() as session:
+            job = get_job(session, job.id, lock=True)
+            assert change_status(session, job, JobStatus.PENDING, reason="paid", source="evt_1")
+            assert not change_status(
+                session, job, JobStatus.PENDING, reason="again", source="evt_2"
+            )
+            with pytest.raises(IllegalTransitionError):
+                change_status(session, job, JobStatus.EXPIRED, reason="late", source="evt_3")
+            assert change_status(
+                session,
+                job,
+                JobStatus.PROCESSING,
+                reason="started",
+                source="worker",
+                customer_message="Upscaling.",
+            )
+        with Session() as session:
+            trail = audit_trail(session, job.id)
+            assert [(e.from_status, e.to_status) for e in trail] == [
+                (None, "awaiting_payment"),
+                ("awaiting_payment", "pending"),
+                ("pending", "processing"),
+            ]
+            assert get_job(session, job.id).customer_message == "Upscaling."
+
+    def test_unknown_jobs_are_reported(self, engine):
+        with session_factory(engine)() as session, pytest.raises(UnknownJobError):
+            get_job(session, "job_nope")
+
+    def test_an_event_takes_effect_once_and_leaves_the_transaction_usable(self, engine):
+        Session = session_factory(engine)
+        with Session.begin() as session:
+            job = create_job(session, NEW_JOB)
+            claim_event(session, "evt_1", "checkout.session.completed", job.id)
+        with Session.begin() as session:
+            with pytest.raises(DuplicateEventError):
+                claim_event(session, "evt_1", "checkout.session.completed", job.id)
+            claim_event(session, "evt_2", "checkout.session.expired", job.id)
+        with Session() as session:
+            assert session.scalar(select(func.count()).select_from(WebhookEvent)) == 2
+
+    def test_outbox_holds_one_message_per_job_kind_and_attempt(self, engine):
+        Session = session_factory(engine)
+        with Session.begin() as session:
+            job = create_job(session, NEW_JOB)
+            assert add_outbox_message(session, job, "upscale", "{}")
+            assert not add_outbox_message(session, job, "upscale", "{}")
+            assert add_outbox_message(session, job, "upscale", "{}", attempt=2)
+        with Session() as session:
+            assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 2
+
+    def test_five_simultaneous_deliveries_change_the_job_once(self, engine):
+        Session = session_factory(engine)
+        with Session.begin() as session:
+            job_id = create_job(session, NEW_JOB).id
+        barrier = threading.Barrier(5)
+        outcomes: list[str] = []
+
+        def deliver() -> None:
+            barrier.wait()
+            try:
+                with Session.begin() as session:
+                    claim_event(session, "evt_paid", "checkout.session.completed", job_id)
+                    job = get_job(session, job_id, lock=True)
+                    change_status(session, job, JobStatus.PENDING, reason="paid", source="evt_paid")
+                    add_outbox_message(session, job, "upscale", "{}")
+                outcomes.append("applied")
+            except DuplicateEventError:
+                outcomes.append("duplicate")
+
+        threads = [threading.Thread(target=deliver) for _ in range(5)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(outcomes) == ["applied"] + ["duplicate"] * 4
+        with Session() as session:
+            assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 1
+            pending = [e for e in audit_trail(session, job_id) if e.to_status == "pending"]
+            assert len(pending) == 1
+            assert get_job(session, job_id).status == JobStatus.PENDING

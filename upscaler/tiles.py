@@ -59,7 +59,7 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def plan_axis(length: int, tile: int, overlap: int, multiple: int = 1) -> list[Span]:
-    """Split ``[0, length)`` into cores of at most ``tile`` pixels, each in an equal window.
+    """Split ``[0, length)`` into cores, each inside an equal window of about ``tile + 2*overlap``.
 
     ``tile <= 0``, or a tile whose window would cover the whole axis, gives
     one span over everything. With ``multiple`` > 1 (networks that need
@@ -89,6 +89,8 @@ def plan_axis(length: int, tile: int, overlap: int, multiple: int = 1) -> list[S
         if all(a + window - b >= 2 * overlap for a, b in itertools.pairwise(starts)):
             break
         window += 1  # rounding the starts lost a pixel of overlap somewhere
+    # Tiny tiles on a short axis can round two windows onto one start; one suffices.
+    starts = sorted(set(starts))
     bounds = [0, *((a + window + b) // 2 for a, b in itertools.pairwise(starts)), length]
     return [
         Span(start, window, core_start, core_end)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import secrets
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from hypothesis import settings
+from sqlalchemy import create_engine, text
 
 from upscaler.images import decode_image
 from upscaler.registry import PROJECT_MODELS_DIR, ModelRegistry
@@ -43,3 +46,25 @@ def sample(name: str) -> np.ndarray:
 def cat_crop() -> np.ndarray:
     """48x48 of fur and eye from the bundled cat photo."""
     return np.ascontiguousarray(sample("chelsea")[90:138, 170:218])
+
+
+# This machine's PostgreSQL (.ci/run starts it when it is down); trust authentication.
+POSTGRES_ADMIN_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> Iterator[str]:
+    """An empty database of each kind; PostgreSQL gets a database of its own, dropped after."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'gateway.sqlite3'}"
+        return
+    name = f"smi_test_{secrets.token_hex(6)}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:  # fails loudly when PostgreSQL is down
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql://root@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

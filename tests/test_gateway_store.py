@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, create_engine, func, inspect, select, text
+from sqlalchemy import Engine, func, inspect, select
 
 from gateway.database import create_database_engine, migrate, session_factory
 from gateway.jobs import (
@@ -24,33 +23,16 @@ from gateway.jobs import (
 from gateway.tables import OutboxMessage, WebhookEvent
 from shared.jobs import IllegalTransitionError, JobStatus
 
-# This machine's PostgreSQL (CI starts it in .ci/run); trust authentication.
-POSTGRES_ADMIN_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 NEW_JOB = NewJob("https://img.example/cat.jpg", "jobs/x/source.png", 2000, 2000, 192, "usd")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, tmp_path) -> Iterator[Engine]:
-    """A freshly migrated database of each kind; PostgreSQL gets a database of its own."""
-    if request.param == "sqlite":
-        engine = create_database_engine(f"sqlite:///{tmp_path / 'gateway.sqlite3'}")
-        migrate(engine)
-        yield engine
-        engine.dispose()
-        return
-    name = f"smi_test_{secrets.token_hex(6)}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:  # fails loudly when PostgreSQL is down
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    engine = create_database_engine(f"postgresql://root@127.0.0.1:5432/{name}")
-    try:
-        migrate(engine)
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+@pytest.fixture
+def engine(database_url) -> Iterator[Engine]:
+    """A freshly migrated database of each kind."""
+    engine = create_database_engine(database_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
 
 
 class TestJobStoreContract:

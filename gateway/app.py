@@ -1,0 +1,187 @@
+"""The gateway's HTTP application.
+
+    app = create_app(GatewayConfig.from_env())
+
+Routes:
+    POST /api/checkout          {"image_url", "return_url"?} -> 201 {"job_id", "checkout_url", ...}
+    GET  /api/jobs/{job_id}     status for the customer; ?session_id= fulfils on return
+    POST /webhooks/stripe       Stripe events, signature checked on the raw body
+    GET  /healthz
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.checkout import parse_checkout_request, start_checkout
+from gateway.config import GatewayConfig
+from gateway.database import create_database_engine, migrate, session_factory
+from gateway.errors import (
+    GatewayError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RequestError,
+    error_response,
+)
+from gateway.fulfilment import fulfil_checkout
+from gateway.jobs import UnknownJobError, get_job
+from gateway.payments import Payments
+from gateway.storage import Storage
+from gateway.tables import Job
+from gateway.webhooks import apply_event, verify_event
+
+log = logging.getLogger(__name__)
+
+CHECKOUT_BODY_LIMIT = 16 * 1024
+WEBHOOK_BODY_LIMIT = 1024 * 1024
+
+
+@dataclass
+class Services:
+    """What handlers need, made once in the lifespan."""
+
+    config: GatewayConfig
+    engine: Engine
+    sessions: sessionmaker[Session]
+    payments: Payments
+    storage: Storage
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing (413) anything over ``limit`` bytes without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"the body is over {limit:,} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLargeError(f"the body is over {limit:,} bytes")
+    return bytes(body)
+
+
+def job_status(job: Job) -> dict[str, Any]:
+    """What the customer's page shows about a job."""
+
+    def stamp(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "job_id": job.id,
+        "status": job.status,
+        "message": job.customer_message,
+        "decline_code": job.decline_code,
+        "progress": job.progress,
+        "amount_cents": job.amount_cents,
+        "currency": job.currency,
+        "width": job.width,
+        "height": job.height,
+        "created_at": stamp(job.created_at),
+        "updated_at": stamp(job.updated_at),
+        "paid_at": stamp(job.paid_at),
+        "finished_at": stamp(job.finished_at),
+    }
+
+
+def create_app(config: GatewayConfig) -> Starlette:
+    """The gateway for ``config``; resources are made in the lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine = create_database_engine(config.database_url)
+        if engine.dialect.name == "sqlite":
+            await run_in_threadpool(migrate, engine)  # PostgreSQL: `smi-gateway migrate`
+        app.state.services = Services(
+            config,
+            engine,
+            session_factory(engine),
+            Payments(config.stripe),
+            Storage(config.storage_url),
+        )
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    def services(request: Request) -> Services:
+        return request.app.state.services
+
+    async def checkout(request: Request) -> Response:
+        svc = services(request)
+        try:
+            body = json.loads(await read_body(request, CHECKOUT_BODY_LIMIT))
+        except json.JSONDecodeError as exc:
+            raise RequestError("the body is not valid JSON") from exc
+        image_url, return_url = parse_checkout_request(body, f"{config.public_url}/")
+        started = await run_in_threadpool(
+            start_checkout, config, svc.sessions, svc.payments, svc.storage, image_url, return_url
+        )
+        return JSONResponse(vars(started), status_code=201)
+
+    def read_status(svc: Services, job_id: str, session_id: str | None) -> dict[str, Any]:
+        try:
+            if session_id:
+                with svc.sessions() as session:
+                    job = get_job(session, job_id)
+                if job.stripe_session_id == session_id and job.status == "awaiting_payment":
+                    # The customer came back before the webhook: ask Stripe ourselves.
+                    checkout = svc.payments.retrieve_checkout_session(session_id)
+                    with svc.sessions.begin() as session:
+                        fulfil_checkout(session, checkout.to_dict(), "return")
+            with svc.sessions() as session:
+                return job_status(get_job(session, job_id))
+        except UnknownJobError as exc:
+            raise NotFoundError("no such job") from exc
+
+    async def status(request: Request) -> Response:
+        body = await run_in_threadpool(
+            read_status,
+            services(request),
+            request.path_params["job_id"],
+            request.query_params.get("session_id"),
+        )
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    async def stripe_webhook(request: Request) -> Response:
+        payload = await read_body(request, WEBHOOK_BODY_LIMIT)
+        event = verify_event(
+            payload, request.headers.get("stripe-signature"), config.stripe.webhook_secret
+        )
+        result = await run_in_threadpool(apply_event, services(request).sessions, event)
+        return JSONResponse({"received": True, "result": result})
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def gateway_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return error_response(exc)
+
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(GatewayError("something went wrong on our side"))
+
+    return Starlette(
+        routes=[
+            Route("/api/checkout", checkout, methods=["POST"]),
+            Route("/api/jobs/{job_id}", status, methods=["GET"]),
+            Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        exception_handlers={GatewayError: gateway_error, Exception: unexpected_error},
+        lifespan=lifespan,
+    )

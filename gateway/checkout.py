@@ -1,0 +1,101 @@
+"""``POST /api/checkout``: measure the image, price it, create the job and its Checkout Session."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError, RequestError
+from gateway.jobs import NewJob, change_status, create_job, get_job, new_job_id
+from gateway.payments import Payments
+from gateway.pricing import quote_price
+from gateway.sources import SourcePolicy, fetch_source
+from gateway.storage import Storage
+from shared.jobs import JobStatus
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+
+
+@dataclass(frozen=True)
+class CheckoutStarted:
+    job_id: str
+    checkout_url: str
+    amount_cents: int
+    currency: str
+
+
+def parse_checkout_request(body: Any, default_return_url: str) -> tuple[str, str]:
+    """``(image_url, return_url)`` from the JSON body, or ``RequestError``."""
+    if not isinstance(body, dict):
+        raise RequestError("the body must be a JSON object")
+    if "price" in body or "amount" in body or "amount_cents" in body:
+        raise RequestError("prices are computed by the server; do not send one")
+    image_url = body.get("image_url")
+    if not isinstance(image_url, str) or not image_url.strip():
+        raise RequestError("image_url is required")
+    return_url = body.get("return_url", default_return_url)
+    if not isinstance(return_url, str) or urlsplit(return_url).scheme not in ("http", "https"):
+        raise RequestError("return_url must be an http(s) URL")
+    return image_url.strip(), return_url
+
+
+def start_checkout(
+    config: GatewayConfig,
+    sessions: sessionmaker[Session],
+    payments: Payments,
+    storage: Storage,
+    image_url: str,
+    return_url: str,
+) -> CheckoutStarted:
+    """Fetch and store the image, create the job, then the Checkout Session."""
+    policy = SourcePolicy(
+        config.source_hosts,
+        config.max_source_bytes,
+        config.max_source_pixels,
+        config.fetch_timeout_s,
+    )
+    source = fetch_source(image_url, policy)
+    quote = quote_price(source.width, source.height, config.pricing)
+    job_id = new_job_id()
+    source_key = f"jobs/{job_id}/source.{EXTENSIONS[source.format]}"
+    storage.put(source_key, source.data)
+    with sessions.begin() as session:
+        create_job(
+            session,
+            NewJob(
+                image_url,
+                source_key,
+                source.width,
+                source.height,
+                quote.amount_cents,
+                quote.currency,
+                return_url,
+            ),
+            job_id,
+        )
+    try:
+        checkout = payments.create_checkout_session(
+            job_id, quote, return_url, config.checkout_expires_minutes
+        )
+    except GatewayError as exc:
+        with sessions.begin() as session:
+            change_status(
+                session,
+                get_job(session, job_id, lock=True),
+                JobStatus.EXPIRED,
+                reason=f"checkout session not created: {exc}",
+                source="checkout",
+                customer_message="Checkout could not be started. Nothing was charged.",
+            )
+        raise
+    with sessions.begin() as session:
+        get_job(session, job_id, lock=True).stripe_session_id = checkout.id
+    log.info("checkout created", extra={"job_id": job_id, "amount_cents": quote.amount_cents})
+    return CheckoutStarted(job_id, str(checkout.url), quote.amount_cents, quote.currency)

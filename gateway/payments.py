@@ -1,0 +1,102 @@
+"""Stripe, through the official SDK: checkout sessions, retrieval, refunds.
+
+    >>> payments = Payments(config.stripe)
+    >>> session = payments.create_checkout_session(job, quote, return_url)
+
+SDK errors become gateway errors here and only here: rate limits and
+network failures (after the SDK's own retries) are ``PaymentProviderUnavailable``
+(503, try later); invalid requests are ``PaymentProviderRejected`` (502).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import stripe
+
+from gateway.config import StripeConfig
+from gateway.errors import PaymentProviderRejected, PaymentProviderUnavailable
+from gateway.pricing import Quote
+
+PRODUCT_NAME = "High-Resolution Image (4x)"
+PLUGIN = "sell-my-images"
+# Stripe's SDK retries network errors, 409s and 5xx with backoff this many times.
+MAX_NETWORK_RETRIES = 3
+
+T = TypeVar("T")
+
+
+def with_query(url: str, params: dict[str, str]) -> str:
+    """``url`` with ``params`` added to its query (the spec's ``add_query_arg``).
+
+    ``{CHECKOUT_SESSION_ID}`` stays unencoded: Stripe replaces it literally.
+    """
+    parts = urlsplit(url)
+    extra = urlencode(params, safe="{}")
+    query = f"{parts.query}&{extra}" if parts.query else extra
+    return urlunsplit(parts._replace(query=query))
+
+
+class Payments:
+    """The Stripe operations the gateway uses."""
+
+    def __init__(self, config: StripeConfig) -> None:
+        base: Any = {"api": config.api_base} if config.api_base else None
+        self.client = stripe.StripeClient(
+            config.secret_key, base_addresses=base, max_network_retries=MAX_NETWORK_RETRIES
+        )
+
+    def create_checkout_session(
+        self, job_id: str, quote: Quote, return_url: str, expires_minutes: int
+    ) -> Any:
+        """The spec's session for one job; its idempotency key is derived from the job."""
+        params: Any = {
+            "payment_method_types": ["card"],
+            "line_items": [
+                {
+                    "price_data": {
+                        "currency": quote.currency,
+                        "product_data": {"name": PRODUCT_NAME, "description": quote.description},
+                        "unit_amount": quote.amount_cents,
+                    },
+                    "quantity": 1,
+                }
+            ],
+            "mode": "payment",
+            "success_url": with_query(
+                return_url,
+                {"smi_payment": "success", "job_id": job_id, "session_id": "{CHECKOUT_SESSION_ID}"},
+            ),
+            "cancel_url": with_query(return_url, {"smi_payment": "cancel", "job_id": job_id}),
+            "metadata": {"job_id": job_id, "plugin": PLUGIN},
+            # Payment intent events (declines) carry the job id too.
+            "payment_intent_data": {"metadata": {"job_id": job_id, "plugin": PLUGIN}},
+            "client_reference_id": job_id,
+            "expires_at": int(time.time()) + expires_minutes * 60,
+        }
+        return self._call(
+            lambda: self.client.v1.checkout.sessions.create(
+                params, {"idempotency_key": f"checkout-{job_id}"}
+            )
+        )
+
+    def retrieve_checkout_session(self, session_id: str) -> Any:
+        return self._call(lambda: self.client.v1.checkout.sessions.retrieve(session_id))
+
+    def _call(self, operation: Callable[[], T]) -> T:
+        try:
+            return operation()
+        except stripe.RateLimitError as exc:
+            raise PaymentProviderUnavailable(
+                "the payment provider is busy; try again shortly", retry_after_s=10
+            ) from exc
+        except (stripe.APIConnectionError, stripe.APIError) as exc:
+            raise PaymentProviderUnavailable(
+                "the payment provider cannot be reached; try again shortly"
+            ) from exc
+        except stripe.StripeError as exc:
+            message = getattr(exc, "user_message", None) or str(exc)
+            raise PaymentProviderRejected(f"the payment provider refused: {message}") from exc

@@ -1,0 +1,149 @@
+"""Fetching a storefront's image: only from configured hosts, with size, pixel and time limits.
+
+    >>> image = fetch_source("https://images.example/cat.jpg", policy)
+    >>> image.width, image.height, image.format
+
+Rules:
+- http(s) only; the host (and port, if the entry names one) must be in
+  ``SMI_SOURCE_HOSTS``; every redirect target is checked the same way;
+- a name that resolves to a private, loopback, link-local or reserved
+  address is refused, unless the listed entry is that IP address itself
+  or ``localhost`` (so a public name cannot be pointed at our network);
+- at most ``max_bytes`` are read, in at most ``timeout_s`` seconds;
+- the bytes must decode as a JPEG, PNG or WebP within the pixel limit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from gateway.errors import SourceImageError
+from upscaler.errors import ImageError, ImageTooLargeError
+from upscaler.images import decode_image
+
+MAX_REDIRECTS = 3
+
+
+@dataclass(frozen=True)
+class SourcePolicy:
+    """Where images may come from and how big they may be."""
+
+    hosts: tuple[str, ...]
+    max_bytes: int
+    max_pixels: int
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """A fetched, decodable image."""
+
+    url: str
+    data: bytes
+    format: str
+    width: int
+    height: int
+
+
+def fetch_source(url: str, policy: SourcePolicy, client: httpx.Client | None = None) -> SourceImage:
+    """Fetch and check one image; ``SourceImageError`` says what was wrong, for the customer."""
+    deadline = time.monotonic() + policy.timeout_s
+    own_client = client is None
+    client = client or httpx.Client(follow_redirects=False)
+    try:
+        for _ in range(MAX_REDIRECTS + 1):
+            check_url(url, policy.hosts)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SourceImageError("the image took too long to download")
+            try:
+                with client.stream("GET", url, timeout=remaining) as response:
+                    if response.is_redirect:
+                        url = urljoin(url, response.headers.get("location", ""))
+                        continue
+                    if response.status_code != 200:
+                        raise SourceImageError(
+                            f"the image server answered HTTP {response.status_code}"
+                        )
+                    data = _read_limited(response, policy.max_bytes, deadline)
+            except httpx.TimeoutException as exc:
+                raise SourceImageError("the image took too long to download") from exc
+            except httpx.HTTPError as exc:
+                raise SourceImageError(f"the image could not be downloaded: {exc}") from exc
+            return _decode(url, data, policy.max_pixels)
+        raise SourceImageError(f"more than {MAX_REDIRECTS} redirects")
+    finally:
+        if own_client:
+            client.close()
+
+
+def check_url(url: str, hosts: tuple[str, ...]) -> None:
+    """Raise ``SourceImageError`` unless ``url`` is http(s) on an allowed, safe host."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SourceImageError("image_url must be an http or https URL")
+    host = parts.hostname.lower()
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    listed = [entry for entry in hosts if _entry_matches(entry, host, port)]
+    if not listed:
+        raise SourceImageError(f"images from {host} are not accepted here")
+    if host == "localhost" or _is_ip(host):
+        return  # listed explicitly by address: the operator meant it
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+    except OSError as exc:
+        raise SourceImageError(f"cannot resolve {host}") from exc
+    for address in addresses:
+        ip = ipaddress.ip_address(str(address).split("%")[0])
+        if not ip.is_global:
+            raise SourceImageError(f"{host} resolves to a non-public address ({ip})")
+
+
+def _entry_matches(entry: str, host: str, port: int) -> bool:
+    if entry.startswith("["):  # [v6]:port
+        name, _, entry_port = entry[1:].partition("]")
+        entry_port = entry_port.lstrip(":")
+    elif entry.count(":") == 1:
+        name, entry_port = entry.split(":")
+    else:
+        name, entry_port = entry, ""
+    return name == host and (not entry_port or int(entry_port) == port)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _read_limited(response: httpx.Response, max_bytes: int, deadline: float) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise SourceImageError(f"the image is larger than {max_bytes:,} bytes")
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise SourceImageError(f"the image is larger than {max_bytes:,} bytes")
+        if time.monotonic() > deadline:
+            raise SourceImageError("the image took too long to download")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode(url: str, data: bytes, max_pixels: int) -> SourceImage:
+    try:
+        decoded = decode_image(data, max_pixels=max_pixels)
+    except ImageTooLargeError as exc:
+        raise SourceImageError(f"the image is too large: {exc}") from exc
+    except ImageError as exc:
+        raise SourceImageError(f"not a usable image: {exc}") from exc
+    return SourceImage(url, data, decoded.format, decoded.width, decoded.height)

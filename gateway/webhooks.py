@@ -1,0 +1,70 @@
+"""Stripe webhooks: verify the signature on the raw body, then apply each event once.
+
+Handled: ``checkout.session.completed`` and
+``checkout.session.async_payment_succeeded`` (fulfil when paid),
+``payment_intent.payment_failed`` (record the decline),
+``checkout.session.expired`` (expire the unpaid job). Others get 200 and
+no effect. An event's id is claimed in the same transaction as its effect,
+so duplicates, concurrent deliveries and replays change nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import stripe
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.errors import RequestError, WebhookSignatureError
+from gateway.fulfilment import expire_checkout, fulfil_checkout, job_id_of, record_decline
+from gateway.jobs import DuplicateEventError, UnknownJobError, claim_event
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_TOLERANCE_S = 300
+HANDLERS = {
+    "checkout.session.completed": fulfil_checkout,
+    "checkout.session.async_payment_succeeded": fulfil_checkout,
+    "payment_intent.payment_failed": record_decline,
+    "checkout.session.expired": expire_checkout,
+}
+
+
+def verify_event(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
+    """The event in ``payload`` if ``signature`` is Stripe's for it, made within 300 s."""
+    if not signature:
+        raise WebhookSignatureError("missing Stripe-Signature header")
+    try:
+        event = stripe.Webhook.construct_event(
+            payload, signature, secret, tolerance=SIGNATURE_TOLERANCE_S
+        )
+    except stripe.SignatureVerificationError as exc:
+        raise WebhookSignatureError("webhook signature verification failed") from exc
+    except ValueError as exc:
+        raise RequestError("webhook body is not valid JSON") from exc
+    return dict(event.to_dict())
+
+
+def apply_event(sessions: sessionmaker[Session], event: dict[str, Any]) -> str:
+    """Apply one verified event; returns what happened (for logs and tests)."""
+    handler = HANDLERS.get(event.get("type", ""))
+    if handler is None:
+        return "ignored"
+    stripe_object = event.get("data", {}).get("object", {})
+    job_id = job_id_of(stripe_object)
+    context = {"event_id": event.get("id"), "type": event.get("type"), "job_id": job_id}
+    if not job_id:
+        log.info("event for no job of ours", extra=context)
+        return "ignored"
+    try:
+        with sessions.begin() as session:
+            claim_event(session, str(event["id"]), str(event["type"]), job_id)
+            changed = handler(session, stripe_object, f"stripe:{event['id']}")
+    except DuplicateEventError:
+        return "duplicate"
+    except UnknownJobError:
+        log.warning("event for an unknown job", extra=context)
+        return "unknown job"
+    log.info("event applied", extra={**context, "changed": changed})
+    return "applied" if changed else "no change"

@@ -1,0 +1,378 @@
+"""The gateway over HTTP: real uvicorn, the Stripe emulator via the SDK, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import numpy as np
+import pytest
+import stripe
+from sqlalchemy import select
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from conftest import sample
+from gateway.app import create_app
+from gateway.config import GatewayConfig
+from gateway.database import create_database_engine, session_factory
+from gateway.emulator.app import EmulatorSettings, create_emulator_app
+from gateway.emulator.webhooks import Faults, sign_payload
+from gateway.jobs import audit_trail
+from gateway.tables import OutboxMessage
+from servers import free_port, serve, wait_for
+from upscaler.images import encode_image
+
+SECRET = "whsec_gateway_tests"
+API_KEY = "sk_test_gateway"
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+        )
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 9))
+
+
+def image_server() -> Starlette:
+    photo = encode_image(np.ascontiguousarray(sample("coffee")[100:180, 200:320]), "jpeg")
+
+    async def route(request: Request) -> Response:
+        name = request.path_params["name"]
+        port = request.url.port
+        if name == "photo.jpg":
+            return Response(photo, media_type="image/jpeg")
+        if name == "huge.png":
+            return Response(_png_claiming(5000, 5000), media_type="image/png")
+        if name == "notes.txt":
+            return Response(b"not an image", media_type="text/plain")
+        if name == "hop":
+            return RedirectResponse("/photo.jpg")
+        if name == "away":  # same machine, but a host that is not on the list
+            return RedirectResponse(f"http://localhost:{port}/photo.jpg")
+        return Response(status_code=404)
+
+    return Starlette(routes=[Route("/{name}", route)])
+
+
+@dataclass
+class Stack:
+    gateway: str
+    emulator: str
+    images: str
+    stripe: stripe.StripeClient
+    config: GatewayConfig
+    faults: Faults
+
+    def checkout(self, **body: object) -> httpx.Response:
+        body = {"image_url": f"{self.images}/photo.jpg", **body}
+        return httpx.post(f"{self.gateway}/api/checkout", json=body, timeout=30)
+
+    def status(self, job_id: str, **params: str) -> dict:
+        return httpx.get(f"{self.gateway}/api/jobs/{job_id}", params=params, timeout=30).json()
+
+    def pay(self, checkout_url: str, card: str) -> dict:
+        session_id = checkout_url.rsplit("/", 1)[1]
+        return httpx.post(
+            f"{self.emulator}/_emulator/checkout/{session_id}/pay", data={"card": card}, timeout=30
+        ).json()
+
+    def sessions(self):
+        return session_factory(create_database_engine(self.config.database_url))
+
+
+@contextmanager
+def start_stack(database_url: str, tmp_path, webhooks: bool = True) -> Iterator[Stack]:
+    gateway_port, emulator_port = free_port(), free_port()
+    faults = Faults()
+    with serve(image_server()) as images:
+        config = GatewayConfig.from_env(
+            {
+                "SMI_STRIPE_TEST_SECRET_KEY": API_KEY,
+                "SMI_STRIPE_TEST_WEBHOOK_SECRET": SECRET,
+                "SMI_STRIPE_API_BASE": f"http://127.0.0.1:{emulator_port}",
+                "SMI_DATABASE_URL": database_url,
+                "SMI_STORAGE_URL": f"file://{tmp_path / 'storage'}",
+                "SMI_SOURCE_HOSTS": images.removeprefix("http://"),
+                "SMI_PUBLIC_URL": f"http://127.0.0.1:{gateway_port}",
+                "SMI_DATA_DIR": str(tmp_path),
+            }
+        )
+        if database_url.startswith("postgresql"):
+            from gateway.database import migrate
+
+            migrate(create_database_engine(database_url))
+        settings = EmulatorSettings(
+            public_url=f"http://127.0.0.1:{emulator_port}",
+            webhook_url=f"http://127.0.0.1:{gateway_port}/webhooks/stripe" if webhooks else None,
+            webhook_secret=SECRET,
+            faults=faults,
+        )
+        with (
+            serve(create_emulator_app(settings), port=emulator_port) as emulator,
+            serve(create_app(config), port=gateway_port) as gateway,
+        ):
+            client = stripe.StripeClient(API_KEY, base_addresses={"api": emulator})
+            yield Stack(gateway, emulator, images, client, config, faults)
+
+
+@pytest.fixture
+def stack(database_url, tmp_path) -> Iterator[Stack]:
+    with start_stack(database_url, tmp_path) as running:
+        yield running
+
+
+def outbox_kinds(stack: Stack, job_id: str) -> list[str]:
+    with stack.sessions()() as session:
+        return sorted(
+            session.scalars(select(OutboxMessage.kind).where(OutboxMessage.job_id == job_id))
+        )
+
+
+class TestCheckoutToPayment:
+    def test_checkout_prices_the_real_image_and_creates_the_specs_session(self, stack):
+        response = stack.checkout(return_url="http://shop.test/gallery?page=2")
+        assert response.status_code == 201, response.text
+        body = response.json()
+        assert body["amount_cents"] == 50 and body["currency"] == "usd"  # 480x320 out: minimum
+        session_id = body["checkout_url"].rsplit("/", 1)[1]
+        session = stack.stripe.v1.checkout.sessions.retrieve(session_id)
+        assert session.metadata.to_dict() == {"job_id": body["job_id"], "plugin": "sell-my-images"}
+        assert session.client_reference_id == body["job_id"]
+        assert session.payment_method_types == ["card"] and session.mode == "payment"
+        success = parse_qs(urlsplit(session.success_url).query)
+        assert success == {
+            "page": ["2"],
+            "smi_payment": ["success"],
+            "job_id": [body["job_id"]],
+            "session_id": ["{CHECKOUT_SESSION_ID}"],
+        }
+        cancel = parse_qs(urlsplit(session.cancel_url).query)
+        assert cancel["smi_payment"] == ["cancel"] and cancel["job_id"] == [body["job_id"]]
+        assert 30 * 60 <= session.expires_at - time.time() <= 24 * 3600
+        items = stack.stripe.v1.checkout.sessions.line_items.list(session_id)
+        product = items.data[0]["price_data"]["product_data"]
+        assert product["name"] == "High-Resolution Image (4x)"
+        assert product["description"] == "120x80 → 480x320 pixels"
+        status = stack.status(body["job_id"])
+        assert status["status"] == "awaiting_payment" and status["width"] == 120
+
+    def test_paying_makes_the_job_pending_with_one_upscale_message(self, stack):
+        body = stack.checkout().json()
+        assert stack.pay(body["checkout_url"], "4242424242424242")["outcome"] == "paid"
+        status = wait_for(lambda: (s := stack.status(body["job_id"]))["status"] == "pending" and s)
+        assert status["message"].startswith("Payment received")
+        assert status["paid_at"]
+        assert outbox_kinds(stack, body["job_id"]) == ["email:payment_confirmation", "upscale"]
+        with stack.sessions()() as session:
+            message = session.scalars(
+                select(OutboxMessage.body).where(
+                    OutboxMessage.job_id == body["job_id"], OutboxMessage.kind == "upscale"
+                )
+            ).one()
+        assert json.loads(message)["schema"] == "smi.upscale-request.v1"
+
+    def test_a_decline_tells_the_customer_and_a_retry_pays(self, stack):
+        body = stack.checkout().json()
+        stack.pay(body["checkout_url"], "4000000000009995")
+        status = wait_for(lambda: (s := stack.status(body["job_id"]))["decline_code"] and s)
+        assert status["status"] == "awaiting_payment"
+        assert status["decline_code"] == "insufficient_funds"
+        assert "another card" in status["message"]
+        stack.pay(body["checkout_url"], "4242424242424242")
+        wait_for(lambda: stack.status(body["job_id"])["status"] == "pending")
+
+    def test_expiry_ends_an_unpaid_job_but_not_a_paid_one(self, stack):
+        unpaid, paid = stack.checkout().json(), stack.checkout().json()
+        stack.stripe.v1.checkout.sessions.expire(unpaid["checkout_url"].rsplit("/", 1)[1])
+        wait_for(lambda: stack.status(unpaid["job_id"])["status"] == "expired")
+        stack.pay(paid["checkout_url"], "4242424242424242")
+        wait_for(lambda: stack.status(paid["job_id"])["status"] == "pending")
+        session = stack.stripe.v1.checkout.sessions.retrieve(paid["checkout_url"].rsplit("/", 1)[1])
+        late = {
+            "id": "evt_late_expiry",
+            "object": "event",
+            "type": "checkout.session.expired",
+            "data": {"object": {**session.to_dict(), "status": "expired"}},
+        }
+        assert post_event(stack, late).json()["result"] == "no change"
+        assert stack.status(paid["job_id"])["status"] == "pending"
+
+
+def post_event(
+    stack: Stack, event: dict, *, secret: str = SECRET, timestamp: int | None = None
+) -> httpx.Response:
+    payload = json.dumps(event).encode()
+    signature = sign_payload(payload, secret, timestamp)
+    return httpx.post(
+        f"{stack.gateway}/webhooks/stripe",
+        content=payload,
+        headers={"Stripe-Signature": signature, "Content-Type": "application/json"},
+        timeout=30,
+    )
+
+
+def test_returning_customer_is_fulfilled_before_the_webhook(database_url, tmp_path):
+    with start_stack(database_url, tmp_path, webhooks=False) as stack:
+        body = stack.checkout().json()
+        redirect = stack.pay(body["checkout_url"], "4242424242424242")["redirect"]
+        query = parse_qs(urlsplit(redirect).query)
+        assert query["smi_payment"] == ["success"] and query["job_id"] == [body["job_id"]]
+        assert stack.status(body["job_id"])["status"] == "awaiting_payment"  # no webhook
+        status = stack.status(body["job_id"], session_id=query["session_id"][0])
+        assert status["status"] == "pending"
+        assert (
+            stack.status(body["job_id"], session_id=query["session_id"][0])["status"] == "pending"
+        )
+        assert outbox_kinds(stack, body["job_id"]).count("upscale") == 1
+
+
+def test_five_simultaneous_deliveries_to_two_gateways_take_effect_once(database_url, tmp_path):
+    with start_stack(database_url, tmp_path, webhooks=False) as stack:
+        with serve(create_app(stack.config)) as second_gateway:
+            body = stack.checkout().json()
+            stack.pay(body["checkout_url"], "4242424242424242")
+            event = stack.stripe.v1.events.list({"type": "checkout.session.completed"}).data[0]
+            payload = json.dumps(event.to_dict()).encode()
+            results: list[str] = []
+            barrier = threading.Barrier(5)
+
+            def deliver(url: str) -> None:
+                barrier.wait()
+                response = httpx.post(
+                    f"{url}/webhooks/stripe",
+                    content=payload,
+                    timeout=30,
+                    headers={"Stripe-Signature": sign_payload(payload, SECRET)},
+                )
+                results.append(response.json()["result"])
+
+            targets = [stack.gateway, second_gateway] * 3
+            threads = [threading.Thread(target=deliver, args=(url,)) for url in targets[:5]]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        assert sorted(results) == ["applied"] + ["duplicate"] * 4
+        assert outbox_kinds(stack, body["job_id"]).count("upscale") == 1
+        with stack.sessions()() as session:
+            trail = [e.to_status for e in audit_trail(session, body["job_id"])]
+        assert trail == ["awaiting_payment", "pending"]
+
+
+class TestBadInput:
+    @pytest.fixture
+    def paid_event(self, stack) -> tuple[Stack, dict]:
+        body = stack.checkout().json()
+        session = stack.stripe.v1.checkout.sessions.retrieve(body["checkout_url"].rsplit("/", 1)[1])
+        event = {
+            "id": "evt_forged",
+            "object": "event",
+            "type": "checkout.session.completed",
+            "data": {
+                "object": {
+                    **session.to_dict(),
+                    "payment_status": "paid",
+                    "payment_intent": "pi_forged",
+                }
+            },
+        }
+        return stack, {"event": event, "job_id": body["job_id"]}
+
+    @pytest.mark.parametrize(
+        ("signing", "fragment"),
+        [
+            ({"secret": "whsec_wrong"}, "signature"),
+            ({"timestamp": int(time.time()) - 400}, "signature"),
+        ],
+    )
+    def test_bad_signatures_change_nothing(self, paid_event, signing, fragment):
+        stack, case = paid_event
+        response = post_event(stack, case["event"], **signing)
+        assert response.status_code == 400 and fragment in response.json()["error"]["message"]
+        assert stack.status(case["job_id"])["status"] == "awaiting_payment"
+
+    def test_missing_signature_and_malformed_json(self, paid_event):
+        stack, case = paid_event
+        url = f"{stack.gateway}/webhooks/stripe"
+        assert httpx.post(url, content=b"{}").status_code == 400
+        garbage = b"{not json"
+        response = httpx.post(
+            url, content=garbage, headers={"Stripe-Signature": sign_payload(garbage, SECRET)}
+        )
+        assert response.status_code == 400
+        assert stack.status(case["job_id"])["status"] == "awaiting_payment"
+
+    def test_oversized_bodies_are_refused(self, stack):
+        huge = b"x" * (1024 * 1024 + 1)
+        response = httpx.post(
+            f"{stack.gateway}/webhooks/stripe",
+            content=huge,
+            headers={"Stripe-Signature": sign_payload(huge, SECRET)},
+        )
+        assert response.status_code == 413
+        response = httpx.post(f"{stack.gateway}/api/checkout", content=b"{" + b" " * 20000)
+        assert response.status_code == 413
+
+    def test_unhandled_event_types_are_acknowledged(self, stack):
+        response = post_event(
+            stack, {"id": "evt_x", "type": "customer.created", "data": {"object": {}}}
+        )
+        assert response.status_code == 200 and response.json()["result"] == "ignored"
+
+    @pytest.mark.parametrize(
+        ("body", "status", "fragment"),
+        [
+            (b"{nope", 400, "not valid JSON"),
+            (b"[]", 400, "JSON object"),
+            (b"{}", 400, "image_url is required"),
+            (json.dumps({"image_url": "x", "amount_cents": 1}).encode(), 400, "computed by"),
+        ],
+    )
+    def test_malformed_checkout_requests(self, stack, body, status, fragment):
+        response = httpx.post(f"{stack.gateway}/api/checkout", content=body)
+        assert response.status_code == status and fragment in response.json()["error"]["message"]
+
+    @pytest.mark.parametrize(
+        ("path", "fragment"),
+        [
+            ("/notes.txt", "not a usable image"),
+            ("/huge.png", "too large"),
+            ("/away", "not accepted"),
+            ("/missing", "HTTP 404"),
+        ],
+    )
+    def test_unusable_images_are_refused_and_nothing_is_created(self, stack, path, fragment):
+        response = stack.checkout(image_url=f"{stack.images}{path}")
+        assert response.status_code == 422
+        assert fragment in response.json()["error"]["message"]
+        assert stack.stripe.v1.checkout.sessions.list().data == []
+
+    def test_redirects_on_the_list_are_followed(self, stack):
+        assert stack.checkout(image_url=f"{stack.images}/hop").status_code == 201
+
+    def test_hosts_off_the_list_are_refused(self, stack):
+        response = stack.checkout(image_url="http://example.com/cat.jpg")
+        assert response.status_code == 422 and "not accepted" in response.text
+
+    def test_unknown_jobs_are_404(self, stack):
+        response = httpx.get(f"{stack.gateway}/api/jobs/job_nope")
+        assert response.status_code == 404 and response.json()["error"]["type"] == "not_found"
+
+    def test_stripe_rate_limits_become_503_with_retry_after(self, stack):
+        stack.faults.rate_limit_rate = 1.0
+        response = stack.checkout()
+        assert response.status_code == 503 and response.headers["Retry-After"] == "10"
+        stack.faults.rate_limit_rate = 0.0

@@ -40,6 +40,7 @@ from gateway.errors import (
 from gateway.fulfilment import fulfil_checkout
 from gateway.jobs import UnknownJobError, get_job
 from gateway.payments import Payments
+from gateway.relay import OutboxRelay
 from gateway.storage import Storage
 from gateway.tables import Job
 from gateway.webhooks import apply_event, verify_event
@@ -105,16 +106,19 @@ def create_app(config: GatewayConfig) -> Starlette:
         engine = create_database_engine(config.database_url)
         if engine.dialect.name == "sqlite":
             await run_in_threadpool(migrate, engine)  # PostgreSQL: `smi-gateway migrate`
+        sessions = session_factory(engine)
         app.state.services = Services(
-            config,
-            engine,
-            session_factory(engine),
-            Payments(config.stripe),
-            Storage(config.storage_url),
+            config, engine, sessions, Payments(config.stripe), Storage(config.storage_url)
         )
+        relay = None
+        if config.relay_in_process:
+            relay, stop = OutboxRelay(sessions, config.broker_url).start()
         try:
             yield
         finally:
+            if relay is not None:
+                stop.set()
+                relay.join(timeout=10)
             engine.dispose()
 
     def services(request: Request) -> Services:

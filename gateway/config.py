@@ -69,6 +69,7 @@ class GatewayConfig:
     max_source_bytes: int
     max_source_pixels: int
     fetch_timeout_s: float
+    relay_in_process: bool
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> GatewayConfig:
@@ -136,6 +137,7 @@ class GatewayConfig:
             max_source_bytes=int(env.number("MAX_SOURCE_BYTES", 50 * 2**20, minimum=1)),
             max_source_pixels=int(env.number("MAX_SOURCE_PIXELS", 4096 * 4096, minimum=1)),
             fetch_timeout_s=env.number("FETCH_TIMEOUT_S", 20.0, minimum=0.1),
+            relay_in_process=env.flag("RELAY_IN_PROCESS", True),
         )
         if env.problems:
             raise ConfigError(env.problems)
@@ -154,6 +156,17 @@ class _Reader:
 
     def text(self, name: str, default: str) -> str:
         return self.environ.get(PREFIX + name, default).strip()
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.environ.get(PREFIX + name, "").strip().lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        self.problem(f"{PREFIX}{name} must be true or false, not {raw!r}")
+        return default
 
     def number(
         self,

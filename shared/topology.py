@@ -13,7 +13,9 @@ nothing that was confirmed.
 
 from __future__ import annotations
 
-from kombu import Exchange, Queue
+from pathlib import Path
+
+from kombu import Connection, Exchange, Queue
 
 JOBS_EXCHANGE = Exchange("smi.jobs", type="direct", durable=True)
 EVENTS_EXCHANGE = Exchange("smi.events", type="direct", durable=True)
@@ -48,3 +50,26 @@ DEAD_QUEUE = Queue(
 )
 
 ALL_QUEUES = (UPSCALE_QUEUE, EVENTS_QUEUE, DEAD_QUEUE)
+
+
+def connect(url: str) -> Connection:
+    """A kombu connection for ``url`` with the options our topology relies on.
+
+    - ``amqp://`` / ``pyamqp://`` (RabbitMQ): publisher confirms, so a publish
+      returns only once the broker has the message;
+    - ``filesystem://PATH``: the embedded default, a folder shared by the
+      processes of one machine.
+    """
+    if url.startswith("filesystem://"):
+        folder = Path(url.removeprefix("filesystem://") or "var/broker")
+        (folder / "processed").mkdir(parents=True, exist_ok=True)
+        return Connection(
+            "filesystem://",
+            transport_options={
+                "data_folder_in": str(folder),
+                "data_folder_out": str(folder),
+                "processed_folder": str(folder / "processed"),
+                "store_processed": False,
+            },
+        )
+    return Connection(url, transport_options={"confirm_publish": True})

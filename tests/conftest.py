@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from hypothesis import settings
+from kombu import Connection
 from sqlalchemy import create_engine, text
 
+from shared.messages import UpscaleRequest
+from shared.topology import UPSCALE_QUEUE
 from upscaler.images import decode_image
 from upscaler.registry import PROJECT_MODELS_DIR, ModelRegistry
 from upscaler.weights import import_ncnn_weights
@@ -68,3 +72,36 @@ def database_url(request, tmp_path) -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+# This machine's RabbitMQ (.ci/run starts it when it is down).
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+@pytest.fixture
+def rabbit() -> Iterator[Connection]:
+    """A connection to RabbitMQ with the upscale queue declared and empty."""
+    with Connection(RABBITMQ_URL) as connection:  # fails loudly when RabbitMQ is down
+        queue = UPSCALE_QUEUE(connection.default_channel)
+        queue.declare()
+        queue.purge()
+        yield connection
+        queue.purge()
+
+
+def drain(connection: Connection, timeout: float = 5.0) -> list[UpscaleRequest]:
+    """Every upscale request waiting on the queue (acknowledged), after up to ``timeout``."""
+    received: list[UpscaleRequest] = []
+    queue = connection.SimpleQueue(UPSCALE_QUEUE)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            message = queue.get(block=True, timeout=0.3)
+        except queue.Empty:
+            if received:
+                break
+            continue
+        received.append(UpscaleRequest.from_json(message.body))
+        message.ack()
+    queue.close()
+    return received

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from conftest import sample
+from conftest import RABBITMQ_URL, drain, sample
 from gateway.app import create_app
 from gateway.config import GatewayConfig
 from gateway.database import create_database_engine, session_factory
@@ -94,7 +94,9 @@ class Stack:
 
 
 @contextmanager
-def start_stack(database_url: str, tmp_path, webhooks: bool = True) -> Iterator[Stack]:
+def start_stack(
+    database_url: str, tmp_path, webhooks: bool = True, broker_url: str | None = None
+) -> Iterator[Stack]:
     gateway_port, emulator_port = free_port(), free_port()
     faults = Faults()
     with serve(image_server()) as images:
@@ -108,6 +110,7 @@ def start_stack(database_url: str, tmp_path, webhooks: bool = True) -> Iterator[
                 "SMI_SOURCE_HOSTS": images.removeprefix("http://"),
                 "SMI_PUBLIC_URL": f"http://127.0.0.1:{gateway_port}",
                 "SMI_DATA_DIR": str(tmp_path),
+                "SMI_BROKER_URL": broker_url or f"filesystem://{tmp_path / 'broker'}",
             }
         )
         if database_url.startswith("postgresql"):
@@ -376,3 +379,14 @@ class TestBadInput:
         response = stack.checkout()
         assert response.status_code == 503 and response.headers["Retry-After"] == "10"
         stack.faults.rate_limit_rate = 0.0
+
+
+def test_checkout_to_one_message_on_rabbitmq(database_url, tmp_path, rabbit):
+    """Real SDK, emulator, database and broker: pay -> webhook -> pending -> one message."""
+    with start_stack(database_url, tmp_path, broker_url=RABBITMQ_URL) as stack:
+        body = stack.checkout().json()
+        stack.pay(body["checkout_url"], "4242424242424242")
+        wait_for(lambda: stack.status(body["job_id"])["status"] == "pending")
+        received = drain(rabbit)
+    assert [request.job_id for request in received] == [body["job_id"]]
+    assert received[0].source_key.startswith(f"jobs/{body['job_id']}/source.")

@@ -1,0 +1,106 @@
+"""The outbox relay against this machine's RabbitMQ and the embedded filesystem broker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from sqlalchemy import select
+
+from conftest import RABBITMQ_URL, drain
+from gateway.database import create_database_engine, migrate, session_factory
+from gateway.fulfilment import fulfil_checkout
+from gateway.jobs import NewJob, create_job
+from gateway.relay import OutboxRelay
+from gateway.tables import OutboxMessage
+from shared.messages import UpscaleRequest
+from shared.topology import UPSCALE_QUEUE, connect
+
+NOWHERE_URL = "amqp://guest:guest@127.0.0.1:1//"
+
+
+@pytest.fixture
+def sessions(database_url):
+    engine = create_database_engine(database_url)
+    migrate(engine)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+def paid_job(sessions, name: str) -> str:
+    with sessions.begin() as session:
+        job = create_job(
+            session,
+            NewJob(f"https://img.example/{name}.jpg", f"jobs/{name}/source.jpg", 10, 10, 50, "usd"),
+        )
+        job.stripe_session_id = f"cs_{name}"
+        fulfil_checkout(
+            session,
+            {
+                "id": f"cs_{name}",
+                "payment_status": "paid",
+                "amount_total": 50,
+                "currency": "usd",
+                "payment_intent": f"pi_{name}",
+                "metadata": {"job_id": job.id},
+            },
+            "test",
+        )
+        return job.id
+
+
+def test_paid_jobs_reach_rabbitmq_once(sessions, rabbit):
+    jobs = {paid_job(sessions, f"j{i}") for i in range(3)}
+    relay = OutboxRelay(sessions, RABBITMQ_URL)
+    assert relay.publish_pending() == 3
+    assert relay.publish_pending() == 0
+    received = drain(rabbit)
+    assert {request.job_id for request in received} == jobs and len(received) == 3
+    with sessions() as session:
+        rows = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "upscale"))
+        assert all(row.published_at is not None for row in rows)
+
+
+def test_a_broker_outage_delays_jobs_and_loses_none(sessions, rabbit):
+    job_id = paid_job(sessions, "outage")
+    down = OutboxRelay(sessions, NOWHERE_URL, poll_s=0.05, max_backoff_s=0.2)
+    thread, stop = down.start()
+    time.sleep(1.0)
+    stop.set()
+    thread.join(5)
+    with sessions() as session:
+        row = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "upscale")).one()
+        assert row.published_at is None and row.last_error
+    back = OutboxRelay(sessions, RABBITMQ_URL, poll_s=0.05)
+    thread, stop = back.start()
+    try:
+        received = drain(rabbit)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert [request.job_id for request in received] == [job_id]
+
+
+def test_the_embedded_broker_crosses_processes(sessions, tmp_path):
+    url = f"filesystem://{tmp_path / 'broker'}"
+    job_id = paid_job(sessions, "embedded")
+    assert OutboxRelay(sessions, url).publish_pending() == 1
+    consumer = (
+        "import sys\n"
+        "from shared.topology import connect, UPSCALE_QUEUE\n"
+        "with connect(sys.argv[1]) as c:\n"
+        "    q = c.SimpleQueue(UPSCALE_QUEUE)\n"
+        "    m = q.get(block=True, timeout=10)\n"
+        "    print(m.body if isinstance(m.body, str) else m.body.decode()); m.ack()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", consumer, url], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert UpscaleRequest.from_json(done.stdout.strip()).job_id == job_id
+    with connect(url) as connection:  # consumed once: nothing left
+        queue = connection.SimpleQueue(UPSCALE_QUEUE)
+        assert queue.qsize() == 0
+        queue.close()

@@ -50,7 +50,9 @@ def create_database_engine(url: str, **options: Any) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, **options)
+    # Connections are recycled before PostgreSQL or a proxy would drop them;
+    # pre-ping would cost a round trip on every checkout from the pool.
+    return create_engine(url, pool_recycle=1800, pool_size=10, max_overflow=20, **options)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -13,7 +13,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.jobs import add_outbox_message, change_status, get_job
@@ -79,12 +78,7 @@ def fulfil_checkout(session: Session, checkout: Mapping[str, Any], source: str) 
     job.decline_code = None
     details = checkout.get("customer_details") or {}
     job.customer_email = details.get("email") or checkout.get("customer_email")
-    if (
-        intent_id
-        and not session.scalars(
-            select(Payment).where(Payment.stripe_payment_intent_id == intent_id)
-        ).first()
-    ):
+    if intent_id:  # the first and only time: the job was awaiting payment, under lock
         session.add(
             Payment(
                 job_id=job.id,

@@ -139,31 +139,25 @@ def change_status(
 def claim_event(session: Session, event_id: str, event_type: str, job_id: str | None) -> None:
     """Record that a Stripe event takes effect now; ``DuplicateEventError`` if it already did.
 
-    Runs in a savepoint, so the caller's transaction stays usable either way.
-    On PostgreSQL a concurrent claim of the same id waits for the first
-    transaction and then fails here, which is what makes five simultaneous
-    deliveries take effect once.
+    Call it first in the transaction that applies the event, and roll that
+    transaction back on ``DuplicateEventError``. On PostgreSQL a concurrent
+    claim of the same id waits for the first transaction and then fails
+    here, which is what makes five simultaneous deliveries take effect once.
     """
+    session.add(WebhookEvent(event_id=event_id, type=event_type, job_id=job_id))
     try:
-        with session.begin_nested():
-            session.add(WebhookEvent(event_id=event_id, type=event_type, job_id=job_id))
+        session.flush()
     except IntegrityError as exc:
         raise DuplicateEventError(event_id) from exc
 
 
-def add_outbox_message(session: Session, job: Job, kind: str, body: str, attempt: int = 1) -> bool:
-    """Queue a message for the relay in the caller's transaction; ``False`` if already queued."""
-    existing = session.scalars(
-        select(OutboxMessage).where(
-            OutboxMessage.job_id == job.id,
-            OutboxMessage.kind == kind,
-            OutboxMessage.attempt == attempt,
-        )
-    ).first()
-    if existing is not None:
-        return False
+def add_outbox_message(session: Session, job: Job, kind: str, body: str, attempt: int = 1) -> None:
+    """Queue a message for the relay in the caller's transaction.
+
+    The outbox's unique key (job, kind, attempt) refuses a second copy: the
+    transaction that tries fails with ``IntegrityError`` and changes nothing.
+    """
     session.add(OutboxMessage(job_id=job.id, kind=kind, attempt=attempt, body=body))
-    return True
 
 
 def audit_trail(session: Session, job_id: str) -> list[AuditEntry]:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy.exc import IntegrityError
 
 from gateway.database import create_database_engine, migrate, session_factory
 from gateway.jobs import (
@@ -87,14 +88,14 @@ class TestJobStoreContract:
         with session_factory(engine)() as session, pytest.raises(UnknownJobError):
             get_job(session, "job_nope")
 
-    def test_an_event_takes_effect_once_and_leaves_the_transaction_usable(self, engine):
+    def test_an_event_takes_effect_once(self, engine):
         Session = session_factory(engine)
         with Session.begin() as session:
             job = create_job(session, NEW_JOB)
             claim_event(session, "evt_1", "checkout.session.completed", job.id)
+        with pytest.raises(DuplicateEventError), Session.begin() as session:
+            claim_event(session, "evt_1", "checkout.session.completed", job.id)
         with Session.begin() as session:
-            with pytest.raises(DuplicateEventError):
-                claim_event(session, "evt_1", "checkout.session.completed", job.id)
             claim_event(session, "evt_2", "checkout.session.expired", job.id)
         with Session() as session:
             assert session.scalar(select(func.count()).select_from(WebhookEvent)) == 2
@@ -103,9 +104,10 @@ class TestJobStoreContract:
         Session = session_factory(engine)
         with Session.begin() as session:
             job = create_job(session, NEW_JOB)
-            assert add_outbox_message(session, job, "upscale", "{}")
-            assert not add_outbox_message(session, job, "upscale", "{}")
-            assert add_outbox_message(session, job, "upscale", "{}", attempt=2)
+            add_outbox_message(session, job, "upscale", "{}")
+            add_outbox_message(session, job, "upscale", "{}", attempt=2)
+        with pytest.raises(IntegrityError), Session.begin() as session:
+            add_outbox_message(session, get_job(session, job.id), "upscale", "{}")
         with Session() as session:
             assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 2
 

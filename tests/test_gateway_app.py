@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import threading
 import time
 import zlib
@@ -27,7 +29,10 @@ from gateway.config import GatewayConfig
 from gateway.database import create_database_engine, session_factory
 from gateway.emulator.app import EmulatorSettings, create_emulator_app
 from gateway.emulator.webhooks import Faults, sign_payload
+from gateway.errors import PaymentProviderRejected, SourceImageError
 from gateway.jobs import audit_trail
+from gateway.payments import Payments
+from gateway.sources import check_url
 from gateway.tables import OutboxMessage
 from servers import free_port, serve, wait_for
 from upscaler.images import encode_image
@@ -62,6 +67,9 @@ def image_server() -> Starlette:
             return RedirectResponse("/photo.jpg")
         if name == "away":  # same machine, but a host that is not on the list
             return RedirectResponse(f"http://localhost:{port}/photo.jpg")
+        if name == "slow.jpg":
+            await asyncio.sleep(3)
+            return Response(photo, media_type="image/jpeg")
         return Response(status_code=404)
 
     return Starlette(routes=[Route("/{name}", route)])
@@ -95,7 +103,11 @@ class Stack:
 
 @contextmanager
 def start_stack(
-    database_url: str, tmp_path, webhooks: bool = True, broker_url: str | None = None
+    database_url: str,
+    tmp_path,
+    webhooks: bool = True,
+    broker_url: str | None = None,
+    **settings: str,
 ) -> Iterator[Stack]:
     gateway_port, emulator_port = free_port(), free_port()
     faults = Faults()
@@ -111,6 +123,7 @@ def start_stack(
                 "SMI_PUBLIC_URL": f"http://127.0.0.1:{gateway_port}",
                 "SMI_DATA_DIR": str(tmp_path),
                 "SMI_BROKER_URL": broker_url or f"filesystem://{tmp_path / 'broker'}",
+                **settings,
             }
         )
         if database_url.startswith("postgresql"):
@@ -390,3 +403,29 @@ def test_checkout_to_one_message_on_rabbitmq(database_url, tmp_path, rabbit):
         received = drain(rabbit)
     assert [request.job_id for request in received] == [body["job_id"]]
     assert received[0].source_key.startswith(f"jobs/{body['job_id']}/source.")
+
+
+def test_size_and_time_limits_on_the_source(database_url, tmp_path):
+    limits = {"SMI_MAX_SOURCE_BYTES": "2000", "SMI_FETCH_TIMEOUT_S": "1"}
+    with start_stack(database_url, tmp_path, **limits) as stack:
+        too_big = stack.checkout()  # the photo is a few kB
+        assert too_big.status_code == 422 and "larger than 2,000 bytes" in too_big.text
+        too_slow = stack.checkout(image_url=f"{stack.images}/slow.jpg")
+        assert too_slow.status_code == 422 and "too long" in too_slow.text
+
+
+def test_names_resolving_to_private_addresses_are_refused():
+    host = socket.gethostname()  # resolves to this machine's own (non-public) address
+    with pytest.raises(SourceImageError):
+        check_url(f"http://{host}/cat.jpg", (host,))
+    with pytest.raises(SourceImageError, match="not accepted"):
+        check_url("http://127.0.0.2/cat.jpg", ("127.0.0.1",))
+    with pytest.raises(SourceImageError, match="http or https"):
+        check_url("file:///etc/passwd", ("",))
+    check_url("http://127.0.0.1:8080/cat.jpg", ("127.0.0.1:8080",))  # listed by address
+
+
+def test_stripe_refusals_become_502(stack):
+    payments = Payments(stack.config.stripe)
+    with pytest.raises(PaymentProviderRejected, match=r"No such checkout\.session"):
+        payments.retrieve_checkout_session("cs_test_missing")

@@ -25,25 +25,25 @@ UPSCALE_ROUTING_KEY = "upscale"
 EVENTS_ROUTING_KEY = "job-event"
 DEAD_ROUTING_KEY = "dead"
 
+# Rejected messages go to the dead-letter queue instead of being redelivered.
+DEAD_LETTERING = {
+    "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
+    "x-dead-letter-routing-key": DEAD_ROUTING_KEY,
+}
+
 UPSCALE_QUEUE = Queue(
     "smi.upscale",
     exchange=JOBS_EXCHANGE,
     routing_key=UPSCALE_ROUTING_KEY,
     durable=True,
-    queue_arguments={
-        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
-        "x-dead-letter-routing-key": DEAD_ROUTING_KEY,
-    },
+    queue_arguments=DEAD_LETTERING,
 )
 EVENTS_QUEUE = Queue(
     "smi.job-events",
     exchange=EVENTS_EXCHANGE,
     routing_key=EVENTS_ROUTING_KEY,
     durable=True,
-    queue_arguments={
-        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
-        "x-dead-letter-routing-key": DEAD_ROUTING_KEY,
-    },
+    queue_arguments=DEAD_LETTERING,
 )
 DEAD_QUEUE = Queue(
     "smi.dead", exchange=DEAD_LETTER_EXCHANGE, routing_key=DEAD_ROUTING_KEY, durable=True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+import zlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -44,6 +45,17 @@ def registry() -> ModelRegistry:
 def sample(name: str) -> np.ndarray:
     """A bundled photo as RGB uint8 pixels."""
     return decode_image((SAMPLES / f"{name}.png").read_bytes()).pixels
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims a size; its pixel data is a few bytes of nothing."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body).to_bytes(4, "big")
+        return len(body).to_bytes(4, "big") + kind + body + crc
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
 
 
 @pytest.fixture(scope="session")

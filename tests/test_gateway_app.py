@@ -7,7 +7,6 @@ import json
 import socket
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from conftest import RABBITMQ_URL, drain, sample
+from conftest import RABBITMQ_URL, drain, png_claiming, sample
 from gateway.app import create_app
 from gateway.config import GatewayConfig
 from gateway.database import create_database_engine, session_factory
@@ -41,16 +40,6 @@ SECRET = "whsec_gateway_tests"
 API_KEY = "sk_test_gateway"
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
-        )
-
-    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 9))
-
-
 def image_server() -> Starlette:
     photo = encode_image(np.ascontiguousarray(sample("coffee")[100:180, 200:320]), "jpeg")
 
@@ -60,7 +49,7 @@ def image_server() -> Starlette:
         if name == "photo.jpg":
             return Response(photo, media_type="image/jpeg")
         if name == "huge.png":
-            return Response(_png_claiming(5000, 5000), media_type="image/png")
+            return Response(png_claiming(5000, 5000), media_type="image/png")
         if name == "notes.txt":
             return Response(b"not an image", media_type="text/plain")
         if name == "hop":

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import io
 import time
-import zlib
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from conftest import SAMPLES
+from conftest import SAMPLES, png_claiming
 from upscaler.errors import (
     CorruptImageError,
     ImageTooLargeError,
@@ -100,19 +99,8 @@ def test_exif_orientation_on_a_jpeg_turns_the_picture():
     assert decoded.pixels.shape == (20, 12, 3)
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims a size; its pixel data is a few bytes of nothing."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body).to_bytes(4, "big")
-        return len(body).to_bytes(4, "big") + kind + body + crc
-
-    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-
-
 def test_pixel_limit_is_checked_before_decoding():
-    data = _png_header_only(8000, 6000)  # 48 megapixels claimed, 70 bytes long
+    data = png_claiming(8000, 6000)  # 48 megapixels claimed, 70 bytes long
     started = time.perf_counter()
     with pytest.raises(ImageTooLargeError) as raised:
         decode_image(data)
@@ -120,7 +108,7 @@ def test_pixel_limit_is_checked_before_decoding():
     assert raised.value.width == 8000 and raised.value.max_pixels == 4096 * 4096
     assert "8000x6000" in str(raised.value)
     with pytest.raises(ImageTooLargeError, match="limit is 16,777,216"):
-        decode_image(_png_header_only(50_000, 50_000))  # past Pillow's own bomb guard
+        decode_image(png_claiming(50_000, 50_000))  # past Pillow's own bomb guard
     with pytest.raises(ImageTooLargeError):
         probe_image(encode_image(random_pixels((40, 40, 3)), "png"), max_pixels=1000)
     assert probe_image(encode_image(random_pixels((40, 50, 3)), "png")).width == 50

@@ -13,7 +13,10 @@ import pytest
 from hypothesis import settings
 from kombu import Connection
 from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.fulfilment import fulfil_checkout
+from gateway.jobs import NewJob, create_job
 from shared.messages import UpscaleRequest
 from shared.topology import UPSCALE_QUEUE
 from upscaler.images import decode_image
@@ -117,3 +120,26 @@ def drain(connection: Connection, timeout: float = 5.0) -> list[UpscaleRequest]:
         message.ack()
     queue.close()
     return received
+
+
+def paid_job(sessions: sessionmaker[Session], name: str) -> str:
+    """A job paid through ``fulfil_checkout``, with its upscale message in the outbox."""
+    with sessions.begin() as session:
+        job = create_job(
+            session,
+            NewJob(f"https://img.example/{name}.jpg", f"jobs/{name}/source.jpg", 10, 10, 50, "usd"),
+        )
+        job.stripe_session_id = f"cs_{name}"
+        fulfil_checkout(
+            session,
+            {
+                "id": f"cs_{name}",
+                "payment_status": "paid",
+                "amount_total": 50,
+                "currency": "usd",
+                "payment_intent": f"pi_{name}",
+                "metadata": {"job_id": job.id},
+            },
+            "test",
+        )
+        return job.id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import httpx
 from sqlalchemy import inspect
 
-from gateway.database import create_database_engine
+from conftest import RABBITMQ_URL, drain, paid_job
+from gateway.database import create_database_engine, migrate, session_factory
 from servers import free_port, wait_for
 
 BIN = Path(sys.executable).parent
@@ -92,3 +94,21 @@ def test_serve_and_the_emulator_start_and_answer(tmp_path):
         for process in processes:
             process.terminate()
             process.wait(timeout=20)
+
+
+def test_the_standalone_relay_publishes_and_stops_on_sigterm(database_url, rabbit):
+    engine = create_database_engine(database_url)
+    migrate(engine)
+    job_id = paid_job(session_factory(engine), "standalone")
+    engine.dispose()
+    relay = subprocess.Popen(
+        [BIN / "smi-gateway", "relay"],
+        env=env(SMI_DATABASE_URL=database_url, SMI_BROKER_URL=RABBITMQ_URL),
+    )
+    try:
+        received = drain(rabbit, timeout=30)
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        code = relay.wait(timeout=30)
+    assert [request.job_id for request in received] == [job_id]
+    assert code == 0

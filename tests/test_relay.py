@@ -9,10 +9,8 @@ import time
 import pytest
 from sqlalchemy import select
 
-from conftest import RABBITMQ_URL, drain
+from conftest import RABBITMQ_URL, drain, paid_job
 from gateway.database import create_database_engine, migrate, session_factory
-from gateway.fulfilment import fulfil_checkout
-from gateway.jobs import NewJob, create_job
 from gateway.relay import OutboxRelay
 from gateway.tables import OutboxMessage
 from shared.messages import UpscaleRequest
@@ -27,28 +25,6 @@ def sessions(database_url):
     migrate(engine)
     yield session_factory(engine)
     engine.dispose()
-
-
-def paid_job(sessions, name: str) -> str:
-    with sessions.begin() as session:
-        job = create_job(
-            session,
-            NewJob(f"https://img.example/{name}.jpg", f"jobs/{name}/source.jpg", 10, 10, 50, "usd"),
-        )
-        job.stripe_session_id = f"cs_{name}"
-        fulfil_checkout(
-            session,
-            {
-                "id": f"cs_{name}",
-                "payment_status": "paid",
-                "amount_total": 50,
-                "currency": "usd",
-                "payment_intent": f"pi_{name}",
-                "metadata": {"job_id": job.id},
-            },
-            "test",
-        )
-        return job.id
 
 
 def test_paid_jobs_reach_rabbitmq_once(sessions, rabbit):

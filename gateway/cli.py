@@ -33,6 +33,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        help="do not log every request (the gateway still logs each event)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -49,17 +55,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "relay":
         return _run_relay(config)
+    server = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": "info",
+        "access_log": args.access_log,
+    }
     if args.workers > 1:
-        uvicorn.run(
-            "gateway.cli:app_from_env",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_level="info",
-        )
+        uvicorn.run("gateway.cli:app_from_env", factory=True, workers=args.workers, **server)
     else:
-        uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="info")
+        uvicorn.run(create_app(config), **server)
     return 0
 
 

@@ -75,12 +75,14 @@ def make_events(sessions, count: int) -> list[dict]:
     return events
 
 
-async def deliver(url: str, payloads: list[bytes], concurrency: int) -> tuple[list[float], float]:
+async def deliver(
+    url: str, payloads: list[bytes], concurrency: int, keepalive: int
+) -> tuple[list[float], float]:
     latencies: list[float] = []
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for payload in payloads:
         queue.put_nowait(payload)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=keepalive)
 
     async def client_loop(client: httpx.AsyncClient) -> None:
         while not queue.empty():
@@ -115,6 +117,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duplicates", type=int, default=1, help="extra copies of each event")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument(
+        "--no-keepalive",
+        dest="keepalive",
+        action="store_false",
+        help="a new connection per delivery (spreads load over the workers)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -148,6 +156,7 @@ def main() -> int:
                 str(port),
                 "--workers",
                 str(args.workers),
+                "--no-access-log",
             ],
             env=env,
             stdout=subprocess.DEVNULL,
@@ -163,8 +172,9 @@ def main() -> int:
                     raise
                 time.sleep(0.2)
         url = f"http://127.0.0.1:{port}/webhooks/stripe"
-        asyncio.run(deliver(url, payloads[: min(50, len(payloads))], args.concurrency))  # warm-up
-        latencies, seconds = asyncio.run(deliver(url, payloads[50:], args.concurrency))
+        keepalive = args.concurrency if args.keepalive else 0
+        asyncio.run(deliver(url, payloads[:50], args.concurrency, keepalive))  # warm-up
+        latencies, seconds = asyncio.run(deliver(url, payloads[50:], args.concurrency, keepalive))
 
         with sessions() as session:
             pending = session.scalar(
@@ -195,6 +205,7 @@ def main() -> int:
             "duplicates_per_event": args.duplicates,
             "concurrency": args.concurrency,
             "uvicorn_workers": args.workers,
+            "keepalive": args.keepalive,
             "events_per_s": len(latencies) / seconds,
             "p50_ms": statistics.median(latencies) * 1000,
             "p99_ms": percentile(latencies, 0.99) * 1000,

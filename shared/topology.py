@@ -58,17 +58,20 @@ def connect(url: str) -> Connection:
     - ``amqp://`` / ``pyamqp://`` (RabbitMQ): publisher confirms, so a publish
       returns only once the broker has the message;
     - ``filesystem://PATH``: the embedded default, a folder shared by the
-      processes of one machine.
+      processes of one machine (one folder per process: kombu remembers
+      declared bindings process-wide, not per folder).
     """
     if url.startswith("filesystem://"):
         folder = Path(url.removeprefix("filesystem://") or "var/broker")
-        (folder / "processed").mkdir(parents=True, exist_ok=True)
+        for sub in ("processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
         return Connection(
             "filesystem://",
             transport_options={
                 "data_folder_in": str(folder),
                 "data_folder_out": str(folder),
                 "processed_folder": str(folder / "processed"),
+                "control_folder": str(folder / "control"),
                 "store_processed": False,
             },
         )

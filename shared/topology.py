@@ -16,6 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from kombu import Connection, Exchange, Queue
+from kombu.transport import filesystem
+from kombu.transport.virtual.base import BrokerState
 
 JOBS_EXCHANGE = Exchange("smi.jobs", type="direct", durable=True)
 EVENTS_EXCHANGE = Exchange("smi.events", type="direct", durable=True)
@@ -58,15 +60,15 @@ def connect(url: str) -> Connection:
     - ``amqp://`` / ``pyamqp://`` (RabbitMQ): publisher confirms, so a publish
       returns only once the broker has the message;
     - ``filesystem://PATH``: the embedded default, a folder shared by the
-      processes of one machine (one folder per process: kombu remembers
-      declared bindings process-wide, not per folder).
+      processes of one machine.
     """
     if url.startswith("filesystem://"):
-        folder = Path(url.removeprefix("filesystem://") or "var/broker")
+        folder = Path(url.removeprefix("filesystem://") or "var/broker").resolve()
         for sub in ("processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         return Connection(
             "filesystem://",
+            transport=_folder_transport(str(folder)),
             transport_options={
                 "data_folder_in": str(folder),
                 "data_folder_out": str(folder),
@@ -76,3 +78,20 @@ def connect(url: str) -> Connection:
             },
         )
     return Connection(url, transport_options={"confirm_publish": True})
+
+
+_FOLDER_TRANSPORTS: dict[str, type[filesystem.Transport]] = {}
+
+
+def _folder_transport(folder: str) -> type[filesystem.Transport]:
+    """kombu's filesystem transport with its declared-bindings memory kept per folder.
+
+    kombu remembers declared exchanges and bindings in one process-wide
+    state; a process that used a second folder would skip writing the
+    binding there and route its messages nowhere.
+    """
+    if folder not in _FOLDER_TRANSPORTS:
+        _FOLDER_TRANSPORTS[folder] = type(
+            "FolderTransport", (filesystem.Transport,), {"global_state": BrokerState()}
+        )
+    return _FOLDER_TRANSPORTS[folder]

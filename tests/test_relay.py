@@ -59,10 +59,8 @@ def test_a_broker_outage_delays_jobs_and_loses_none(sessions, rabbit):
     assert [request.job_id for request in received] == [job_id]
 
 
-def test_the_embedded_broker_crosses_processes(sessions, tmp_path_factory):
-    # One folder for the whole session: kombu remembers declared bindings per
-    # process, so a process that switched folders would route into the void.
-    url = f"filesystem://{tmp_path_factory.getbasetemp() / 'broker'}"
+def test_the_embedded_broker_crosses_processes(sessions, tmp_path):
+    url = f"filesystem://{tmp_path / 'broker'}"
     job_id = paid_job(sessions, "embedded")
     assert OutboxRelay(sessions, url).publish_pending() == 1
     consumer = (

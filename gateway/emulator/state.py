@@ -83,7 +83,7 @@ class EmulatorState:
         line_items = params.get("line_items")
         if not isinstance(line_items, list) or not line_items:
             raise StripeError("Missing required param: line_items.", param="line_items")
-        amount, currency, names = 0, None, []
+        amount, currency = 0, None
         for index, item in enumerate(line_items):
             price = item.get("price_data") if isinstance(item, dict) else None
             if not isinstance(price, dict):
@@ -97,7 +97,6 @@ class EmulatorState:
                 raise StripeError("All line items must share one currency.")
             currency = item_currency
             amount += unit_amount * quantity
-            names.append(price.get("product_data", {}).get("name", ""))
         if currency == "usd" and amount < 50:
             raise StripeError(
                 "The Checkout Session's total amount due must add up to at least $0.50 usd",
@@ -142,7 +141,6 @@ class EmulatorState:
                 "payment_intent_metadata": dict(
                     (params.get("payment_intent_data") or {}).get("metadata") or {}
                 ),
-                "names": names,
             }
         return dict(session)
 

@@ -5,7 +5,9 @@
 Routes:
     POST /api/checkout          {"image_url", "return_url"?} -> 201 {"job_id", "checkout_url", ...}
     GET  /api/jobs/{job_id}     status for the customer; ?session_id= fulfils on return
+    GET  /downloads/{token}     the 4x result, streamed (signed, expiring link)
     POST /webhooks/stripe       Stripe events, signature checked on the raw body
+    /admin/...                  the admin API (``gateway.admin``), bearer token
     GET  /healthz
 """
 
@@ -24,13 +26,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway.admin import admin_routes
+from gateway.background import Background
 from gateway.checkout import parse_checkout_request, start_checkout
 from gateway.config import GatewayConfig
 from gateway.database import create_database_engine, migrate, session_factory
+from gateway.downloads import DownloadLinks
 from gateway.errors import (
+    DownloadExpiredError,
+    DownloadForbiddenError,
     GatewayError,
     NotFoundError,
     PayloadTooLargeError,
@@ -40,15 +47,16 @@ from gateway.errors import (
 from gateway.fulfilment import fulfil_checkout
 from gateway.jobs import UnknownJobError, get_job
 from gateway.payments import Payments
-from gateway.relay import OutboxRelay
-from gateway.storage import Storage
 from gateway.tables import Job
 from gateway.webhooks import apply_event, verify_event
+from shared.jobs import JobStatus
+from shared.storage import Storage
 
 log = logging.getLogger(__name__)
 
 CHECKOUT_BODY_LIMIT = 16 * 1024
 WEBHOOK_BODY_LIMIT = 1024 * 1024
+DOWNLOAD_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
 
 
 @dataclass
@@ -60,6 +68,7 @@ class Services:
     sessions: sessionmaker[Session]
     payments: Payments
     storage: Storage
+    links: DownloadLinks
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -75,7 +84,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def job_status(job: Job) -> dict[str, Any]:
+def job_status(job: Job, links: DownloadLinks) -> dict[str, Any]:
     """What the customer's page shows about a job."""
 
     def stamp(value: datetime | None) -> str | None:
@@ -95,11 +104,23 @@ def job_status(job: Job) -> dict[str, Any]:
         "updated_at": stamp(job.updated_at),
         "paid_at": stamp(job.paid_at),
         "finished_at": stamp(job.finished_at),
+        **download_link(job, links),
     }
+
+
+def download_link(job: Job, links: DownloadLinks) -> dict[str, Any]:
+    """A fresh signed link for a completed job, and when it stops working."""
+    if job.status != JobStatus.COMPLETED or not job.result_key:
+        return {}
+    token, expires = links.issue(job.id)
+    return {"download_url": links.url(token), "download_expires_at": expires.isoformat()}
 
 
 def create_app(config: GatewayConfig) -> Starlette:
     """The gateway for ``config``; resources are made in the lifespan."""
+
+    payments = Payments(config.stripe)
+    links = DownloadLinks(config.download_secret, config.public_url, config.download_ttl_s)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -108,17 +129,16 @@ def create_app(config: GatewayConfig) -> Starlette:
             await run_in_threadpool(migrate, engine)  # PostgreSQL: `smi-gateway migrate`
         sessions = session_factory(engine)
         app.state.services = Services(
-            config, engine, sessions, Payments(config.stripe), Storage(config.storage_url)
+            config, engine, sessions, payments, Storage(config.storage_url), links
         )
-        relay = None
-        if config.relay_in_process:
-            relay, stop = OutboxRelay(sessions, config.broker_url).start()
+        background = None
+        if config.background_in_process:
+            background = Background.start(config, sessions, payments)
         try:
             yield
         finally:
-            if relay is not None:
-                stop.set()
-                relay.join(timeout=10)
+            if background is not None:
+                await run_in_threadpool(background.stop)
             engine.dispose()
 
     def services(request: Request) -> Services:
@@ -147,7 +167,7 @@ def create_app(config: GatewayConfig) -> Starlette:
                     with svc.sessions.begin() as session:
                         fulfil_checkout(session, checkout.to_dict(), "return")
             with svc.sessions() as session:
-                return job_status(get_job(session, job_id))
+                return job_status(get_job(session, job_id), svc.links)
         except UnknownJobError as exc:
             raise NotFoundError("no such job") from exc
 
@@ -168,6 +188,36 @@ def create_app(config: GatewayConfig) -> Starlette:
         result = await run_in_threadpool(apply_event, services(request).sessions, event)
         return JSONResponse({"received": True, "result": result})
 
+    def open_download(svc: Services, token: str) -> tuple[Job, int]:
+        job_id = svc.links.job_id(token)
+        with svc.sessions() as session:
+            try:
+                job = get_job(session, job_id)
+            except UnknownJobError as exc:
+                raise DownloadForbiddenError("this download link is not valid") from exc
+        if job.status != JobStatus.COMPLETED or not job.result_key:
+            raise DownloadExpiredError("this download is no longer available")
+        try:
+            return job, svc.storage.size(job.result_key)
+        except FileNotFoundError as exc:
+            log.error("completed job has no stored result", extra={"job_id": job.id})
+            raise DownloadExpiredError("this download is no longer available") from exc
+
+    async def download(request: Request) -> Response:
+        svc = services(request)
+        job, size = await run_in_threadpool(open_download, svc, request.path_params["token"])
+        assert job.result_key is not None
+        suffix = job.result_key.rsplit(".", 1)[-1]
+        return StreamingResponse(
+            svc.storage.iter_chunks(job.result_key),
+            media_type=DOWNLOAD_TYPES.get(suffix, "application/octet-stream"),
+            headers={
+                "Content-Length": str(size),
+                "Content-Disposition": f'attachment; filename="{job.id}-4x.{suffix}"',
+                "Cache-Control": "private, no-store",
+            },
+        )
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True})
 
@@ -183,8 +233,10 @@ def create_app(config: GatewayConfig) -> Starlette:
         routes=[
             Route("/api/checkout", checkout, methods=["POST"]),
             Route("/api/jobs/{job_id}", status, methods=["GET"]),
+            Route("/downloads/{token}", download, methods=["GET"]),
             Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            *admin_routes(config.admin_token, lambda r: services(r).sessions, payments),
         ],
         exception_handlers={GatewayError: gateway_error, Exception: unexpected_error},
         lifespan=lifespan,

@@ -15,8 +15,8 @@ from gateway.jobs import NewJob, change_status, create_job, get_job, new_job_id
 from gateway.payments import Payments
 from gateway.pricing import quote_price
 from gateway.sources import SourcePolicy, fetch_source
-from gateway.storage import Storage
 from shared.jobs import JobStatus
+from shared.storage import Storage
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
-"""``smi-gateway``: serve the gateway, migrate its database, or run the outbox relay alone.
+"""``smi-gateway``: serve the gateway, migrate its database, or run its background work alone.
 
     smi-gateway [serve] [--host H] [--port P]   uvicorn; SQLite databases migrate on start
     smi-gateway migrate                         alembic upgrade head (PostgreSQL deployments)
-    smi-gateway relay                           the outbox relay without the HTTP server
+    smi-gateway background                      relay, job events, emails, refunds, watchdog
+                                                without the HTTP server
 
 Configuration comes from ``SMI_*`` variables; every problem is listed at once.
 """
@@ -20,15 +21,16 @@ from types import FrameType
 import uvicorn
 
 from gateway.app import create_app
+from gateway.background import Background
 from gateway.config import ConfigError, GatewayConfig
 from gateway.database import create_database_engine, migrate, session_factory
-from gateway.relay import OutboxRelay
+from gateway.payments import Payments
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smi-gateway", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "command", nargs="?", default="serve", choices=["serve", "migrate", "relay"]
+        "command", nargs="?", default="serve", choices=["serve", "migrate", "background"]
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
@@ -53,8 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         migrate(engine)
         print(f"database at {engine.url.render_as_string(hide_password=True)} is up to date")
         return 0
-    if args.command == "relay":
-        return _run_relay(config)
+    if args.command == "background":
+        return _run_background(config)
     server = {
         "host": args.host,
         "port": args.port,
@@ -73,7 +75,7 @@ def app_from_env() -> object:
     return create_app(GatewayConfig.from_env())
 
 
-def _run_relay(config: GatewayConfig) -> int:
+def _run_background(config: GatewayConfig) -> int:
     engine = create_database_engine(config.database_url)
     if engine.dialect.name == "sqlite":
         migrate(engine)
@@ -84,5 +86,6 @@ def _run_relay(config: GatewayConfig) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    OutboxRelay(session_factory(engine), config.broker_url).run(stop)
+    Background.start(config, session_factory(engine), Payments(config.stripe)).wait(stop)
+    engine.dispose()
     return 0

@@ -13,6 +13,8 @@ keys for the selected mode (test or live).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,17 +22,12 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-PREFIX = "SMI_"
+from shared.env import ConfigError, EnvReader
+from shared.storage import default_storage_url
+from shared.topology import default_broker_url
+
 STRIPE_MINIMUM_CENTS = 50  # Stripe refuses smaller USD charges
 DEFAULT_DATA_DIR = Path("var")
-
-
-class ConfigError(ValueError):
-    """Raised by ``GatewayConfig.from_env`` with every configuration problem found."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("invalid configuration:\n" + "\n".join(f"- {p}" for p in problems))
-        self.problems = problems
 
 
 @dataclass(frozen=True)
@@ -54,6 +51,28 @@ class PricingConfig:
 
 
 @dataclass(frozen=True)
+class MailConfig:
+    """Where customer emails go: an SMTP server, or ``.eml`` files in a folder."""
+
+    smtp_url: str | None  # smtp://user:pass@host:port, smtps://..., ?starttls=true
+    folder: Path
+    sender: str
+    support_email: str
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """How long the gateway waits before it re-publishes, fails or refunds."""
+
+    pending_timeout_s: float  # paid, not started
+    heartbeat_timeout_s: float  # processing, no event
+    watchdog_interval_s: float
+    max_job_attempts: int  # publications of one job before it fails and is refunded
+    refund_max_attempts: int
+    refund_backoff_s: float
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """Everything the gateway process needs, validated."""
 
@@ -69,12 +88,17 @@ class GatewayConfig:
     max_source_bytes: int
     max_source_pixels: int
     fetch_timeout_s: float
-    relay_in_process: bool
+    background_in_process: bool
+    mail: MailConfig
+    recovery: RecoveryConfig
+    admin_token: str | None
+    download_secret: str
+    download_ttl_s: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> GatewayConfig:
         """Build and validate the configuration; ``ConfigError`` lists every problem."""
-        env = _Reader(environ)
+        env = EnvReader(environ)
         data_dir = Path(env.text("DATA_DIR", str(DEFAULT_DATA_DIR)))
         mode = env.text("STRIPE_MODE", "test")
         if mode not in ("test", "live"):
@@ -113,6 +137,19 @@ class GatewayConfig:
             if "/" in host or "@" in host:
                 env.problem(f"SMI_SOURCE_HOSTS holds 'host' or 'host:port' entries, not {host!r}")
 
+        smtp_url = env.text("SMTP_URL", "")
+        if smtp_url and urlsplit(smtp_url).scheme not in ("smtp", "smtps"):
+            env.problem(f"SMI_SMTP_URL must be smtp:// or smtps://, not {smtp_url!r}")
+        admin_token = env.text("ADMIN_TOKEN", "")
+        if admin_token and len(admin_token) < 16:
+            env.problem("SMI_ADMIN_TOKEN must be at least 16 characters")
+        # Download links are signed with their own secret; without one, a key
+        # derived from the Stripe secret (never the secret itself) signs them.
+        download_secret = (
+            env.text("DOWNLOAD_SECRET", "")
+            or hmac.new(secret_key.encode(), b"smi-download-links", hashlib.sha256).hexdigest()
+        )
+
         pricing = PricingConfig(
             price_per_megapixel_cents=env.number("PRICE_PER_MEGAPIXEL_CENTS", 2.0, minimum=0),
             markup=env.number("MARKUP", 1.5, minimum=1.0),
@@ -125,8 +162,8 @@ class GatewayConfig:
             stripe=StripeConfig(mode, secret_key, webhook_secret, api_base),  # type: ignore[arg-type]
             pricing=pricing,
             database_url=env.text("DATABASE_URL", f"sqlite:///{data_dir / 'gateway.sqlite3'}"),
-            broker_url=env.text("BROKER_URL", f"filesystem://{data_dir / 'broker'}"),
-            storage_url=env.text("STORAGE_URL", f"file://{(data_dir / 'storage').resolve()}"),
+            broker_url=env.text("BROKER_URL", default_broker_url(data_dir)),
+            storage_url=env.text("STORAGE_URL", default_storage_url(data_dir)),
             public_url=public_url,
             source_hosts=source_hosts,
             data_dir=data_dir,
@@ -137,58 +174,30 @@ class GatewayConfig:
             max_source_bytes=int(env.number("MAX_SOURCE_BYTES", 50 * 2**20, minimum=1)),
             max_source_pixels=int(env.number("MAX_SOURCE_PIXELS", 4096 * 4096, minimum=1)),
             fetch_timeout_s=env.number("FETCH_TIMEOUT_S", 20.0, minimum=0.1),
-            relay_in_process=env.flag("RELAY_IN_PROCESS", True),
+            background_in_process=env.flag("BACKGROUND_IN_PROCESS", True),
+            mail=MailConfig(
+                smtp_url=env.text("SMTP_URL", "") or None,
+                folder=Path(env.text("MAIL_DIR", str(data_dir / "mail"))),
+                sender=env.text("MAIL_FROM", "Sell My Images <noreply@localhost>"),
+                support_email=env.text("SUPPORT_EMAIL", "support@example.com"),
+            ),
+            recovery=RecoveryConfig(
+                pending_timeout_s=env.number("PENDING_TIMEOUT_S", 900, minimum=1),
+                heartbeat_timeout_s=env.number("HEARTBEAT_TIMEOUT_S", 180, minimum=1),
+                watchdog_interval_s=env.number("WATCHDOG_INTERVAL_S", 30, minimum=0.1),
+                max_job_attempts=int(env.number("MAX_JOB_ATTEMPTS", 3, minimum=1, maximum=20)),
+                refund_max_attempts=int(
+                    env.number("REFUND_MAX_ATTEMPTS", 6, minimum=1, maximum=50)
+                ),
+                refund_backoff_s=env.number("REFUND_BACKOFF_S", 10, minimum=0),
+            ),
+            admin_token=admin_token or None,
+            download_secret=download_secret,
+            download_ttl_s=int(env.number("DOWNLOAD_TTL_HOURS", 7 * 24, minimum=0.01) * 3600),
         )
         if env.problems:
             raise ConfigError(env.problems)
         return config
-
-
-class _Reader:
-    """Reads ``SMI_*`` values and collects problems instead of stopping at the first."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self.environ = environ
-        self.problems: list[str] = []
-
-    def problem(self, message: str) -> None:
-        self.problems.append(message)
-
-    def text(self, name: str, default: str) -> str:
-        return self.environ.get(PREFIX + name, default).strip()
-
-    def flag(self, name: str, default: bool) -> bool:
-        raw = self.environ.get(PREFIX + name, "").strip().lower()
-        if not raw:
-            return default
-        if raw in ("1", "true", "yes", "on"):
-            return True
-        if raw in ("0", "false", "no", "off"):
-            return False
-        self.problem(f"{PREFIX}{name} must be true or false, not {raw!r}")
-        return default
-
-    def number(
-        self,
-        name: str,
-        default: float,
-        *,
-        minimum: float | None = None,
-        maximum: float | None = None,
-    ) -> float:
-        raw = self.environ.get(PREFIX + name)
-        if raw is None or not raw.strip():
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            self.problem(f"{PREFIX}{name} must be a number, not {raw!r}")
-            return default
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            bounds = f"{minimum if minimum is not None else '-inf'}..{maximum or 'inf'}"
-            self.problem(f"{PREFIX}{name} must be within {bounds}, not {raw}")
-            return default
-        return value
 
 
 def _is_http_url(url: str) -> bool:

@@ -5,6 +5,10 @@
     │   ├── PayloadTooLargeError        413  a body over the limit
     │   └── SourceImageError            422  the image URL or its bytes cannot be sold
     ├── NotFoundError                   404  no such job (or a job id nobody may see)
+    ├── ConflictError                   409  the job's state does not allow it (admin actions)
+    ├── UnauthorizedError               401  admin API without the right bearer token
+    ├── DownloadForbiddenError          403  a download token that was changed or made up
+    ├── DownloadExpiredError            410  a download token past its lifetime
     ├── WebhookSignatureError           400  missing, wrong or stale Stripe-Signature
     ├── PaymentProviderUnavailable      503  Stripe rate limits or network: try later
     └── PaymentProviderRejected         502  Stripe refused the request as invalid
@@ -54,6 +58,37 @@ class NotFoundError(GatewayError):
 
     status = 404
     kind = "not_found"
+
+
+class ConflictError(GatewayError):
+    """Raised when an admin action does not fit the job's current status."""
+
+    status = 409
+    kind = "conflict"
+
+
+class UnauthorizedError(GatewayError):
+    """Raised when an admin request lacks the configured bearer token."""
+
+    status = 401
+    kind = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="smi-admin"'}
+
+
+class DownloadForbiddenError(GatewayError):
+    """Raised when a download token's signature does not match (tampered or made up)."""
+
+    status = 403
+    kind = "forbidden"
+
+
+class DownloadExpiredError(GatewayError):
+    """Raised when a download token is older than the configured lifetime."""
+
+    status = 410
+    kind = "link_expired"
 
 
 class WebhookSignatureError(GatewayError):

@@ -8,13 +8,13 @@ All functions run inside the caller's transaction.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from gateway.emails import queue_email
 from gateway.jobs import add_outbox_message, change_status, get_job
 from gateway.tables import Job, Payment, utcnow
 from shared.jobs import IllegalTransitionError, JobStatus
@@ -23,7 +23,6 @@ from shared.messages import UpscaleRequest
 log = logging.getLogger(__name__)
 
 UPSCALE_KIND = "upscale"
-CONFIRMATION_EMAIL_KIND = "email:payment_confirmation"
 PAID_MESSAGE = "Payment received. Your image is queued for upscaling."
 EXPIRED_MESSAGE = "The checkout session expired before payment. Nothing was charged."
 DECLINE_MESSAGES = {
@@ -88,18 +87,23 @@ def fulfil_checkout(session: Session, checkout: Mapping[str, Any], source: str) 
                 currency=job.currency,
             )
         )
-    request = UpscaleRequest(
-        job_id=job.id, source_key=job.source_key, result_key=f"jobs/{job.id}/result.png", attempt=1
-    )
-    add_outbox_message(session, job, UPSCALE_KIND, request.to_json())
-    add_outbox_message(
-        session,
-        job,
-        CONFIRMATION_EMAIL_KIND,
-        json.dumps({"job_id": job.id, "email": job.customer_email}),
-    )
+    publish_job(session, job)
+    queue_email(session, job, "payment_confirmation")
     log.info("checkout fulfilled", extra=context)
     return True
+
+
+def publish_job(session: Session, job: Job) -> UpscaleRequest:
+    """Queue the job's next attempt for the workers (an outbox row, in this transaction)."""
+    job.attempts += 1
+    request = UpscaleRequest(
+        job_id=job.id,
+        source_key=job.source_key,
+        result_key=job.result_key or f"jobs/{job.id}/result.png",
+        attempt=job.attempts,
+    )
+    add_outbox_message(session, job, UPSCALE_KIND, request.to_json(), attempt=job.attempts)
+    return request
 
 
 def record_decline(session: Session, intent: Mapping[str, Any], source: str) -> bool:

@@ -136,6 +136,19 @@ def change_status(
     return True
 
 
+def record_audit(session: Session, job: Job, reason: str, source: str) -> None:
+    """An audit row for something that happened to a job without changing its status."""
+    session.add(
+        AuditEntry(
+            job_id=job.id,
+            from_status=job.status,
+            to_status=job.status,
+            reason=reason,
+            source=source,
+        )
+    )
+
+
 def claim_event(session: Session, event_id: str, event_type: str, job_id: str | None) -> None:
     """Record that a Stripe event takes effect now; ``DuplicateEventError`` if it already did.
 

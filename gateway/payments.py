@@ -23,6 +23,7 @@ from gateway.pricing import Quote
 
 PRODUCT_NAME = "High-Resolution Image (4x)"
 PLUGIN = "sell-my-images"
+REFUND_REASON = "requested_by_customer"
 # Stripe's SDK retries network errors, 409s and 5xx with backoff this many times.
 MAX_NETWORK_RETRIES = 3
 
@@ -85,6 +86,60 @@ class Payments:
 
     def retrieve_checkout_session(self, session_id: str) -> Any:
         return self._call(lambda: self.client.v1.checkout.sessions.retrieve(session_id))
+
+    def refund(
+        self, payment_intent: str, job_id: str, failure_reason: str, idempotency_key: str
+    ) -> dict[str, Any]:
+        """The spec's ``process_refund``: refund the whole payment, once per key.
+
+        When Stripe says the charge is already refunded (a retry after the
+        key's 24 hours, or a refund made elsewhere), the existing refund is
+        returned instead of an error.
+        """
+        params: Any = {
+            "payment_intent": payment_intent,
+            "reason": REFUND_REASON,
+            "metadata": {"job_id": job_id, "failure_reason": failure_reason[:500]},
+        }
+
+        def create() -> Any:
+            try:
+                refund = self.client.v1.refunds.create(params, {"idempotency_key": idempotency_key})
+                return refund.to_dict()
+            except stripe.InvalidRequestError as exc:
+                if exc.code != "charge_already_refunded":
+                    raise
+                existing = self.existing_refund(payment_intent)
+                if existing is None:
+                    raise
+                return existing
+
+        return self._call(create)
+
+    def existing_refund(self, payment_intent: str) -> dict[str, Any] | None:
+        """A refund of ``payment_intent`` that has gone through or is on its way, if any."""
+        for refund in self.list_refunds(payment_intent):
+            if refund.get("status") in ("succeeded", "pending"):
+                return refund
+        return None
+
+    def list_refunds(self, payment_intent: str | None = None) -> list[dict[str, Any]]:
+        """Every refund (of one payment intent, when given), newest first."""
+        params: Any = {"limit": 100}
+        if payment_intent:
+            params["payment_intent"] = payment_intent
+        return self._call(
+            lambda: [r.to_dict() for r in self.client.v1.refunds.list(params).auto_paging_iter()]
+        )
+
+    def list_checkout_sessions(self) -> list[dict[str, Any]]:
+        """Every Checkout Session of the account, newest first."""
+        return self._call(
+            lambda: [
+                s.to_dict()
+                for s in self.client.v1.checkout.sessions.list({"limit": 100}).auto_paging_iter()
+            ]
+        )
 
     def _call(self, operation: Callable[[], T]) -> T:
         try:

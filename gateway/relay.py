@@ -23,8 +23,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.fulfilment import UPSCALE_KIND
+from gateway.loops import Periodic
 from gateway.tables import OutboxMessage, utcnow
-from shared.topology import JOBS_EXCHANGE, UPSCALE_QUEUE, UPSCALE_ROUTING_KEY, connect
+from shared.topology import (
+    JOBS_EXCHANGE,
+    UPSCALE_QUEUE,
+    UPSCALE_ROUTING_KEY,
+    connect,
+    publish_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,52 +74,43 @@ class OutboxRelay:
             producer = self._producer()
             for row in rows:
                 row.publish_attempts += 1
-                producer.publish(
+                publish_json(
+                    producer,
                     row.body,
                     exchange=JOBS_EXCHANGE,
                     routing_key=UPSCALE_ROUTING_KEY,
-                    declare=[UPSCALE_QUEUE],
-                    serializer=None,
-                    content_type="application/json",
-                    content_encoding="utf-8",
-                    delivery_mode=2,
+                    queue=UPSCALE_QUEUE,
                     message_id=f"{row.job_id}:{row.kind}:{row.attempt}",
                     headers={"job_id": row.job_id},
-                    retry=False,
                 )
                 row.published_at = utcnow()
                 row.last_error = None
                 log.info("published", extra={"job_id": row.job_id, "kind": row.kind})
             return len(rows)
 
+    def periodic(self) -> Periodic:
+        """The relay as a loop that backs off while the broker is away."""
+        return Periodic(
+            "outbox-relay",
+            self.publish_pending,
+            interval_s=self.poll_s,
+            max_backoff_s=self.max_backoff_s,
+            on_error=self._on_error,
+        )
+
     def run(self, stop: threading.Event) -> None:
-        """Publish until ``stop`` is set, backing off while the broker is unreachable."""
-        backoff = self.poll_s
-        while not stop.is_set():
-            try:
-                published = self.publish_pending()
-                backoff = self.poll_s
-                if published:
-                    continue
-            except BROKER_ERRORS as exc:
-                self._forget_connection()
-                self._record_error(exc)
-                log.warning("broker unavailable, retrying in %.1fs: %s", backoff, exc)
-                backoff = min(backoff * 2, self.max_backoff_s)
-            except Exception:
-                # Anything else (a database hiccup) must not kill the relay thread.
-                self._forget_connection()
-                log.exception("outbox relay error, retrying in %.1fs", backoff)
-                backoff = min(backoff * 2, self.max_backoff_s)
-            stop.wait(backoff)
+        """Publish until ``stop`` is set."""
+        self.periodic().run(stop)
         self._forget_connection()
 
     def start(self) -> tuple[threading.Thread, threading.Event]:
         """Run in a daemon thread; set the returned event to stop it."""
-        stop = threading.Event()
-        thread = threading.Thread(target=self.run, args=(stop,), name="outbox-relay", daemon=True)
-        thread.start()
-        return thread, stop
+        return self.periodic().start()
+
+    def _on_error(self, exc: Exception) -> None:
+        self._forget_connection()
+        if isinstance(exc, BROKER_ERRORS):
+            self._record_error(exc)
 
     def _producer(self) -> Any:
         if self._connection is None:

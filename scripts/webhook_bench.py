@@ -145,7 +145,7 @@ def main() -> int:
             "SMI_STRIPE_TEST_SECRET_KEY": "sk_test_bench",
             "SMI_STRIPE_TEST_WEBHOOK_SECRET": SECRET,
             "SMI_DATABASE_URL": database_url,
-            "SMI_RELAY_IN_PROCESS": "false",
+            "SMI_BACKGROUND_IN_PROCESS": "false",
             "SMI_DATA_DIR": f"/tmp/{name}",
         }
         gateway = subprocess.Popen(

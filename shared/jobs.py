@@ -5,6 +5,8 @@
           └──expired──▶ expired                └──▶ failed ──▶ refunding ──▶ refunded
                                                                    └──▶ refund_failed
 
+    completed ──admin refund──▶ refunding;  failed / refund_failed ──admin retry──▶ pending
+
 Every status change goes through ``check_transition``, so an event that
 arrives twice, late or out of order cannot move a job backwards (an
 ``expired`` after a payment changes nothing; a second ``completed`` is a
@@ -31,7 +33,7 @@ class JobStatus(StrEnum):
 
     @property
     def is_final(self) -> bool:
-        """No event moves a job out of a final state (admins may retry a refund)."""
+        """No worker or Stripe event leaves a final state; only admins refund or retry."""
         return self in FINAL_STATES
 
 
@@ -48,8 +50,10 @@ ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     ),
     JobStatus.FAILED: frozenset({JobStatus.REFUNDING, JobStatus.PENDING}),
     JobStatus.REFUNDING: frozenset({JobStatus.REFUNDED, JobStatus.REFUND_FAILED}),
-    JobStatus.REFUND_FAILED: frozenset({JobStatus.REFUNDING}),
-    JobStatus.COMPLETED: frozenset(),
+    # An admin may retry the refund, or the processing, of a job whose refund failed.
+    JobStatus.REFUND_FAILED: frozenset({JobStatus.REFUNDING, JobStatus.PENDING}),
+    # Only an admin refunds a delivered job (a customer complaint); no event does.
+    JobStatus.COMPLETED: frozenset({JobStatus.REFUNDING}),
     JobStatus.EXPIRED: frozenset(),
     JobStatus.REFUNDED: frozenset(),
 }

@@ -14,6 +14,7 @@ nothing that was confirmed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from kombu import Connection, Exchange, Queue
 from kombu.transport import filesystem
@@ -52,6 +53,59 @@ DEAD_QUEUE = Queue(
 )
 
 ALL_QUEUES = (UPSCALE_QUEUE, EVENTS_QUEUE, DEAD_QUEUE)
+
+
+def default_broker_url(data_dir: Path) -> str:
+    """The embedded default: a folder that the processes of one machine share."""
+    return f"filesystem://{data_dir / 'broker'}"
+
+
+def publish_json(
+    producer: Any,
+    body: str,
+    *,
+    exchange: Exchange,
+    routing_key: str,
+    queue: Queue,
+    message_id: str,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Publish a JSON body as it is (no kombu serializer), persistent, declaring ``queue``.
+
+    With ``connect``'s publisher confirms this returns once the broker has it.
+    """
+    producer.publish(
+        body,
+        exchange=exchange,
+        routing_key=routing_key,
+        declare=[queue],
+        serializer=None,
+        content_type="application/json",
+        content_encoding="utf-8",
+        delivery_mode=2,
+        message_id=message_id,
+        headers=headers or {},
+        retry=False,
+    )
+
+
+def dead_letter(producer: Any, body: bytes | str, *, reason: str, origin: str) -> None:
+    """Park an undeliverable message in ``smi.dead`` with why and where it came from.
+
+    Done by hand rather than with ``reject(requeue=False)`` so that the embedded
+    broker, which has no dead-letter exchanges, keeps the message too.
+    """
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", errors="replace")
+    publish_json(
+        producer,
+        body,
+        exchange=DEAD_LETTER_EXCHANGE,
+        routing_key=DEAD_ROUTING_KEY,
+        queue=DEAD_QUEUE,
+        message_id=f"dead:{origin}",
+        headers={"x-smi-reason": reason[:500], "x-smi-origin": origin},
+    )
 
 
 def connect(url: str) -> Connection:

@@ -7,6 +7,7 @@ import secrets
 import time
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.fulfilment import fulfil_checkout
 from gateway.jobs import NewJob, create_job
 from shared.messages import UpscaleRequest
-from shared.topology import UPSCALE_QUEUE
+from shared.topology import ALL_QUEUES, UPSCALE_QUEUE
 from upscaler.images import decode_image
 from upscaler.registry import PROJECT_MODELS_DIR, ModelRegistry
 from upscaler.weights import import_ncnn_weights
@@ -71,12 +72,9 @@ def cat_crop() -> np.ndarray:
 POSTGRES_ADMIN_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path) -> Iterator[str]:
-    """An empty database of each kind; PostgreSQL gets a database of its own, dropped after."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'gateway.sqlite3'}"
-        return
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database of its own, dropped afterwards."""
     name = f"smi_test_{secrets.token_hex(6)}"
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:  # fails loudly when PostgreSQL is down
@@ -89,19 +87,36 @@ def database_url(request, tmp_path) -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> Iterator[str]:
+    """An empty database of each kind."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'gateway.sqlite3'}"
+        return
+    with postgres_database() as url:
+        yield url
+
+
 # This machine's RabbitMQ (.ci/run starts it when it is down).
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 
+def purge_queues() -> None:
+    """Declare our queues on RabbitMQ and empty them."""
+    with Connection(RABBITMQ_URL) as connection:  # fails loudly when RabbitMQ is down
+        for queue in ALL_QUEUES:
+            bound = queue(connection.default_channel)
+            bound.declare()
+            bound.purge()
+
+
 @pytest.fixture
 def rabbit() -> Iterator[Connection]:
-    """A connection to RabbitMQ with the upscale queue declared and empty."""
-    with Connection(RABBITMQ_URL) as connection:  # fails loudly when RabbitMQ is down
-        queue = UPSCALE_QUEUE(connection.default_channel)
-        queue.declare()
-        queue.purge()
+    """A connection to RabbitMQ with our queues declared and empty."""
+    purge_queues()
+    with Connection(RABBITMQ_URL) as connection:
         yield connection
-        queue.purge()
+    purge_queues()
 
 
 def drain(connection: Connection, timeout: float = 5.0) -> list[UpscaleRequest]:

@@ -96,13 +96,13 @@ def test_serve_and_the_emulator_start_and_answer(tmp_path):
             process.wait(timeout=20)
 
 
-def test_the_standalone_relay_publishes_and_stops_on_sigterm(database_url, rabbit):
+def test_the_standalone_background_publishes_and_stops_on_sigterm(database_url, rabbit):
     engine = create_database_engine(database_url)
     migrate(engine)
     job_id = paid_job(session_factory(engine), "standalone")
     engine.dispose()
     relay = subprocess.Popen(
-        [BIN / "smi-gateway", "relay"],
+        [BIN / "smi-gateway", "background"],
         env=env(SMI_DATABASE_URL=database_url, SMI_BROKER_URL=RABBITMQ_URL),
     )
     try:

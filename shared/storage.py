@@ -1,18 +1,31 @@
-"""Object storage through fsspec: a local folder by default, any fsspec URL in production.
+"""Object storage through fsspec, shared by the gateway and the workers.
 
 >>> storage = Storage("file:///srv/smi/storage")     # or s3://bucket/prefix with s3fs
 >>> storage.put("jobs/job_x/source.jpg", data)
 >>> storage.get("jobs/job_x/source.jpg") == data
 True
+
+Keys are part of the wire contract: the gateway writes ``jobs/{id}/source.*``
+and names the result key in each ``UpscaleRequest``; a worker reads the one
+and writes the other. Neither side knows the other's URLs or database.
 """
 
 from __future__ import annotations
 
 import posixpath
 import secrets
+from collections.abc import Iterator
+from pathlib import Path
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+CHUNK_BYTES = 1024 * 1024
+
+
+def default_storage_url(data_dir: Path) -> str:
+    """The embedded default: a local folder under the data directory."""
+    return f"file://{(data_dir / 'storage').resolve()}"
 
 
 class Storage:
@@ -25,7 +38,7 @@ class Storage:
             self.fs.makedirs(self.root, exist_ok=True)
 
     def path(self, key: str) -> str:
-        if key.startswith("/") or ".." in key.split("/"):
+        if not key or key.startswith("/") or ".." in key.split("/"):
             raise ValueError(f"invalid storage key {key!r}")
         return posixpath.join(self.root, key)
 
@@ -39,8 +52,18 @@ class Storage:
         self.fs.mv(temporary, target)
 
     def get(self, key: str) -> bytes:
+        """The object's bytes; ``FileNotFoundError`` when there is none."""
         with self.fs.open(self.path(key), "rb") as fh:
             return bytes(fh.read())
 
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self.path(key)))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self.path(key)))
+
+    def iter_chunks(self, key: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+        """The object in chunks, for streaming it without holding it in memory."""
+        with self.fs.open(self.path(key), "rb") as fh:
+            while chunk := fh.read(chunk_bytes):
+                yield bytes(chunk)

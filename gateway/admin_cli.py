@@ -1,0 +1,153 @@
+"""``smi-admin``: the admin API from a terminal.
+
+    smi-admin jobs [--status failed] [--search buyer@example.com]
+    smi-admin show JOB_ID                 the job, its audit trail, refunds and outbox
+    smi-admin retry JOB_ID
+    smi-admin refund JOB_ID --reason "customer complaint"
+    smi-admin report [--format csv|json] [--since 2026-11-01] [--until 2026-11-30]
+    smi-admin reconcile                   exits 1 when Stripe and our records disagree
+
+The gateway's address comes from ``--url`` or ``SMI_ADMIN_URL``, the token
+from ``SMI_ADMIN_TOKEN``. ``--json`` prints the API's answer as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="smi-admin", description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=os.environ.get("SMI_ADMIN_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--json", action="store_true", help="print the API's JSON")
+    commands = parser.add_subparsers(dest="command", required=True)
+    jobs = commands.add_parser("jobs", help="list and search jobs")
+    jobs.add_argument("--status")
+    jobs.add_argument("--search", help="part of a job id, email, session, intent or image URL")
+    jobs.add_argument("--limit", type=int, default=50)
+    commands.add_parser("show", help="one job with its audit trail").add_argument("job_id")
+    commands.add_parser("retry", help="publish a failed job again").add_argument("job_id")
+    refund = commands.add_parser("refund", help="refund a job by hand")
+    refund.add_argument("job_id")
+    refund.add_argument("--reason", required=True)
+    report = commands.add_parser("report", help="revenue and refunds by day")
+    report.add_argument("--format", choices=["csv", "json"], default="csv")
+    report.add_argument("--since")
+    report.add_argument("--until")
+    commands.add_parser("reconcile", help="Stripe's records against ours")
+    args = parser.parse_args(argv)
+
+    token = os.environ.get("SMI_ADMIN_TOKEN", "")
+    if not token:
+        print("smi-admin: set SMI_ADMIN_TOKEN to the gateway's admin token", file=sys.stderr)
+        return 2
+    client = httpx.Client(
+        base_url=args.url.rstrip("/"),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=120,
+    )
+    try:
+        return _run(client, args)
+    except httpx.HTTPError as exc:
+        print(f"smi-admin: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 2
+    except _ApiError as exc:
+        print(f"smi-admin: {exc}", file=sys.stderr)
+        return 2
+
+
+class _ApiError(Exception):
+    pass
+
+
+def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    response = client.request(method, path, **kwargs)
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200]
+        raise _ApiError(f"{response.status_code}: {message}")
+    return response
+
+
+def _run(client: httpx.Client, args: argparse.Namespace) -> int:
+    if args.command == "report":
+        params = {"format": args.format, "since": args.since or "", "until": args.until or ""}
+        response = _call(client, "GET", "/admin/reports/revenue", params=params)
+        print(response.text if args.format == "csv" else json.dumps(response.json(), indent=2))
+        return 0
+    if args.command == "jobs":
+        params = {"status": args.status or "", "q": args.search or "", "limit": args.limit}
+        body = _call(client, "GET", "/admin/jobs", params=params).json()
+        _print(args, body, _jobs_table)
+        return 0
+    if args.command == "show":
+        body = _call(client, "GET", f"/admin/jobs/{args.job_id}").json()
+        _print(args, body, _job_details)
+        return 0
+    if args.command == "retry":
+        body = _call(client, "POST", f"/admin/jobs/{args.job_id}/retry").json()
+        _print(args, body, lambda b: f"{b['job']['job_id']}: {b['job']['status']} (retrying)")
+        return 0
+    if args.command == "refund":
+        body = _call(
+            client, "POST", f"/admin/jobs/{args.job_id}/refund", json={"reason": args.reason}
+        ).json()
+        _print(args, body, lambda b: f"{b['job']['job_id']}: {b['job']['status']}")
+        return 0
+    body = _call(client, "GET", "/admin/reconciliation").json()
+    _print(args, body, _reconciliation)
+    return 1 if body["mismatches"] else 0
+
+
+def _print(args: argparse.Namespace, body: Any, render: Any) -> None:
+    print(json.dumps(body, indent=2) if args.json else render(body))
+
+
+def _jobs_table(body: dict[str, Any]) -> str:
+    lines = [f"{'job':<30} {'status':<17} {'amount':>9} {'created':<20} email"]
+    for job in body["jobs"]:
+        amount = f"{job['amount_cents'] / 100:.2f}"
+        lines.append(
+            f"{job['job_id']:<30} {job['status']:<17} {amount:>9} "
+            f"{(job['created_at'] or '')[:19]:<20} {job['customer_email'] or ''}"
+        )
+    return "\n".join(lines)
+
+
+def _job_details(body: dict[str, Any]) -> str:
+    job = body["job"]
+    lines = [f"{key}: {value}" for key, value in job.items()]
+    lines.append("audit:")
+    for entry in body["audit"]:
+        lines.append(
+            f"  {entry['at'][:19]}  {entry['from'] or '-':>16} -> {entry['to']:<16} "
+            f"{entry['reason']} [{entry['source']}]"
+        )
+    for refund in body["refunds"]:
+        lines.append(
+            f"refund {refund['idempotency_key']}: {refund['status']} "
+            f"{refund['stripe_refund_id'] or ''} after {refund['attempts']} tries "
+            f"{refund['last_error'] or ''}"
+        )
+    return "\n".join(lines)
+
+
+def _reconciliation(body: dict[str, Any]) -> str:
+    checked = ", ".join(f"{count} {name}" for name, count in body["checked"].items())
+    lines = [f"checked {checked}"]
+    if not body["mismatches"]:
+        lines.append("no mismatches")
+    for m in body["mismatches"]:
+        lines.append(
+            f"{m['kind']:<28} {m['stripe_id'] or '-':<36} job {m['job_id'] or '-'}: {m['detail']}"
+        )
+    return "\n".join(lines)

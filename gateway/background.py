@@ -1,0 +1,88 @@
+"""The gateway's background work, as threads of the gateway process or a process of its own.
+
+    background = Background.start(config, sessions, payments)   # in the app's lifespan
+    background.stop()
+
+- outbox relay: paid jobs to the broker (``gateway.relay``);
+- job events: worker reports applied to jobs (``gateway.job_events``);
+- emails: queued customer emails sent (``gateway.mailer``);
+- refunds: due refunds sent to Stripe (``gateway.refunds``);
+- watchdog: stalled jobs published again or refunded (``gateway.watchdog``).
+
+Each may run in any number of gateway processes at once: rows are claimed
+with ``SKIP LOCKED`` or leases, effects are guarded by unique keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.config import GatewayConfig
+from gateway.downloads import DownloadLinks
+from gateway.job_events import JobEventConsumer
+from gateway.loops import Periodic
+from gateway.mailer import EmailRelay
+from gateway.payments import Payments
+from gateway.refunds import Refunder
+from gateway.relay import OutboxRelay
+from gateway.watchdog import Watchdog
+from shared.topology import connect
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Background:
+    """The running background threads of one gateway process."""
+
+    threads: list[threading.Thread] = field(default_factory=list)
+    stops: list[threading.Event] = field(default_factory=list)
+    consumer: JobEventConsumer | None = None
+
+    @classmethod
+    def start(
+        cls, config: GatewayConfig, sessions: sessionmaker[Session], payments: Payments
+    ) -> Background:
+        links = DownloadLinks(config.download_secret, config.public_url, config.download_ttl_s)
+        relay = OutboxRelay(sessions, config.broker_url)
+        loops = [
+            relay.periodic(),
+            Periodic("emails", EmailRelay.for_config(sessions, config, links).send_due),
+            Periodic("refunds", Refunder(sessions, payments, config.recovery).refund_due),
+            Periodic(
+                "watchdog",
+                Watchdog(sessions, config.recovery).check,
+                interval_s=config.recovery.watchdog_interval_s,
+            ),
+        ]
+        background = cls()
+        for loop in loops:
+            thread, stop = loop.start()
+            background.threads.append(thread)
+            background.stops.append(stop)
+        background.consumer = JobEventConsumer(connect(config.broker_url), sessions)
+        consumer_thread = threading.Thread(
+            target=background.consumer.run, name="job-events", daemon=True
+        )
+        consumer_thread.start()
+        background.threads.append(consumer_thread)
+        return background
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        for stop in self.stops:
+            stop.set()
+        if self.consumer is not None:
+            self.consumer.should_stop = True
+        for thread in self.threads:
+            thread.join(timeout=timeout_s)
+        if self.consumer is not None:
+            self.consumer.connection.release()
+
+    def wait(self, stop: threading.Event) -> None:
+        """Block until ``stop`` is set, then stop everything."""
+        stop.wait()
+        self.stop()

@@ -1,0 +1,51 @@
+"""Signed, expiring download links: ``GET /downloads/{token}``.
+
+    >>> links = DownloadLinks("secret", "https://shop.example", ttl_s=3600)
+    >>> token, expires = links.issue("job_abc")
+    >>> links.job_id(token)
+    'job_abc'
+
+A token is the job id signed with ``SMI_DOWNLOAD_SECRET`` and stamped with
+the time it was issued (``itsdangerous``): a changed byte is refused
+(403), an old one has expired (410). Links carry no database state, so a
+fresh one can be issued on every status poll and in every email.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from gateway.errors import DownloadExpiredError, DownloadForbiddenError
+
+SALT = "smi-download-link"
+
+
+class DownloadLinks:
+    """Issues and checks download tokens for completed jobs."""
+
+    def __init__(self, secret: str, public_url: str, ttl_s: int) -> None:
+        self._serializer = URLSafeTimedSerializer(secret, salt=SALT)
+        self.public_url = public_url.rstrip("/")
+        self.ttl_s = ttl_s
+
+    def issue(self, job_id: str) -> tuple[str, datetime]:
+        """A token for ``job_id`` and the moment it stops working."""
+        token = self._serializer.dumps(job_id)
+        return token, datetime.now(UTC) + timedelta(seconds=self.ttl_s)
+
+    def url(self, token: str) -> str:
+        return f"{self.public_url}/downloads/{token}"
+
+    def job_id(self, token: str) -> str:
+        """The job of a token, or ``DownloadForbiddenError`` / ``DownloadExpiredError``."""
+        try:
+            value = self._serializer.loads(token, max_age=self.ttl_s)
+        except SignatureExpired as exc:
+            raise DownloadExpiredError("this download link has expired") from exc
+        except BadSignature as exc:
+            raise DownloadForbiddenError("this download link is not valid") from exc
+        if not isinstance(value, str):
+            raise DownloadForbiddenError("this download link is not valid")
+        return value

@@ -1,0 +1,106 @@
+"""What workers report, applied to jobs: progress, completion, failure.
+
+    JobEventConsumer(connect(config.broker_url), sessions).run()   # a thread of the gateway
+
+``apply_job_event`` runs in one transaction with the job row locked, and
+the status guard makes every event safe to repeat or reorder: a second
+``completed`` changes nothing, a ``progress`` that arrives after
+``completed`` is ignored, a ``failed`` for a job already refunding adds no
+second refund. Emails are queued in the same transaction (once per kind).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from kombu import Connection
+from kombu.mixins import ConsumerMixin
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.emails import queue_email
+from gateway.jobs import UnknownJobError, change_status, get_job
+from gateway.refunds import fail_job
+from gateway.tables import utcnow
+from shared.jobs import JobStatus
+from shared.messages import EventKind, JobEvent, MessageError
+from shared.topology import EVENTS_QUEUE, dead_letter
+
+log = logging.getLogger(__name__)
+
+PROCESSING_MESSAGE = "Upscaling your image."
+COMPLETED_MESSAGE = "Your 4x image is ready to download."
+ACTIVE = (JobStatus.PENDING, JobStatus.PROCESSING)
+
+
+def apply_job_event(session: Session, event: JobEvent) -> str:
+    """Apply one worker event to its job (locked); returns what happened."""
+    job = get_job(session, event.job_id, lock=True)
+    source = f"worker:{event.worker or 'unknown'}"
+    if job.status not in ACTIVE:
+        return "ignored"  # late, duplicated or from an attempt that was superseded
+    if event.kind in (EventKind.STARTED, EventKind.PROGRESS):
+        first = job.status == JobStatus.PENDING
+        change_status(
+            session,
+            job,
+            JobStatus.PROCESSING,
+            reason=f"worker started attempt {event.attempt}",
+            source=source,
+            customer_message=PROCESSING_MESSAGE,
+        )
+        job.heartbeat_at = utcnow()
+        if event.progress is not None:
+            job.progress = max(job.progress, event.progress) if not first else event.progress
+        if first:
+            queue_email(session, job, "processing")
+        return "progress"
+    if event.kind == EventKind.COMPLETED:
+        change_status(
+            session,
+            job,
+            JobStatus.COMPLETED,
+            reason="result stored",
+            source=source,
+            customer_message=COMPLETED_MESSAGE,
+        )
+        job.result_key = event.result_key
+        job.progress = 1.0
+        job.finished_at = utcnow()
+        queue_email(session, job, "completed")
+        return "completed"
+    fail_job(session, job, str(event.error), source)
+    return "failed"
+
+
+class JobEventConsumer(ConsumerMixin):
+    """Consumes ``smi.job-events``; any number of gateway processes may run one."""
+
+    def __init__(self, connection: Connection, sessions: sessionmaker[Session]) -> None:
+        self.connection = connection
+        self.sessions = sessions
+
+    def get_consumers(self, consumer_class: Any, channel: Any) -> list[Any]:
+        return [consumer_class(queues=[EVENTS_QUEUE], on_message=self.on_event, prefetch_count=20)]
+
+    def on_event(self, message: Any) -> None:
+        try:
+            event = JobEvent.from_json(message.body)
+            with self.sessions.begin() as session:
+                outcome = apply_job_event(session, event)
+        except (MessageError, UnknownJobError) as exc:
+            log.error("job event sent to the dead-letter queue: %s", exc)
+            dead_letter(
+                self.connection.Producer(), message.body, reason=str(exc), origin=EVENTS_QUEUE.name
+            )
+            message.ack()
+            return
+        except SQLAlchemyError:
+            log.exception("database error; the event goes back to the queue")
+            time.sleep(1.0)  # do not spin while the database is away
+            message.requeue()
+            return
+        log.info("job event %s: %s", event.kind, outcome, extra={"job_id": event.job_id})
+        message.ack()

@@ -1,0 +1,159 @@
+"""Sending the queued customer emails: over SMTP, or as ``.eml`` files in a folder.
+
+    mailer = Mailer(config.mail)             # SMI_SMTP_URL, else SMI_MAIL_DIR
+    EmailRelay(sessions, mailer, links).send_due()
+
+The relay claims due ``email:*`` outbox rows (see ``gateway.leases``),
+renders each from the job as it is now, sends it, and marks it sent. A
+failed send is retried with backoff up to ``MAX_SEND_ATTEMPTS`` times. A
+crash between sending and marking can send one email twice; nothing can
+make it be sent zero times.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import smtplib
+import ssl
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.config import GatewayConfig, MailConfig
+from gateway.downloads import DownloadLinks
+from gateway.emails import EMAIL_PREFIX, EmailSettings, render_email
+from gateway.jobs import get_job
+from gateway.leases import backoff_s, claim_due
+from gateway.tables import OutboxMessage, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_SEND_ATTEMPTS = 8
+SEND_BACKOFF_S = 5.0
+SEND_LEASE_S = 120.0
+SMTP_TIMEOUT_S = 30.0
+
+
+class Mailer:
+    """Delivers an ``EmailMessage`` to SMTP (``smtp://``, ``smtps://``) or to a folder."""
+
+    def __init__(self, config: MailConfig) -> None:
+        self.config = config
+
+    def send(self, message: EmailMessage) -> None:
+        """Send it, or raise ``OSError``/``smtplib.SMTPException``."""
+        if self.config.smtp_url:
+            self._send_smtp(message, self.config.smtp_url)
+        else:
+            self._write_file(message, self.config.folder)
+
+    @staticmethod
+    def _send_smtp(message: EmailMessage, url: str) -> None:
+        parts = urlsplit(url)
+        options = parse_qs(parts.query)
+        host = parts.hostname or "localhost"
+        if parts.scheme == "smtps":
+            client: smtplib.SMTP = smtplib.SMTP_SSL(
+                host,
+                parts.port or 465,
+                timeout=SMTP_TIMEOUT_S,
+                context=ssl.create_default_context(),
+            )
+        else:
+            client = smtplib.SMTP(host, parts.port or 25, timeout=SMTP_TIMEOUT_S)
+        with client:
+            if options.get("starttls", ["false"])[0].lower() in ("1", "true", "yes"):
+                client.starttls(context=ssl.create_default_context())
+            if parts.username:
+                client.login(unquote(parts.username), unquote(parts.password or ""))
+            client.send_message(message)
+
+    @staticmethod
+    def _write_file(message: EmailMessage, folder: Path) -> None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")
+        name = f"{stamp}-{message['X-SMI-Job']}-{message['X-SMI-Email']}.eml"
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".{name}.part"  # mail readers never see half a message
+        partial.write_bytes(bytes(message))
+        partial.replace(folder / name)
+
+
+class EmailRelay:
+    """Sends due ``email:*`` outbox rows; any number of gateway processes may run one."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        mailer: Mailer,
+        links: DownloadLinks,
+        settings: EmailSettings,
+    ) -> None:
+        self.sessions = sessions
+        self.mailer = mailer
+        self.links = links
+        self.settings = settings
+
+    @classmethod
+    def for_config(
+        cls, sessions: sessionmaker[Session], config: GatewayConfig, links: DownloadLinks
+    ) -> EmailRelay:
+        settings = EmailSettings(config.mail.sender, config.mail.support_email)
+        return cls(sessions, Mailer(config.mail), links, settings)
+
+    def send_due(self) -> int:
+        """Send every due email once; returns how many were tried."""
+        claimed = claim_due(
+            self.sessions,
+            OutboxMessage,
+            [
+                OutboxMessage.kind.startswith(EMAIL_PREFIX),
+                OutboxMessage.published_at.is_(None),
+                OutboxMessage.publish_attempts < MAX_SEND_ATTEMPTS,
+            ],
+            lease_s=SEND_LEASE_S,
+        )
+        for row_id in claimed:
+            self._send(row_id)
+        return len(claimed)
+
+    def _send(self, row_id: int) -> None:
+        with self.sessions() as session:
+            row = session.get_one(OutboxMessage, row_id)
+            job = get_job(session, row.job_id)
+        kind = json.loads(row.body)["email"]
+        context = {"job_id": job.id, "email": kind}
+        if not job.customer_email:
+            log.warning("no address to email", extra=context)
+            self._mark(row_id, error="the customer left no email address")
+            return
+        extra = {}
+        if kind == "completed":
+            token, expires = self.links.issue(job.id)
+            extra = {
+                "download_url": self.links.url(token),
+                "download_expires": expires.strftime("%Y-%m-%d %H:%M UTC"),
+            }
+        try:
+            self.mailer.send(render_email(job, kind, self.settings, **extra))
+        except (OSError, smtplib.SMTPException) as exc:
+            log.warning("email not sent, will retry: %s", exc, extra=context)
+            self._mark(row_id, error=str(exc), sent=False)
+            return
+        log.info("email sent", extra=context)
+        self._mark(row_id)
+
+    def _mark(self, row_id: int, error: str | None = None, sent: bool = True) -> None:
+        with self.sessions.begin() as session:
+            row = session.get_one(OutboxMessage, row_id)
+            row.publish_attempts += 1
+            row.last_error = error[:500] if error else None
+            if sent:
+                row.published_at = utcnow()
+                row.next_attempt_at = None
+            else:
+                delay = backoff_s(SEND_BACKOFF_S, row.publish_attempts)
+                row.next_attempt_at = utcnow() + timedelta(seconds=delay)

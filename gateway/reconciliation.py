@@ -1,0 +1,138 @@
+"""Reconciliation: what Stripe says was paid and refunded, against our records.
+
+    report = reconcile(session, payments)      # {"mismatches": [...], "checked": {...}}
+
+Every Checkout Session and every refund of the Stripe account is compared
+with the jobs, payments and refunds tables. A mismatch names its kind, the
+Stripe object, the job when there is one, and what to look at:
+
+- ``paid_session_without_job``    Stripe took money for a session we have no job for
+- ``paid_session_not_fulfilled``  the job exists but never saw the payment
+- ``amount_mismatch``             Stripe charged another amount than the job's price
+- ``job_paid_without_payment``    we think a job is paid; Stripe's session is not
+- ``refund_not_recorded``         a refund at Stripe that our records lack
+- ``refund_missing_at_stripe``    a refund we recorded as done that Stripe does not have
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.fulfilment import job_id_of
+from gateway.payments import Payments
+from gateway.tables import Job, Refund
+from shared.jobs import JobStatus
+
+UNPAID_STATES = (JobStatus.AWAITING_PAYMENT, JobStatus.EXPIRED)
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    kind: str
+    stripe_id: str | None
+    job_id: str | None
+    amount_cents: int | None
+    detail: str
+
+
+def reconcile(session: Session, payments: Payments) -> dict[str, Any]:
+    """Compare the Stripe account with our tables; see the module docstring."""
+    checkout_sessions = payments.list_checkout_sessions()
+    stripe_refunds = payments.list_refunds()
+    jobs = {job.id: job for job in session.scalars(select(Job))}
+    refunds = list(session.scalars(select(Refund)))
+    mismatches = [
+        *_check_sessions(checkout_sessions, jobs),
+        *_check_refunds(stripe_refunds, refunds, jobs),
+    ]
+    return {
+        "mismatches": [asdict(m) for m in mismatches],
+        "checked": {
+            "checkout_sessions": len(checkout_sessions),
+            "stripe_refunds": len(stripe_refunds),
+            "jobs": len(jobs),
+            "refunds": len(refunds),
+        },
+    }
+
+
+def _check_sessions(
+    checkout_sessions: list[dict[str, Any]], jobs: dict[str, Job]
+) -> Iterable[Mismatch]:
+    paid_at_stripe = set()
+    for checkout in checkout_sessions:
+        session_id, amount = str(checkout["id"]), checkout.get("amount_total")
+        job_id = job_id_of(checkout)
+        job = jobs.get(job_id or "")
+        if checkout.get("payment_status") != "paid":
+            continue
+        paid_at_stripe.add(session_id)
+        if job is None:
+            yield Mismatch(
+                "paid_session_without_job",
+                session_id,
+                job_id,
+                amount,
+                "Stripe took a payment for a Checkout Session that matches no job",
+            )
+        elif job.status in UNPAID_STATES or job.stripe_session_id != session_id:
+            yield Mismatch(
+                "paid_session_not_fulfilled",
+                session_id,
+                job.id,
+                amount,
+                f"the session is paid but the job is {job.status} "
+                f"(linked session: {job.stripe_session_id})",
+            )
+        elif amount != job.amount_cents or checkout.get("currency") != job.currency:
+            yield Mismatch(
+                "amount_mismatch",
+                session_id,
+                job.id,
+                amount,
+                f"Stripe charged {amount} {checkout.get('currency')}, "
+                f"the job's price is {job.amount_cents} {job.currency}",
+            )
+    for job in jobs.values():
+        if job.paid_at is not None and job.stripe_session_id not in paid_at_stripe:
+            yield Mismatch(
+                "job_paid_without_payment",
+                job.stripe_session_id,
+                job.id,
+                job.amount_cents,
+                "the job is marked paid but Stripe has no paid session for it",
+            )
+
+
+def _check_refunds(
+    stripe_refunds: list[dict[str, Any]], refunds: list[Refund], jobs: dict[str, Job]
+) -> Iterable[Mismatch]:
+    recorded = {r.stripe_refund_id for r in refunds if r.stripe_refund_id}
+    live = {str(r["id"]) for r in stripe_refunds if r.get("status") in ("succeeded", "pending")}
+    by_intent = {job.stripe_payment_intent_id: job.id for job in jobs.values()}
+    for refund in stripe_refunds:
+        if refund["id"] in recorded or refund.get("status") not in ("succeeded", "pending"):
+            continue
+        metadata = refund.get("metadata") or {}
+        yield Mismatch(
+            "refund_not_recorded",
+            str(refund["id"]),
+            metadata.get("job_id") or by_intent.get(refund.get("payment_intent")),
+            refund.get("amount"),
+            f"Stripe refunded {refund.get('amount')} {refund.get('currency')} "
+            f"of {refund.get('payment_intent')}; our records have no such refund",
+        )
+    for row in refunds:
+        if row.status == "succeeded" and row.stripe_refund_id not in live:
+            yield Mismatch(
+                "refund_missing_at_stripe",
+                row.stripe_refund_id,
+                row.job_id,
+                row.amount_cents,
+                "we recorded this refund as done; Stripe does not list it",
+            )

@@ -1,0 +1,203 @@
+"""Refunds: a job that fails after payment gets its money back, exactly once.
+
+    fail_job(session, job, "CorruptImageError: ...", source="worker")   # in a transaction
+    Refunder(sessions, payments, config.recovery).refund_due()            # later, in the loop
+
+``fail_job`` moves the job ``failed -> refunding`` and adds a ``refunds`` row
+in the same transaction, so a duplicate failure event finds the job
+already refunding and changes nothing. The ``Refunder`` then calls Stripe
+(the spec's ``process_refund``) with the row's idempotency key
+``refund-{job_id}-{round}``: however often a call is retried, by this
+process or another, Stripe refunds once. Unavailable: retried with
+backoff; refused, or still failing after the last attempt: the job becomes
+``refund_failed`` for an admin. Every attempt is written to the row and
+the audit trail.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.config import RecoveryConfig
+from gateway.emails import queue_email
+from gateway.errors import PaymentProviderRejected, PaymentProviderUnavailable
+from gateway.jobs import change_status, get_job, record_audit
+from gateway.leases import backoff_s, claim_due
+from gateway.payments import Payments
+from gateway.tables import Job, Refund, utcnow
+from shared.jobs import JobStatus
+
+log = logging.getLogger(__name__)
+
+FAILED_MESSAGE = "We could not upscale your image. You will be refunded automatically."
+REFUNDING_MESSAGE = "We could not upscale your image. Your payment is being refunded."
+REFUNDED_MESSAGE = "We could not upscale your image, so your payment has been refunded in full."
+REFUNDED_BY_HAND_MESSAGE = "Your payment has been refunded in full."
+REFUND_FAILED_MESSAGE = (
+    "We could not upscale your image and the automatic refund did not go through. "
+    "Our support team has been alerted and will refund you."
+)
+REFUNDABLE = frozenset({JobStatus.FAILED, JobStatus.COMPLETED, JobStatus.REFUND_FAILED})
+CLAIM_LEASE_S = 120.0
+
+
+def fail_job(session: Session, job: Job, reason: str, source: str) -> bool:
+    """Fail a paid job that was queued or running, and start its refund; ``False`` if neither."""
+    if job.status not in (JobStatus.PENDING, JobStatus.PROCESSING):
+        return False
+    change_status(
+        session,
+        job,
+        JobStatus.FAILED,
+        reason=reason,
+        source=source,
+        customer_message=FAILED_MESSAGE,
+    )
+    job.failure_reason = reason
+    job.finished_at = utcnow()
+    start_refund(session, job, reason, source)
+    return True
+
+
+def start_refund(session: Session, job: Job, reason: str, source: str) -> Refund:
+    """``refunding`` and a new refund row (a new round, with its own key); call under lock."""
+    change_status(
+        session,
+        job,
+        JobStatus.REFUNDING,
+        reason=f"refund requested: {reason}",
+        source=source,
+        customer_message=REFUNDING_MESSAGE,
+    )
+    rounds = session.scalar(select(func.count()).where(Refund.job_id == job.id)) or 0
+    refund = Refund(
+        job_id=job.id,
+        idempotency_key=f"refund-{job.id}-{rounds + 1}",
+        reason=reason,
+        status="pending",
+        amount_cents=job.amount_cents,
+        currency=job.currency,
+        attempts=0,
+        next_attempt_at=utcnow(),
+    )
+    session.add(refund)
+    return refund
+
+
+class Refunder:
+    """Sends due refunds to Stripe; any number of gateway processes may run one."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], payments: Payments, config: RecoveryConfig
+    ) -> None:
+        self.sessions = sessions
+        self.payments = payments
+        self.config = config
+
+    def refund_due(self) -> int:
+        """Try every due refund once; returns how many were tried."""
+        claimed = claim_due(
+            self.sessions, Refund, [Refund.status == "pending"], lease_s=CLAIM_LEASE_S
+        )
+        for refund_id in claimed:
+            self._attempt(refund_id)
+        return len(claimed)
+
+    def _attempt(self, refund_id: int) -> None:
+        with self.sessions() as session:
+            refund = session.get_one(Refund, refund_id)
+            job = get_job(session, refund.job_id)
+            intent, key, reason = (
+                job.stripe_payment_intent_id,
+                refund.idempotency_key,
+                refund.reason,
+            )
+        context = {"job_id": refund.job_id, "refund_key": key}
+        if not intent:
+            self._give_up(refund_id, "the job has no payment intent to refund")
+            return
+        try:
+            # A later round (an admin's retry) first looks for a refund that already went through.
+            stripe_refund: Any = (
+                self.payments.existing_refund(intent) if not key.endswith("-1") else None
+            ) or self.payments.refund(intent, refund.job_id, reason, key)
+        except PaymentProviderUnavailable as exc:
+            log.warning("refund attempt failed, will retry: %s", exc, extra=context)
+            self._retry_later(refund_id, str(exc))
+            return
+        except PaymentProviderRejected as exc:
+            log.error("refund refused: %s", exc, extra=context)
+            self._give_up(refund_id, str(exc))
+            return
+        if stripe_refund.get("status") not in ("succeeded", "pending"):
+            self._give_up(refund_id, f"Stripe reports the refund {stripe_refund.get('status')}")
+            return
+        self._succeeded(refund_id, stripe_refund)
+
+    def _succeeded(self, refund_id: int, stripe_refund: Any) -> None:
+        with self.sessions.begin() as session:
+            refund = session.get_one(Refund, refund_id)
+            job = get_job(session, refund.job_id, lock=True)
+            refund.attempts += 1
+            refund.status = "succeeded"
+            refund.stripe_refund_id = str(stripe_refund["id"])
+            refund.amount_cents = int(stripe_refund.get("amount") or refund.amount_cents or 0)
+            refund.next_attempt_at = None
+            refund.last_error = None
+            if job.status == JobStatus.REFUNDING:
+                change_status(
+                    session,
+                    job,
+                    JobStatus.REFUNDED,
+                    reason=f"refunded ({stripe_refund['id']})",
+                    source="refunder",
+                    customer_message=(
+                        REFUNDED_MESSAGE if job.failure_reason else REFUNDED_BY_HAND_MESSAGE
+                    ),
+                )
+                job.finished_at = utcnow()
+                queue_email(session, job, "refunded")
+        log.info("refunded", extra={"job_id": refund.job_id, "refund": stripe_refund["id"]})
+
+    def _retry_later(self, refund_id: int, error: str) -> None:
+        with self.sessions.begin() as session:
+            refund = session.get_one(Refund, refund_id)
+            refund.attempts += 1
+            refund.last_error = error[:500]
+            job = get_job(session, refund.job_id, lock=True)
+            record_audit(
+                session, job, f"refund attempt {refund.attempts} failed: {error}", "refunder"
+            )
+            if refund.attempts >= self.config.refund_max_attempts:
+                self._mark_failed(session, refund, job, f"gave up after {refund.attempts} tries")
+                return
+            delay = backoff_s(self.config.refund_backoff_s, refund.attempts)
+            refund.next_attempt_at = utcnow() + timedelta(seconds=delay)
+
+    def _give_up(self, refund_id: int, error: str) -> None:
+        with self.sessions.begin() as session:
+            refund = session.get_one(Refund, refund_id)
+            refund.attempts += 1
+            refund.last_error = error[:500]
+            job = get_job(session, refund.job_id, lock=True)
+            self._mark_failed(session, refund, job, error)
+
+    @staticmethod
+    def _mark_failed(session: Session, refund: Refund, job: Job, error: str) -> None:
+        refund.status = "failed"
+        refund.next_attempt_at = None
+        if job.status == JobStatus.REFUNDING:
+            change_status(
+                session,
+                job,
+                JobStatus.REFUND_FAILED,
+                reason=f"refund failed: {error}",
+                source="refunder",
+                customer_message=REFUND_FAILED_MESSAGE,
+            )
+        log.error("refund failed; an admin must act", extra={"job_id": job.id, "error": error})

@@ -1,0 +1,69 @@
+"""The revenue and refund report: per day and currency, from our own records.
+
+rows = revenue_by_day(session, since=date(2026, 11, 1))
+text = as_csv(rows)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass, fields
+from datetime import date, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.tables import Payment, Refund
+
+
+@dataclass
+class DayTotals:
+    day: str
+    currency: str
+    payments: int = 0
+    gross_cents: int = 0
+    refunds: int = 0
+    refunded_cents: int = 0
+    net_cents: int = 0
+
+
+def revenue_by_day(
+    session: Session, since: date | None = None, until: date | None = None
+) -> list[DayTotals]:
+    """Payments and completed refunds per day (UTC) and currency, oldest first."""
+    totals: dict[tuple[str, str], DayTotals] = {}
+
+    def row(at: datetime, currency: str) -> DayTotals | None:
+        day = at.date()
+        if (since and day < since) or (until and day > until):
+            return None
+        key = (day.isoformat(), currency)
+        if key not in totals:
+            totals[key] = DayTotals(day=key[0], currency=currency)
+        return totals[key]
+
+    for payment in session.scalars(select(Payment)):
+        if (day := row(payment.created_at, payment.currency)) is not None:
+            day.payments += 1
+            day.gross_cents += payment.amount_cents
+    for refund in session.scalars(select(Refund).where(Refund.status == "succeeded")):
+        if (day := row(refund.updated_at, refund.currency or "usd")) is not None:
+            day.refunds += 1
+            day.refunded_cents += refund.amount_cents or 0
+    for day in totals.values():
+        day.net_cents = day.gross_cents - day.refunded_cents
+    return [totals[key] for key in sorted(totals)]
+
+
+def as_csv(rows: list[DayTotals]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=[f.name for f in fields(DayTotals)])
+    writer.writeheader()
+    for item in rows:
+        writer.writerow(asdict(item))
+    return out.getvalue()
+
+
+def as_json(rows: list[DayTotals]) -> list[dict[str, object]]:
+    return [asdict(item) for item in rows]

@@ -1,0 +1,220 @@
+"""The whole loop with real processes: emulator, gateways on PostgreSQL, RabbitMQ, CPU workers.
+
+Pay -> the worker upscales with real weights -> download and emails; a
+corrupt source -> exactly one refund; a killed worker -> redelivery; a
+broker outage -> every job still done once; reconciliation against Stripe.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from kombu import Connection
+from system import BIN, System, running_system
+
+from conftest import RABBITMQ_URL, postgres_database, purge_queues
+from servers import wait_for
+from shared.messages import EventKind, JobEvent
+from shared.topology import EVENTS_EXCHANGE, EVENTS_QUEUE, EVENTS_ROUTING_KEY, publish_json
+from upscaler.images import decode_image
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+def system(tmp_path) -> Iterator[System]:
+    purge_queues()
+    with postgres_database() as url, running_system(tmp_path, url, RABBITMQ_URL) as running:
+        yield running
+    purge_queues()
+
+
+def audit(system: System, job_id: str) -> list[dict]:
+    response = system.admin("GET", f"/admin/jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    return list(response.json()["audit"])
+
+
+def test_a_paid_image_is_upscaled_delivered_and_emailed(system):
+    system.start_worker()
+    job_id = system.buy("photo.png")
+    status = system.wait_for_status(job_id, "completed")
+    assert status["progress"] == 1.0 and status["message"].endswith("ready to download.")
+
+    download = httpx.get(status["download_url"], timeout=30)
+    assert download.status_code == 200
+    assert download.headers["content-type"] == "image/png"
+    assert f'filename="{job_id}-4x.png"' in download.headers["content-disposition"]
+    assert decode_image(download.content).pixels.shape == (24 * 4, 32 * 4, 3)
+
+    completed = wait_for(lambda: system.mail.of_kind("completed", job_id), timeout=30)
+    confirmation = system.mail.of_kind("payment_confirmation", job_id)
+    processing = system.mail.of_kind("processing", job_id)
+    assert len(completed) == len(confirmation) == len(processing) == 1
+    for message in (*completed, *confirmation, *processing):
+        assert message["To"] == "buyer@example.com"
+        text = message.get_body(("plain",)).get_content()
+        html = message.get_body(("html",)).get_content()
+        assert "support@example.com" in text and "support@example.com" in html
+    text = completed[0].get_body(("plain",)).get_content()
+    emailed_link = next(line for line in text.splitlines() if "/downloads/" in line).strip()
+    assert httpx.get(emailed_link, timeout=30).content == download.content
+
+    steps = [(entry["from"], entry["to"]) for entry in audit(system, job_id)]
+    assert steps == [
+        (None, "awaiting_payment"),
+        ("awaiting_payment", "pending"),
+        ("pending", "processing"),
+        ("processing", "completed"),
+    ]
+
+
+def test_a_corrupt_source_is_refunded_exactly_once(tmp_path):
+    purge_queues()
+    with (
+        postgres_database() as url,
+        running_system(tmp_path, url, RABBITMQ_URL, gateways=2) as system,
+    ):
+        checkout = system.checkout("photo.png")
+        job_id = checkout["job_id"]
+        (source,) = (tmp_path / "storage" / "jobs" / job_id).glob("source.*")
+        source.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)  # the stored source is damaged
+        assert system.pay(checkout)["outcome"] == "paid"
+        system.start_worker()
+        system.wait_for_status(job_id, "refunded")
+        failure = system.admin("GET", f"/admin/jobs/{job_id}").json()["job"]["failure_reason"]
+        assert "Image" in failure  # the worker's typed image error, not a timeout
+
+        # The worker's failure event arrives twice more, at both gateways at once.
+        with Connection(RABBITMQ_URL) as connection:
+            producer = connection.Producer()
+            for _ in range(2):
+                event = JobEvent(job_id, EventKind.FAILED, f"dup-{uuid.uuid4()}", error=failure)
+                publish_json(
+                    producer,
+                    event.to_json(),
+                    exchange=EVENTS_EXCHANGE,
+                    routing_key=EVENTS_ROUTING_KEY,
+                    queue=EVENTS_QUEUE,
+                    message_id=event.event_id,
+                )
+        wait_for(lambda: system.mail.of_kind("refunded", job_id), timeout=30)
+        time.sleep(3)  # room for a second refund or email, which must not come
+
+        intent = system.status(job_id, gateway=1)  # the second gateway sees the same job
+        assert intent["status"] == "refunded"
+        details = system.admin("GET", f"/admin/jobs/{job_id}").json()
+        payment_intent = details["job"]["stripe_payment_intent_id"]
+        refunds = system.stripe.v1.refunds.list({"payment_intent": payment_intent}).data
+        assert len(refunds) == 1
+        assert refunds[0].reason == "requested_by_customer"
+        assert refunds[0].metadata.to_dict() == {"job_id": job_id, "failure_reason": failure}
+        assert [r["status"] for r in details["refunds"]] == ["succeeded"]
+        assert len(system.mail.of_kind("refunded", job_id)) == 1
+        assert not system.mail.of_kind("completed", job_id)
+        notice = system.mail.of_kind("refunded", job_id)[0].get_body(("plain",)).get_content()
+        assert "refunded your" in notice and "support@example.com" in notice
+    purge_queues()
+
+
+def test_a_killed_worker_s_job_is_redelivered_and_completed_once(system):
+    first = system.start_worker("worker-1", SMI_WORKER_TILE="32")
+    job_id = system.buy("large.png")
+    wait_for(lambda: system.status(job_id)["progress"] > 0, timeout=120, interval=0.1)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    assert system.status(job_id)["status"] == "processing"
+
+    system.start_worker("worker-2", SMI_WORKER_TILE="32")
+    status = system.wait_for_status(job_id, "completed", timeout=300)
+    download = httpx.get(status["download_url"], timeout=30)
+    assert decode_image(download.content).pixels.shape == (96 * 4, 96 * 4, 3)
+    wait_for(lambda: system.mail.of_kind("completed", job_id), timeout=30)
+    time.sleep(2)
+    assert len(system.mail.of_kind("completed", job_id)) == 1
+    assert "worker-2" in (system.tmp / "worker-2.log").read_text()
+
+
+def test_a_broker_outage_delays_paid_jobs_and_loses_or_doubles_none(system):
+    rabbitmqctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    system.start_worker()
+    subprocess.run([rabbitmqctl, "stop_app"], check=True, capture_output=True, timeout=120)
+    stopped = time.monotonic()
+    try:
+        jobs = [system.buy("photo.png") for _ in range(3)]
+        for job_id in jobs:  # paid and recorded while the broker is away
+            assert system.status(job_id)["status"] == "pending"
+        time.sleep(max(0.0, 20 - (time.monotonic() - stopped)))
+    finally:
+        subprocess.run([rabbitmqctl, "start_app"], check=True, capture_output=True, timeout=120)
+    for job_id in jobs:
+        system.wait_for_status(job_id, "completed", timeout=240)
+    wait_for(lambda: len(system.mail.of_kind("completed")) >= 3, timeout=60)
+    time.sleep(2)
+    for job_id in jobs:
+        details = system.admin("GET", f"/admin/jobs/{job_id}").json()
+        upscales = [m for m in details["outbox"] if m["kind"] == "upscale"]
+        assert len(upscales) == 1 and upscales[0]["published_at"], details["outbox"]
+        started = [e for e in details["audit"] if e["to"] == "processing"]
+        assert len(started) == 1, details["audit"]
+        assert len(system.mail.of_kind("completed", job_id)) == 1
+
+
+def test_reconciliation_finds_what_stripe_has_and_we_do_not(system):
+    job_id = system.buy("photo.png")
+    system.wait_for_status(job_id, "pending")
+    details = system.admin("GET", f"/admin/jobs/{job_id}").json()
+    intent = details["job"]["stripe_payment_intent_id"]
+    # Someone refunds in the Stripe dashboard, and a session is paid that no job knows.
+    direct = system.stripe.v1.refunds.create({"payment_intent": intent})
+    stray = system.stripe.v1.checkout.sessions.create(
+        {
+            "mode": "payment",
+            "success_url": "https://shop.example/thanks",
+            "line_items": [
+                {
+                    "price_data": {
+                        "currency": "usd",
+                        "product_data": {"name": "Something else"},
+                        "unit_amount": 700,
+                    },
+                    "quantity": 1,
+                }
+            ],
+        }
+    )
+    assert system.pay({"checkout_url": stray.url})["outcome"] == "paid"
+
+    report = system.admin("GET", "/admin/reconciliation").json()
+    found = {(m["kind"], m["stripe_id"]) for m in report["mismatches"]}
+    assert ("refund_not_recorded", direct.id) in found
+    assert ("paid_session_without_job", stray.id) in found
+    assert len(report["mismatches"]) == 2, report
+    refund = next(m for m in report["mismatches"] if m["kind"] == "refund_not_recorded")
+    assert refund["job_id"] == job_id and refund["amount_cents"] == direct.amount
+
+    cli = subprocess.run(
+        [BIN / "smi-admin", "--url", system.gateway, "reconcile"],
+        env=system.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 1, cli.stderr  # mismatches found: a non-zero exit for cron jobs
+    assert direct.id in cli.stdout and stray.id in cli.stdout
+    as_json = subprocess.run(
+        [BIN / "smi-admin", "--url", system.gateway, "--json", "reconcile"],
+        env=system.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert len(json.loads(as_json.stdout)["mismatches"]) == 2

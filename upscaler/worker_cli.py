@@ -1,0 +1,80 @@
+"""``smi-worker``: consume paid jobs from the broker and upscale them, one at a time.
+
+    smi-worker                         # SMI_BROKER_URL, SMI_STORAGE_URL, SMI_WORKER_* settings
+    smi-worker --device cuda:1         # one process per GPU
+
+SIGTERM or Ctrl-C finishes the current job, then exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from shared.env import ConfigError
+from shared.storage import Storage
+from shared.topology import connect
+from upscaler.errors import UpscalerError
+from upscaler.registry import ModelRegistry
+from upscaler.worker import EventPublisher, UpscaleWorker
+from upscaler.worker_config import WorkerConfig
+
+log = logging.getLogger("upscaler.worker")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="smi-worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: SMI_WORKER_DEVICE)")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--tile", type=int)
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--max-jobs", type=int, default=0, help="exit after this many jobs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = WorkerConfig.from_env()
+    except ConfigError as exc:
+        print(f"smi-worker: {exc}", file=sys.stderr)
+        return 2
+    overrides = {
+        "device": args.device,
+        "precision": args.precision,
+        "tile": args.tile,
+        "batch": args.batch,
+        "max_jobs": args.max_jobs,
+    }
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    events = EventPublisher(config.broker_url, config.name)
+    try:
+        worker = UpscaleWorker(
+            connect(config.broker_url),
+            Storage(config.storage_url),
+            ModelRegistry.from_env(),
+            events,
+            config,
+        )
+        worker.warm_up()
+    except UpscalerError as exc:
+        print(f"smi-worker: {exc}", file=sys.stderr)
+        return 1
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping after the current job")
+        worker.should_stop = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    log.info("worker %s ready on %s (%s)", config.name, config.device, config.precision)
+    try:
+        worker.run()
+    finally:
+        events.close()
+        worker.connection.release()
+    return 0

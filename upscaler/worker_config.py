@@ -1,0 +1,78 @@
+"""The worker's configuration: one frozen object from ``SMI_*`` variables.
+
+    >>> config = WorkerConfig.from_env({"SMI_BROKER_URL": "amqp://guest:guest@rabbit//"})
+    >>> config.max_attempts
+    3
+
+Broker and storage defaults are the gateway's (the embedded folders under
+``SMI_DATA_DIR``), so one machine runs the whole system with no settings.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from shared.env import EnvReader
+from shared.storage import default_storage_url
+from shared.topology import default_broker_url
+from upscaler.images import DEFAULT_MAX_PIXELS
+from upscaler.pipeline import DEFAULT_OVERLAP, DEFAULT_TILE, PipelineOptions
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything one worker process needs, validated."""
+
+    broker_url: str
+    storage_url: str
+    name: str
+    device: str
+    precision: str
+    tile: int
+    overlap: int
+    batch: int | None
+    max_pixels: int
+    max_attempts: int
+    retry_backoff_s: float
+    heartbeat_s: float
+    progress_interval_s: float
+    max_jobs: int = 0  # stop after this many jobs (0: never); for tests and rolling restarts
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> WorkerConfig:
+        """Build and validate; ``ConfigError`` lists every problem."""
+        env = EnvReader(environ)
+        data_dir = Path(env.text("DATA_DIR", "var"))
+        device = env.text("WORKER_DEVICE", "") or ("cuda" if torch.cuda.is_available() else "cpu")
+        precision = env.text("WORKER_PRECISION", "") or ("fp16" if device != "cpu" else "fp32")
+        if precision not in ("fp32", "fp16", "bf16"):
+            env.problem(f"SMI_WORKER_PRECISION must be fp32, fp16 or bf16, not {precision!r}")
+        batch = int(env.number("WORKER_BATCH", 0, minimum=0))
+        config = cls(
+            broker_url=env.text("BROKER_URL", default_broker_url(data_dir)),
+            storage_url=env.text("STORAGE_URL", default_storage_url(data_dir)),
+            name=env.text("WORKER_NAME", "") or f"{socket.gethostname()}:{os.getpid()}",
+            device=device,
+            precision=precision,
+            tile=int(env.number("WORKER_TILE", DEFAULT_TILE, minimum=0)),
+            overlap=int(env.number("WORKER_OVERLAP", DEFAULT_OVERLAP, minimum=0)),
+            batch=batch or None,
+            max_pixels=int(env.number("MAX_SOURCE_PIXELS", DEFAULT_MAX_PIXELS, minimum=1)),
+            max_attempts=int(env.number("WORKER_MAX_ATTEMPTS", 3, minimum=1, maximum=20)),
+            retry_backoff_s=env.number("WORKER_RETRY_BACKOFF_S", 2.0, minimum=0),
+            heartbeat_s=env.number("WORKER_HEARTBEAT_S", 15.0, minimum=0.1),
+            progress_interval_s=env.number("WORKER_PROGRESS_INTERVAL_S", 1.0, minimum=0),
+        )
+        env.check()
+        return config
+
+    def pipeline_options(self) -> PipelineOptions:
+        return PipelineOptions.for_device(
+            self.device, tile=self.tile, overlap=self.overlap, batch=self.batch
+        )

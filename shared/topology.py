@@ -69,6 +69,7 @@ def publish_json(
     queue: Queue,
     message_id: str,
     headers: dict[str, str] | None = None,
+    content_type: str = "application/json",
 ) -> None:
     """Publish a JSON body as it is (no kombu serializer), persistent, declaring ``queue``.
 
@@ -80,7 +81,7 @@ def publish_json(
         routing_key=routing_key,
         declare=[queue],
         serializer=None,
-        content_type="application/json",
+        content_type=content_type,
         content_encoding="utf-8",
         delivery_mode=2,
         message_id=message_id,
@@ -105,6 +106,7 @@ def dead_letter(producer: Any, body: bytes | str, *, reason: str, origin: str) -
         queue=DEAD_QUEUE,
         message_id=f"dead:{origin}",
         headers={"x-smi-reason": reason[:500], "x-smi-origin": origin},
+        content_type="application/octet-stream",  # it may not even be JSON
     )
 
 

@@ -1,0 +1,222 @@
+"""The upscaling worker against a real broker (embedded and RabbitMQ) with real weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FAST_MODEL, RABBITMQ_URL, purge_queues, sample
+from shared.messages import EventKind, JobEvent, UpscaleRequest
+from shared.storage import Storage
+from shared.topology import (
+    DEAD_QUEUE,
+    EVENTS_QUEUE,
+    JOBS_EXCHANGE,
+    UPSCALE_QUEUE,
+    UPSCALE_ROUTING_KEY,
+    connect,
+    publish_json,
+)
+from upscaler.images import decode_image, encode_image
+from upscaler.worker import EventPublisher, UpscaleWorker
+from upscaler.worker_config import WorkerConfig
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(params=["embedded", "rabbitmq"])
+def broker_url(request, tmp_path) -> Iterator[str]:
+    if request.param == "embedded":
+        yield f"filesystem://{tmp_path / 'broker'}"
+        return
+    purge_queues()
+    yield RABBITMQ_URL
+    purge_queues()
+
+
+@pytest.fixture
+def storage(tmp_path) -> Storage:
+    return Storage(f"file://{tmp_path / 'storage'}")
+
+
+def config_for(broker_url: str, storage: Storage, **changes) -> WorkerConfig:
+    config = WorkerConfig.from_env(
+        {
+            "SMI_BROKER_URL": broker_url,
+            "SMI_STORAGE_URL": storage.url,
+            "SMI_WORKER_DEVICE": "cpu",
+            "SMI_WORKER_TILE": "32",
+            "SMI_WORKER_RETRY_BACKOFF_S": "0.01",
+            "SMI_WORKER_PROGRESS_INTERVAL_S": "0",
+        }
+    )
+    return dataclasses.replace(config, **changes)
+
+
+def submit(broker_url: str, body: str, message_id: str = "test") -> None:
+    with connect(broker_url) as connection:
+        publish_json(
+            connection.Producer(),
+            body,
+            exchange=JOBS_EXCHANGE,
+            routing_key=UPSCALE_ROUTING_KEY,
+            queue=UPSCALE_QUEUE,
+            message_id=message_id,
+        )
+
+
+def run_worker(broker_url: str, storage: Storage, registry, jobs: int, **changes) -> UpscaleWorker:
+    """A worker in a thread until it has handled ``jobs`` messages."""
+    config = config_for(broker_url, storage, max_jobs=jobs, **changes)
+    events = EventPublisher(broker_url, "test-worker")
+    worker = UpscaleWorker(connect(broker_url), storage, registry, events, config)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    thread.join(timeout=180)
+    assert not thread.is_alive(), "the worker did not finish its jobs"
+    events.close()
+    worker.connection.release()
+    return worker
+
+
+def received(broker_url: str, queue, count: int | None, timeout: float = 10) -> list:
+    """``count`` raw messages from ``queue`` (acknowledged); ``None``: all until it stays empty."""
+    messages: list = []
+
+    def keep(message) -> None:
+        messages.append(message)
+        message.ack()
+
+    connection = connect(broker_url)
+    with connection, connection.Consumer([queue], on_message=keep, prefetch_count=1):
+        deadline = time.monotonic() + timeout
+        while count is None or len(messages) < count:
+            try:
+                connection.drain_events(timeout=0.5 if count is None else 1)
+            except TimeoutError:
+                if count is None:
+                    break
+                if time.monotonic() > deadline:
+                    raise
+    return messages
+
+
+def events_of(broker_url: str, count: int | None, timeout: float = 10) -> list[JobEvent]:
+    return [JobEvent.from_json(m.body) for m in received(broker_url, EVENTS_QUEUE, count, timeout)]
+
+
+def photo(storage: Storage, key: str, size: int = 24) -> np.ndarray:
+    pixels = np.ascontiguousarray(sample("chelsea")[100 : 100 + size, 180 : 180 + size])
+    storage.put(key, encode_image(pixels, "png"))
+    return pixels
+
+
+def test_a_job_is_upscaled_stored_and_reported(broker_url, storage, registry):
+    pixels = photo(storage, "jobs/j1/source.png", size=40)
+    request = UpscaleRequest("j1", "jobs/j1/source.png", "jobs/j1/result.png")
+    submit(broker_url, request.to_json())
+    run_worker(broker_url, storage, registry, jobs=1)
+
+    result = decode_image(storage.get("jobs/j1/result.png")).pixels
+    assert result.shape == (160, 160, 3)
+    # Real weights: the result is a sharp 4x of the photo, close to it when shrunk back.
+    shrunk = result.reshape(40, 4, 40, 4, 3).mean(axis=(1, 3))
+    assert np.abs(shrunk - pixels).mean() < 6
+    # The embedded broker orders messages by the millisecond only: compare as a set.
+    events = {event.kind: event for event in events_of(broker_url, None)}
+    assert set(events) == {EventKind.STARTED, EventKind.PROGRESS, EventKind.COMPLETED}
+    completed = events[EventKind.COMPLETED]
+    assert completed.result_key == "jobs/j1/result.png" and completed.worker == "test-worker"
+    with connect(broker_url) as connection:  # acknowledged: nothing left on the queue
+        assert connection.SimpleQueue(UPSCALE_QUEUE).qsize() == 0
+
+
+def test_a_stored_result_is_announced_again_without_recomputing(broker_url, storage, registry):
+    storage.put("jobs/j2/result.png", b"already here")  # the source is not even needed
+    submit(broker_url, UpscaleRequest("j2", "jobs/j2/source.png", "jobs/j2/result.png").to_json())
+    run_worker(broker_url, storage, registry, jobs=1)
+    kinds = sorted(event.kind for event in events_of(broker_url, None))
+    assert kinds == [EventKind.COMPLETED, EventKind.STARTED]
+    assert storage.get("jobs/j2/result.png") == b"already here"
+
+
+@pytest.mark.parametrize(
+    ("source", "model", "error"),
+    [
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, None, "Image"),
+        (None, None, "SourceMissingError"),
+        ("photo", "no-such-model", "UnknownModelError"),
+    ],
+)
+def test_permanent_errors_fail_the_job_at_once(storage, registry, tmp_path, source, model, error):
+    broker_url = f"filesystem://{tmp_path / 'broker'}"
+    if source == "photo":
+        photo(storage, "jobs/j3/source.png")
+    elif source is not None:
+        storage.put("jobs/j3/source.png", source)
+    request = UpscaleRequest(
+        "j3", "jobs/j3/source.png", "jobs/j3/result.png", model=model or FAST_MODEL
+    )
+    submit(broker_url, request.to_json())
+    run_worker(broker_url, storage, registry, jobs=1, max_attempts=3)
+    (failed,) = [e for e in events_of(broker_url, None) if e.kind != EventKind.STARTED]
+    assert failed.kind == EventKind.FAILED and error in failed.error
+    assert not failed.retryable and "tries" not in failed.error  # no retries for these
+    assert not storage.exists("jobs/j3/result.png")
+
+
+def test_other_errors_are_retried_then_fail_the_job(storage, registry, tmp_path):
+    broker_url = f"filesystem://{tmp_path / 'broker'}"
+    (tmp_path / "storage" / "jobs" / "j4" / "source.png").mkdir(parents=True)  # unreadable
+    submit(broker_url, UpscaleRequest("j4", "jobs/j4/source.png", "jobs/j4/result.png").to_json())
+    run_worker(broker_url, storage, registry, jobs=1, max_attempts=3)
+    (failed,) = [e for e in events_of(broker_url, None) if e.kind != EventKind.STARTED]
+    assert failed.kind == EventKind.FAILED and failed.retryable
+    assert "after 3 tries" in failed.error
+
+
+def test_undecodable_messages_go_to_the_dead_letter_queue(broker_url, storage, registry):
+    photo(storage, "jobs/j5/source.png", size=16)
+    submit(broker_url, '{"schema": "something-else"}', message_id="bad-1")
+    submit(broker_url, "not json at all", message_id="bad-2")
+    request = UpscaleRequest("j5", "jobs/j5/source.png", "jobs/j5/result.png", model=FAST_MODEL)
+    submit(broker_url, request.to_json())
+    run_worker(broker_url, storage, registry, jobs=1)  # the bad ones do not count, nor crash it
+    assert storage.exists("jobs/j5/result.png")
+    dead = received(broker_url, DEAD_QUEUE, 2)
+    assert {m.headers["x-smi-origin"] for m in dead} == {"smi.upscale"}
+    assert any("schema" in m.headers["x-smi-reason"] for m in dead)
+
+
+def test_sigterm_lets_the_current_job_finish(tmp_path, storage, registry):
+    broker_url = f"filesystem://{tmp_path / 'broker'}"
+    photo(storage, "jobs/j6/source.png", size=96)
+    submit(broker_url, UpscaleRequest("j6", "jobs/j6/source.png", "jobs/j6/result.png").to_json())
+    worker = subprocess.Popen(
+        [BIN / "smi-worker", "--device", "cpu", "--tile", "32"],
+        env={
+            **os.environ,
+            "SMI_BROKER_URL": broker_url,
+            "SMI_STORAGE_URL": storage.url,
+            "SMI_WORKER_PROGRESS_INTERVAL_S": "0",
+        },
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert events_of(broker_url, 1, timeout=120)[0].kind == EventKind.STARTED
+    worker.send_signal(signal.SIGTERM)  # mid-job
+    _, errors = worker.communicate(timeout=180)
+    assert worker.returncode == 0, errors
+    assert storage.exists("jobs/j6/result.png")
+    assert "stopping after the current job" in errors
+    assert EventKind.COMPLETED in {e.kind for e in events_of(broker_url, None)}

@@ -1,0 +1,362 @@
+"""After payment: job events, refunds, the watchdog, emails, downloads and the admin API.
+
+The gateway runs in-process with its background threads off, so each part
+(event handling, ``Refunder``, ``Watchdog``, ``EmailRelay``) is driven step
+by step against SQLite and PostgreSQL, the Stripe emulator through the SDK,
+and an SMTP server on loopback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from email import policy
+from email.parser import BytesParser
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+from test_gateway_app import Stack, start_stack
+
+from gateway.downloads import DownloadLinks
+from gateway.emails import EmailSettings
+from gateway.errors import DownloadExpiredError, DownloadForbiddenError
+from gateway.job_events import apply_job_event
+from gateway.mailer import EmailRelay, Mailer
+from gateway.payments import Payments
+from gateway.refunds import Refunder
+from gateway.tables import Job, OutboxMessage, Refund, utcnow
+from gateway.watchdog import Watchdog
+from servers import MailSink, free_port, wait_for
+from shared.messages import EventKind, JobEvent, UpscaleRequest
+from shared.storage import Storage
+
+TOKEN = "admin-token-0123456789abcdef"
+
+
+@dataclass
+class Loop:
+    """A gateway with its background work driven by hand."""
+
+    stack: Stack
+    sessions: object
+
+    def buy(self) -> str:
+        body = self.stack.checkout().json()
+        assert self.stack.pay(body["checkout_url"], "4242424242424242")["outcome"] == "paid"
+        wait_for(lambda: self.stack.status(body["job_id"])["status"] == "pending")  # webhook
+        return str(body["job_id"])
+
+    def event(self, job_id: str, kind: EventKind, **fields) -> str:
+        event = JobEvent(job_id, kind, f"{job_id}:{kind}:{time.monotonic_ns()}", **fields)
+        with self.sessions.begin() as session:
+            return apply_job_event(session, event)
+
+    def job(self, job_id: str) -> Job:
+        with self.sessions() as session:
+            return session.get_one(Job, job_id)
+
+    def refunds(self, job_id: str) -> list[Refund]:
+        with self.sessions() as session:
+            return list(session.scalars(select(Refund).where(Refund.job_id == job_id)))
+
+    def outbox(self, job_id: str) -> list[str]:
+        with self.sessions() as session:
+            rows = session.scalars(select(OutboxMessage).where(OutboxMessage.job_id == job_id))
+            return sorted(f"{row.kind}:{row.attempt}" for row in rows)
+
+    def refunder(self, **changes) -> Refunder:
+        recovery = dataclasses.replace(self.stack.config.recovery, **changes)
+        return Refunder(self.sessions, Payments(self.stack.config.stripe), recovery)
+
+    def email_relay(self, smtp_url: str | None = None) -> EmailRelay:
+        config = self.stack.config
+        links = DownloadLinks(config.download_secret, config.public_url, config.download_ttl_s)
+        mail = dataclasses.replace(config.mail, smtp_url=smtp_url)
+        settings = EmailSettings(mail.sender, mail.support_email)
+        return EmailRelay(self.sessions, Mailer(mail), links, settings)
+
+    def admin(self, method: str, path: str, token: str | None = TOKEN, **kw) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.request(
+            method, f"{self.stack.gateway}{path}", headers=headers, timeout=30, **kw
+        )
+
+
+@pytest.fixture
+def loop(database_url, tmp_path) -> Iterator[Loop]:
+    settings = {
+        "SMI_BACKGROUND_IN_PROCESS": "false",
+        "SMI_ADMIN_TOKEN": TOKEN,
+        "SMI_REFUND_BACKOFF_S": "0",
+        "SMI_MAIL_DIR": str(tmp_path / "mail"),
+    }
+    with start_stack(database_url, tmp_path, **settings) as stack:
+        yield Loop(stack, stack.sessions())
+
+
+def test_worker_events_drive_the_job_and_queue_each_email_once(loop):
+    job_id = loop.buy()
+    assert loop.event(job_id, EventKind.STARTED, progress=0.0) == "progress"
+    assert loop.event(job_id, EventKind.PROGRESS, progress=0.5) == "progress"
+    assert loop.event(job_id, EventKind.STARTED, progress=0.0) == "progress"  # again: no reset
+    status = loop.stack.status(job_id)
+    assert status["status"] == "processing" and status["progress"] == 0.5
+    result = {"result_key": f"jobs/{job_id}/result.png", "progress": 1.0}
+    assert loop.event(job_id, EventKind.COMPLETED, **result) == "completed"
+    assert loop.event(job_id, EventKind.COMPLETED, **result) == "ignored"
+    assert loop.event(job_id, EventKind.PROGRESS, progress=0.7) == "ignored"  # late
+    assert loop.event(job_id, EventKind.FAILED, error="late failure") == "ignored"
+    assert loop.job(job_id).status == "completed" and not loop.refunds(job_id)
+    assert loop.outbox(job_id) == [
+        "email:completed:1",
+        "email:payment_confirmation:1",
+        "email:processing:1",
+        "upscale:1",
+    ]
+
+
+def test_three_simultaneous_failure_events_refund_once(loop):
+    job_id = loop.buy()
+    loop.event(job_id, EventKind.STARTED, progress=0.0)
+    outcomes: list[str] = []
+    barrier = threading.Barrier(3)
+
+    def deliver() -> None:
+        barrier.wait()
+        outcomes.append(loop.event(job_id, EventKind.FAILED, error="CorruptImageError: broken"))
+
+    threads = [threading.Thread(target=deliver) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["failed", "ignored", "ignored"]
+    assert loop.job(job_id).status == "refunding"
+    (refund,) = loop.refunds(job_id)
+    assert refund.idempotency_key == f"refund-{job_id}-1" and refund.status == "pending"
+
+    assert loop.refunder().refund_due() == 1
+    assert loop.refunder().refund_due() == 0
+    job = loop.job(job_id)
+    assert job.status == "refunded" and "refunded" in job.customer_message
+    stripe_refunds = loop.stack.stripe.v1.refunds.list(
+        {"payment_intent": job.stripe_payment_intent_id}
+    ).data
+    assert len(stripe_refunds) == 1
+    assert stripe_refunds[0].metadata.to_dict() == {
+        "job_id": job_id,
+        "failure_reason": "CorruptImageError: broken",
+    }
+    assert loop.refunds(job_id)[0].stripe_refund_id == stripe_refunds[0].id
+    assert "email:refunded:1" in loop.outbox(job_id)
+
+
+def test_stripe_outages_are_retried_and_a_refused_refund_goes_to_admins(loop):
+    job_id = loop.buy()
+    loop.event(job_id, EventKind.FAILED, error="OutOfMemoryError: (after 3 tries)")
+    loop.stack.faults.error_rate = 1.0  # every Stripe call answers 500
+    refunder = loop.refunder(refund_max_attempts=2)
+    assert refunder.refund_due() == 1
+    (refund,) = loop.refunds(job_id)
+    assert refund.status == "pending" and refund.attempts == 1 and refund.last_error
+    assert loop.job(job_id).status == "refunding"
+    assert refunder.refund_due() == 1  # second and last try
+    assert loop.job(job_id).status == "refund_failed"
+    assert loop.refunds(job_id)[0].status == "failed"
+    trail = loop.admin("GET", f"/admin/jobs/{job_id}").json()["audit"]
+    assert [e["reason"].startswith("refund attempt") for e in trail].count(True) == 2
+
+    # An admin retries the refund once Stripe is back: a new round, one refund.
+    loop.stack.faults.error_rate = 0.0
+    response = loop.admin("POST", f"/admin/jobs/{job_id}/refund", json={"reason": "retry"})
+    assert response.status_code == 202, response.text
+    assert loop.refunder().refund_due() == 1
+    assert loop.job(job_id).status == "refunded"
+    keys = sorted(r.idempotency_key for r in loop.refunds(job_id))
+    assert keys == [f"refund-{job_id}-1", f"refund-{job_id}-2"]
+    intent = loop.job(job_id).stripe_payment_intent_id
+    assert len(loop.stack.stripe.v1.refunds.list({"payment_intent": intent}).data) == 1
+
+
+def test_a_refund_stripe_refuses_fails_at_once(loop):
+    job_id = loop.buy()
+    with loop.sessions.begin() as session:  # a payment intent Stripe does not know
+        session.execute(
+            update(Job).where(Job.id == job_id).values(stripe_payment_intent_id="pi_unknown")
+        )
+    loop.event(job_id, EventKind.FAILED, error="UnknownModelError: x")
+    loop.refunder().refund_due()
+    assert loop.job(job_id).status == "refund_failed"
+    (refund,) = loop.refunds(job_id)
+    assert refund.attempts == 1 and "pi_unknown" in refund.last_error
+
+
+def test_the_watchdog_republishes_stalled_jobs_then_refunds_them(loop):
+    job_id = loop.buy()
+    watchdog = Watchdog(loop.sessions, loop.stack.config.recovery)
+    assert watchdog.check() == 0  # just paid: not stalled
+
+    def age(seconds: float, **values) -> None:
+        with loop.sessions.begin() as session:
+            at = utcnow() - timedelta(seconds=seconds)
+            session.execute(update(Job).where(Job.id == job_id).values(updated_at=at, **values))
+
+    age(3600)  # paid an hour ago, never started
+    assert watchdog.check() == 1
+    assert loop.outbox(job_id).count("upscale:2") == 1
+    loop.event(job_id, EventKind.STARTED, progress=0.1)
+    age(3600, heartbeat_at=utcnow() - timedelta(seconds=3600))  # its worker went silent
+    assert watchdog.check() == 1
+    assert loop.job(job_id).status == "pending" and "upscale:3" in loop.outbox(job_id)
+    with loop.sessions() as session:
+        bodies = session.scalars(
+            select(OutboxMessage.body).where(OutboxMessage.kind == "upscale")
+        ).all()
+    assert sorted(UpscaleRequest.from_json(b).attempt for b in bodies) == [1, 2, 3]
+    age(3600)  # three publications and still nothing: fail and refund
+    assert watchdog.check() == 1
+    job = loop.job(job_id)
+    assert job.status == "refunding" and "3 attempts" in job.failure_reason
+    loop.refunder().refund_due()
+    assert loop.job(job_id).status == "refunded"
+
+
+def test_emails_go_to_smtp_with_retries_and_each_once(loop):
+    job_id = loop.buy()
+    down = loop.email_relay(f"smtp://127.0.0.1:{free_port()}")
+    assert down.send_due() == 1  # the confirmation: SMTP refuses the connection
+    with loop.sessions() as session:
+        row = session.scalars(
+            select(OutboxMessage).where(OutboxMessage.kind == "email:payment_confirmation")
+        ).one()
+        assert row.published_at is None and row.publish_attempts == 1 and row.last_error
+    with loop.sessions.begin() as session:  # skip the backoff
+        session.execute(update(OutboxMessage).values(next_attempt_at=None))
+    with MailSink() as sink:
+        up = loop.email_relay(sink.url)
+        loop.event(job_id, EventKind.STARTED, progress=0.0)
+        loop.event(
+            job_id, EventKind.COMPLETED, result_key=f"jobs/{job_id}/result.png", progress=1.0
+        )
+        assert up.send_due() == 3
+        assert up.send_due() == 0
+    kinds = sorted(m["X-SMI-Email"] for m in sink.messages)
+    assert kinds == ["completed", "payment_confirmation", "processing"]
+    completed = sink.of_kind("completed")[0]
+    assert completed["Reply-To"] == "support@example.com"
+    link = f"{loop.stack.config.public_url}/downloads/"
+    assert link in completed.get_body(("plain",)).get_content()
+
+
+def test_without_smtp_emails_are_written_as_eml_files(loop, tmp_path):
+    loop.buy()
+    assert loop.email_relay(None).send_due() == 1
+    (path,) = (tmp_path / "mail").glob("*.eml")
+    message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
+    assert message["X-SMI-Email"] == "payment_confirmation"
+    assert "0.50 USD" in message.get_body(("plain",)).get_content()
+
+
+def test_download_links_are_signed_and_expire(loop):
+    job_id = loop.buy()
+    result = b"\x89PNG result bytes"
+    Storage(loop.stack.config.storage_url).put(f"jobs/{job_id}/result.png", result)
+    assert loop.stack.status(job_id).get("download_url") is None  # not completed yet
+    loop.event(job_id, EventKind.COMPLETED, result_key=f"jobs/{job_id}/result.png")
+    url = loop.stack.status(job_id)["download_url"]
+    good = httpx.get(url, timeout=30)
+    assert good.status_code == 200 and good.content == result
+    tampered = url[:-2] + ("AA" if not url.endswith("AA") else "BB")
+    assert httpx.get(tampered, timeout=30).status_code == 403
+    assert httpx.get(f"{loop.stack.gateway}/downloads/made-up", timeout=30).status_code == 403
+
+    links = DownloadLinks(loop.stack.config.download_secret, "http://x", ttl_s=1)
+    token, _ = links.issue(job_id)
+    assert links.job_id(token) == job_id
+    time.sleep(2.1)
+    with pytest.raises(DownloadExpiredError):
+        links.job_id(token)
+    with pytest.raises(DownloadForbiddenError):
+        DownloadLinks("another secret", "http://x", ttl_s=60).job_id(token)
+
+
+class TestAdmin:
+    @pytest.mark.parametrize("token", [None, "wrong-token-0123456789abcdef", TOKEN[:-1]])
+    def test_without_the_token_nothing_leaks(self, loop, token):
+        job_id = loop.buy()
+        for method, path in [
+            ("GET", "/admin/jobs"),
+            ("GET", f"/admin/jobs/{job_id}"),
+            ("POST", f"/admin/jobs/{job_id}/retry"),
+            ("POST", f"/admin/jobs/{job_id}/refund"),
+            ("GET", "/admin/reports/revenue"),
+            ("GET", "/admin/reconciliation"),
+        ]:
+            response = loop.admin(method, path, token=token)
+            assert response.status_code == 401, (method, path)
+            assert job_id not in response.text and "buyer" not in response.text
+        assert loop.job(job_id).status == "pending"
+
+    def test_list_search_show_retry_and_refund(self, loop):
+        done, failed = loop.buy(), loop.buy()
+        loop.event(done, EventKind.COMPLETED, result_key=f"jobs/{done}/result.png")
+        loop.event(failed, EventKind.FAILED, error="WeightsError: missing")
+        listed = loop.admin("GET", "/admin/jobs").json()["jobs"]
+        assert {j["job_id"] for j in listed} == {done, failed}
+        found = loop.admin("GET", "/admin/jobs", params={"q": done[-8:]}).json()["jobs"]
+        assert [j["job_id"] for j in found] == [done]
+        by_status = loop.admin("GET", "/admin/jobs", params={"status": "completed"}).json()
+        assert [j["job_id"] for j in by_status["jobs"]] == [done]
+        assert loop.admin("GET", "/admin/jobs/job_nope").status_code == 404
+
+        # A job still refunding cannot be retried; once its refund failed, it can.
+        assert loop.admin("POST", f"/admin/jobs/{failed}/retry").status_code == 409
+        loop.stack.faults.error_rate = 1.0
+        loop.refunder(refund_max_attempts=1).refund_due()
+        loop.stack.faults.error_rate = 0.0
+        assert loop.job(failed).status == "refund_failed"
+        retried = loop.admin("POST", f"/admin/jobs/{failed}/retry")
+        assert retried.status_code == 202 and retried.json()["job"]["status"] == "pending"
+        assert "upscale:2" in loop.outbox(failed)
+
+        refund = loop.admin("POST", f"/admin/jobs/{done}/refund", json={"reason": "complaint"})
+        assert refund.status_code == 202 and refund.json()["job"]["status"] == "refunding"
+        assert loop.admin("POST", f"/admin/jobs/{done}/refund").status_code == 409  # in flight
+        loop.refunder().refund_due()
+        details = loop.admin("GET", f"/admin/jobs/{done}").json()
+        assert details["job"]["status"] == "refunded"
+        assert details["audit"][-1]["to"] == "refunded"
+        assert any(e["source"] == "admin" for e in details["audit"])
+
+    def test_revenue_report_by_day(self, loop):
+        refunded, _ = loop.buy(), loop.buy()
+        loop.event(refunded, EventKind.FAILED, error="CorruptImageError: x")
+        loop.refunder().refund_due()
+        today = utcnow().date().isoformat()
+        days = loop.admin("GET", "/admin/reports/revenue").json()["days"]
+        assert days == [
+            {
+                "day": today,
+                "currency": "usd",
+                "payments": 2,
+                "gross_cents": 100,
+                "refunds": 1,
+                "refunded_cents": 50,
+                "net_cents": 50,
+            }
+        ]
+        csv = loop.admin("GET", "/admin/reports/revenue", params={"format": "csv"})
+        assert csv.headers["content-type"].startswith("text/csv")
+        assert csv.text.splitlines() == [
+            "day,currency,payments,gross_cents,refunds,refunded_cents,net_cents",
+            f"{today},usd,2,100,1,50,50",
+        ]
+        empty = loop.admin("GET", "/admin/reports/revenue", params={"since": "2099-01-01"})
+        assert empty.json()["days"] == []
+        bad = loop.admin("GET", "/admin/reports/revenue", params={"since": "yesterday"})
+        assert bad.status_code == 400

@@ -1,7 +1,8 @@
 # One command sets up and runs each thing a newcomer wants:
-#   make demo    upscale a bundled photo with real weights (out/demo/)
-#   make test    lint, type-check and run the whole test suite
-#   make bench   the CPU benchmark against RealESRGANer, figures in out/bench-*.json
+#   make demo     the whole system on this machine: a demo shop at http://127.0.0.1:8000/
+#   make test     lint, type-check and run the whole test suite
+#   make compare  upscale a bundled photo, bicubic next to Real-ESRGAN (out/demo/)
+#   make bench    the CPU benchmark against RealESRGANer, figures in out/bench-*.json
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS := models/weights/RealESRGAN_x4plus.ncnn.pth
 
-.PHONY: setup weights demo test lint bench gpu-bench clean
+.PHONY: setup weights browser demo compare test lint bench gpu-bench clean
 
 setup: $(STAMP) $(WEIGHTS)
 
@@ -30,14 +31,21 @@ $(WEIGHTS): $(STAMP)
 weights: $(WEIGHTS)
 
 demo: setup
-	$(BIN)/smi-demo --output-dir out/demo
+	$(BIN)/smi-demo
+
+compare: setup
+	$(BIN)/smi-compare --output-dir out/demo
+
+# The browser tests drive Debian's Chromium through Playwright (no browser download).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: setup lint
+test: setup browser lint
 	$(BIN)/pytest
 
 BENCH := $(BIN)/smi-bench --input-size 128 --tile 64 --tile-pad 10 --batch 4 --baseline --no-seams --warmup 1 --repeat 5

@@ -25,9 +25,12 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from gateway.admin import admin_routes
 from gateway.background import Background
@@ -47,6 +50,7 @@ from gateway.errors import (
 from gateway.fulfilment import fulfil_checkout
 from gateway.jobs import UnknownJobError, get_job
 from gateway.payments import Payments
+from gateway.storefront import storefront_routes
 from gateway.tables import Job
 from gateway.webhooks import apply_event, verify_event
 from shared.jobs import JobStatus
@@ -105,6 +109,8 @@ def job_status(job: Job, links: DownloadLinks) -> dict[str, Any]:
         "paid_at": stamp(job.paid_at),
         "finished_at": stamp(job.finished_at),
         **download_link(job, links),
+        # A customer whose card was declined pays again on the same session.
+        **({"checkout_url": job.checkout_url} if job.status == JobStatus.AWAITING_PAYMENT else {}),
     }
 
 
@@ -229,8 +235,11 @@ def create_app(config: GatewayConfig) -> Starlette:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(GatewayError("something went wrong on our side"))
 
+    storefront = storefront_routes(config.public_url) if config.demo_storefront else []
     return Starlette(
         routes=[
+            *storefront,
+            Mount("/static", StaticFiles(packages=[("gateway", "static")]), name="static"),
             Route("/api/checkout", checkout, methods=["POST"]),
             Route("/api/jobs/{job_id}", status, methods=["GET"]),
             Route("/downloads/{token}", download, methods=["GET"]),
@@ -240,4 +249,14 @@ def create_app(config: GatewayConfig) -> Starlette:
         ],
         exception_handlers={GatewayError: gateway_error, Exception: unexpected_error},
         lifespan=lifespan,
+        middleware=[
+            # Storefront pages on other origins call the customer API from the browser.
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.storefront_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Content-Type"],
+                max_age=600,
+            )
+        ],
     )

@@ -29,6 +29,8 @@ class CheckoutStarted:
     checkout_url: str
     amount_cents: int
     currency: str
+    width: int
+    height: int
 
 
 def parse_checkout_request(body: Any, default_return_url: str) -> tuple[str, str]:
@@ -96,6 +98,15 @@ def start_checkout(
             )
         raise
     with sessions.begin() as session:
-        get_job(session, job_id, lock=True).stripe_session_id = checkout.id
+        job = get_job(session, job_id, lock=True)
+        job.stripe_session_id = checkout.id
+        job.checkout_url = str(checkout.url)
     log.info("checkout created", extra={"job_id": job_id, "amount_cents": quote.amount_cents})
-    return CheckoutStarted(job_id, str(checkout.url), quote.amount_cents, quote.currency)
+    return CheckoutStarted(
+        job_id,
+        str(checkout.url),
+        quote.amount_cents,
+        quote.currency,
+        source.width,
+        source.height,
+    )

@@ -94,6 +94,8 @@ class GatewayConfig:
     admin_token: str | None
     download_secret: str
     download_ttl_s: int
+    storefront_origins: tuple[str, ...] = ()
+    demo_storefront: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> GatewayConfig:
@@ -150,6 +152,18 @@ class GatewayConfig:
             or hmac.new(secret_key.encode(), b"smi-download-links", hashlib.sha256).hexdigest()
         )
 
+        storefront_origins = tuple(
+            origin.strip().rstrip("/")
+            for origin in env.text("STOREFRONT_ORIGINS", "").split(",")
+            if origin.strip()
+        )
+        for origin in storefront_origins:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+                env.problem(
+                    f"SMI_STOREFRONT_ORIGINS takes origins (https://shop.example), not {origin!r}"
+                )
+
         pricing = PricingConfig(
             price_per_megapixel_cents=env.number("PRICE_PER_MEGAPIXEL_CENTS", 2.0, minimum=0),
             markup=env.number("MARKUP", 1.5, minimum=1.0),
@@ -194,6 +208,8 @@ class GatewayConfig:
             admin_token=admin_token or None,
             download_secret=download_secret,
             download_ttl_s=int(env.number("DOWNLOAD_TTL_HOURS", 7 * 24, minimum=0.01) * 3600),
+            storefront_origins=storefront_origins,
+            demo_storefront=env.flag("DEMO_STOREFRONT", False),
         )
         if env.problems:
             raise ConfigError(env.problems)

@@ -30,7 +30,7 @@ from shared.topology import EVENTS_QUEUE, dead_letter
 
 log = logging.getLogger(__name__)
 
-PROCESSING_MESSAGE = "Upscaling your image."
+PROCESSING_MESSAGE = "Your image is being upscaled."
 COMPLETED_MESSAGE = "Your 4x image is ready to download."
 ACTIVE = (JobStatus.PENDING, JobStatus.PROCESSING)
 

@@ -48,6 +48,7 @@ class Job(Base):
     amount_cents: Mapped[int] = mapped_column(Integer)
     currency: Mapped[str] = mapped_column(String(3))
     stripe_session_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    checkout_url: Mapped[str | None] = mapped_column(Text)
     stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255), index=True)
     customer_email: Mapped[str | None] = mapped_column(String(320))
     customer_message: Mapped[str] = mapped_column(Text, default="")

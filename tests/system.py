@@ -11,6 +11,7 @@ assertions quote (``system.logs()``).
 
 from __future__ import annotations
 
+import html
 import os
 import signal
 import subprocess
@@ -27,7 +28,7 @@ import numpy as np
 import stripe
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from conftest import sample
@@ -54,7 +55,22 @@ def image_host() -> Starlette:
             return Response(status_code=404)
         return Response(data, media_type="image/png")
 
-    return Starlette(routes=[Route("/{name}", route)])
+    async def shop(request: Request) -> Response:
+        # A shop on its own origin; the gateway (another origin) is given as ?gateway=.
+        gateway = html.escape(request.query_params["gateway"])
+        figures = "".join(
+            f'<figure><img src="/{name}" alt="{name}" data-smi-image="/{name}" width="128">'
+            f"<figcaption>{name}</figcaption></figure>"
+            for name in images
+        )
+        page = (
+            "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Shop</title>"
+            f"</head><body><h1>A shop</h1>{figures}"
+            f'<script src="{gateway}/static/smi-checkout.js" defer></script></body></html>'
+        )
+        return HTMLResponse(page)
+
+    return Starlette(routes=[Route("/shop.html", shop), Route("/{name}", route)])
 
 
 @dataclass
@@ -191,6 +207,7 @@ def running_system(
             "SMI_STORAGE_URL": f"file://{tmp / 'storage'}",
             "SMI_DATA_DIR": str(tmp / "data"),
             "SMI_SOURCE_HOSTS": images.removeprefix("http://"),
+            "SMI_STOREFRONT_ORIGINS": images,
             "SMI_SMTP_URL": mail.url,
             "SMI_ADMIN_TOKEN": ADMIN_TOKEN,
             "SMI_WORKER_DEVICE": "cpu",

@@ -126,14 +126,16 @@ def test_a_corrupt_source_is_refunded_exactly_once(tmp_path):
 
 
 def test_a_killed_worker_s_job_is_redelivered_and_completed_once(system):
-    first = system.start_worker("worker-1", SMI_WORKER_TILE="32")
+    # Nine 48x48 windows, about a second each here: plenty of time to kill it mid-job.
+    tiles = {"SMI_WORKER_TILE": "32", "SMI_WORKER_OVERLAP": "8"}
+    first = system.start_worker("worker-1", **tiles)
     job_id = system.buy("large.png")
     wait_for(lambda: system.status(job_id)["progress"] > 0, timeout=120, interval=0.1)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
     assert system.status(job_id)["status"] == "processing"
 
-    system.start_worker("worker-2", SMI_WORKER_TILE="32")
+    system.start_worker("worker-2", **tiles)
     status = system.wait_for_status(job_id, "completed", timeout=300)
     download = httpx.get(status["download_url"], timeout=30)
     assert decode_image(download.content).pixels.shape == (96 * 4, 96 * 4, 3)

@@ -1,4 +1,4 @@
-"""``smi-demo``: upscale a bundled photo with real weights and show the difference.
+"""``smi-compare``: upscale a bundled photo with real weights and show the difference.
 
 Writes the 4x result and a side-by-side PNG (bicubic on the left,
 Real-ESRGAN on the right) into the output folder.
@@ -46,7 +46,7 @@ def side_by_side(left: np.ndarray, right: np.ndarray, labels: tuple[str, str]) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="smi-demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="smi-compare", description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", type=Path, default=Path("out/demo"))
     args = parser.parse_args(argv)
     try:
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = upscaler.upscale(photo)
         seconds = time.perf_counter() - started
     except UpscalerError as exc:
-        print(f"smi-demo: error: {exc}", file=sys.stderr)
+        print(f"smi-compare: error: {exc}", file=sys.stderr)
         return 1
     height, width = result.pixels.shape[:2]
     bicubic = cv2.resize(photo, (width, height), interpolation=cv2.INTER_CUBIC)

@@ -1,0 +1,381 @@
+/*
+ * Sell My Images: "Buy high-res" buttons and the payment status modal.
+ *
+ *   <script src="https://gateway.example/static/smi-checkout.js" defer></script>
+ *   <img src="/photos/lake.jpg" data-smi-image="https://shop.example/photos/lake.jpg">
+ *   <button data-smi-image="https://shop.example/photos/lake.jpg">Buy high-res</button>
+ *
+ * An <img> with data-smi-image gets a "Buy high-res" button after it; a button
+ * or link with it becomes one. A click asks the gateway for a checkout
+ * (POST /api/checkout), shows the price and sizes, and goes to the payment
+ * page when the customer confirms. Back on this page, the smi_payment,
+ * job_id and session_id parameters open a modal that follows the job
+ * (GET /api/jobs/{id}, polled with backoff) until it is final.
+ *
+ * The gateway is the origin this script was loaded from, or the value of
+ * data-smi-gateway on the script tag. No framework, no build step.
+ */
+(function () {
+  "use strict";
+
+  var script = document.currentScript;
+  var GATEWAY = (
+    (script && script.getAttribute("data-smi-gateway")) ||
+    (script && script.src ? new URL(script.src).origin : window.location.origin)
+  ).replace(/\/$/, "");
+  var FINAL = ["completed", "refunded", "refund_failed", "expired"];
+  var POLL_FIRST_MS = 1000;
+  var POLL_MAX_MS = 4000;
+  var PARAMS = ["smi_payment", "job_id", "session_id"];
+
+  // -- the modal -------------------------------------------------------------
+
+  var modal = null;
+  var lastFocus = null;
+  var onClose = null;
+
+  function injectStyles() {
+    if (document.getElementById("smi-styles")) return;
+    var style = document.createElement("style");
+    style.id = "smi-styles";
+    style.textContent = [
+      ".smi-backdrop{position:fixed;inset:0;background:rgba(0,0,0,.55);display:flex;",
+      "align-items:center;justify-content:center;z-index:2147483000;font:16px/1.5 system-ui,sans-serif}",
+      ".smi-dialog{background:#fff;color:#1d1d1f;border-radius:10px;max-width:28rem;width:calc(100% - 2rem);",
+      "padding:1.5rem;box-shadow:0 10px 40px rgba(0,0,0,.3);position:relative}",
+      ".smi-dialog h2{margin:0 0 .75rem;font-size:1.25rem}",
+      ".smi-close{position:absolute;top:.5rem;right:.5rem;border:0;background:none;font-size:1.5rem;",
+      "line-height:1;cursor:pointer;padding:.25rem .5rem;color:#555}",
+      ".smi-actions{margin-top:1.25rem;display:flex;gap:.5rem;flex-wrap:wrap}",
+      ".smi-button{display:inline-block;border:0;border-radius:6px;padding:.6rem 1.1rem;font:inherit;",
+      "cursor:pointer;text-decoration:none;background:#1a56db;color:#fff}",
+      ".smi-button.smi-secondary{background:#e5e7eb;color:#1d1d1f}",
+      ".smi-progress{width:100%;height:.6rem;margin-top:.75rem}",
+      ".smi-buy{margin:.5rem 0;display:inline-block}",
+      ".smi-error{color:#b42318}",
+    ].join("");
+    document.head.appendChild(style);
+  }
+
+  function openModal(title, closeHandler) {
+    injectStyles();
+    closeModal();
+    lastFocus = document.activeElement;
+    onClose = closeHandler || null;
+    var backdrop = document.createElement("div");
+    backdrop.className = "smi-backdrop";
+    backdrop.innerHTML =
+      '<div class="smi-dialog" role="dialog" aria-modal="true" aria-labelledby="smi-title" ' +
+      'aria-describedby="smi-status" tabindex="-1">' +
+      '<button type="button" class="smi-close" aria-label="Close dialog">&times;</button>' +
+      '<h2 id="smi-title"></h2>' +
+      '<div id="smi-status" role="status" aria-live="polite" aria-atomic="true"></div>' +
+      '<div class="smi-actions"></div></div>';
+    backdrop.querySelector("#smi-title").textContent = title;
+    backdrop.querySelector(".smi-close").addEventListener("click", closeModal);
+    backdrop.addEventListener("click", function (event) {
+      if (event.target === backdrop) closeModal();
+    });
+    backdrop.addEventListener("keydown", trapKeys);
+    document.body.appendChild(backdrop);
+    modal = backdrop;
+    backdrop.querySelector(".smi-dialog").focus();
+    return backdrop;
+  }
+
+  function trapKeys(event) {
+    if (event.key === "Escape") {
+      event.preventDefault();
+      closeModal();
+      return;
+    }
+    if (event.key !== "Tab" || !modal) return;
+    var focusable = modal.querySelectorAll("button, a[href], [tabindex]:not([tabindex='-1'])");
+    if (!focusable.length) return;
+    var first = focusable[0];
+    var last = focusable[focusable.length - 1];
+    if (event.shiftKey && document.activeElement === first) {
+      event.preventDefault();
+      last.focus();
+    } else if (!event.shiftKey && document.activeElement === last) {
+      event.preventDefault();
+      first.focus();
+    }
+  }
+
+  function closeModal() {
+    if (!modal) return;
+    modal.remove();
+    modal = null;
+    var handler = onClose;
+    onClose = null;
+    if (handler) handler();
+    if (lastFocus && lastFocus.focus) lastFocus.focus();
+  }
+
+  function setTitle(text) {
+    if (modal) modal.querySelector("#smi-title").textContent = text;
+  }
+
+  // Replaces the status text (announced by screen readers) and the buttons.
+  function show(state, title, message, actions, progress) {
+    if (!modal) return;
+    setTitle(title);
+    modal.querySelector(".smi-dialog").setAttribute("data-smi-state", state);
+    var status = modal.querySelector("#smi-status");
+    status.textContent = "";
+    var text = document.createElement("p");
+    text.className = "smi-message";
+    text.textContent = message;
+    if (state === "declined" || state === "error") text.classList.add("smi-error");
+    status.appendChild(text);
+    if (typeof progress === "number") {
+      var bar = document.createElement("progress");
+      bar.className = "smi-progress";
+      bar.max = 100;
+      bar.value = Math.round(progress * 100);
+      bar.setAttribute("aria-label", "Upscaling progress");
+      bar.textContent = bar.value + "%";
+      status.appendChild(bar);
+    }
+    var box = modal.querySelector(".smi-actions");
+    box.textContent = "";
+    (actions || []).forEach(function (action) {
+      var element = document.createElement(action.href ? "a" : "button");
+      element.className = "smi-button" + (action.secondary ? " smi-secondary" : "");
+      element.textContent = action.label;
+      if (action.href) {
+        element.href = action.href;
+        if (action.download) element.setAttribute("download", "");
+      } else {
+        element.type = "button";
+        element.addEventListener("click", action.onClick);
+      }
+      box.appendChild(element);
+    });
+  }
+
+  function closeAction(label) {
+    return { label: label || "Close", secondary: true, onClick: closeModal };
+  }
+
+  // -- buying ------------------------------------------------------------------
+
+  function money(cents, currency) {
+    try {
+      return new Intl.NumberFormat(undefined, { style: "currency", currency: currency.toUpperCase() })
+        .format(cents / 100);
+    } catch (error) {
+      return (cents / 100).toFixed(2) + " " + currency.toUpperCase();
+    }
+  }
+
+  function returnUrl() {
+    var url = new URL(window.location.href);
+    PARAMS.forEach(function (name) { url.searchParams.delete(name); });
+    url.hash = "";
+    return url.toString();
+  }
+
+  function errorMessage(response, body) {
+    if (body && body.error && body.error.message) return body.error.message;
+    return "The shop could not start the checkout (" + response.status + "). Please try again.";
+  }
+
+  function buy(imageUrl) {
+    openModal("Buy the high-resolution image");
+    show("preparing", "Buy the high-resolution image", "Preparing your checkout…");
+    fetch(GATEWAY + "/api/checkout", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ image_url: imageUrl, return_url: returnUrl() }),
+    })
+      .then(function (response) {
+        return response.json().catch(function () { return null; }).then(function (body) {
+          if (!response.ok) throw new Error(errorMessage(response, body));
+          return body;
+        });
+      })
+      .then(function (checkout) {
+        var sizes = checkout.width + "×" + checkout.height + " → " +
+          checkout.width * 4 + "×" + checkout.height * 4 + " pixels";
+        show(
+          "quote",
+          "Buy the high-resolution image",
+          "A 4x upscale of this image (" + sizes + ") costs " +
+            money(checkout.amount_cents, checkout.currency) + ". You pay on the next page.",
+          [
+            { label: "Pay " + money(checkout.amount_cents, checkout.currency), onClick: function () {
+              window.location.assign(checkout.checkout_url);
+            } },
+            closeAction("Cancel"),
+          ]
+        );
+        modal.querySelector(".smi-button").focus();
+      })
+      .catch(function (error) {
+        show("error", "Checkout not started", error.message || String(error), [closeAction()]);
+      });
+  }
+
+  function attachButtons(root) {
+    var marked = (root || document).querySelectorAll("[data-smi-image]:not([data-smi-ready])");
+    Array.prototype.forEach.call(marked, function (element) {
+      element.setAttribute("data-smi-ready", "");
+      var imageUrl = new URL(element.getAttribute("data-smi-image"), window.location.href).toString();
+      var button = element;
+      if (element.tagName === "IMG") {
+        button = document.createElement("button");
+        button.type = "button";
+        button.className = "smi-button smi-buy";
+        button.textContent = "Buy high-res";
+        var label = element.getAttribute("alt");
+        if (label) button.setAttribute("aria-label", "Buy high-res: " + label);
+        element.insertAdjacentElement("afterend", button);
+      }
+      button.addEventListener("click", function (event) {
+        event.preventDefault();
+        buy(imageUrl);
+      });
+    });
+  }
+
+  // -- coming back from the payment page -------------------------------------
+
+  function forgetParams() {
+    var url = new URL(window.location.href);
+    PARAMS.forEach(function (name) { url.searchParams.delete(name); });
+    window.history.replaceState(null, "", url.toString());
+  }
+
+  function render(job) {
+    var status = job.status;
+    if (status === "awaiting_payment" && job.decline_code) {
+      var retry = job.checkout_url ? [{ label: "Try again", onClick: function () {
+        window.location.assign(job.checkout_url);
+      } }] : [];
+      show("declined", "Payment declined", job.message, retry.concat([closeAction()]));
+      return;
+    }
+    if (status === "awaiting_payment") {
+      show("confirming", "Confirming your payment", "Waiting for the payment to be confirmed…");
+      return;
+    }
+    if (status === "pending") {
+      show("queued", "Payment received", job.message, [closeAction()]);
+      return;
+    }
+    if (status === "processing") {
+      show("processing", "Upscaling your image", job.message + " " +
+        Math.round(job.progress * 100) + "% done.", [closeAction()], job.progress);
+      return;
+    }
+    if (status === "completed") {
+      show("completed", "Your image is ready", job.message, [
+        { label: "Download 4x image", href: job.download_url, download: true },
+        closeAction(),
+      ]);
+      return;
+    }
+    if (status === "refunded" || status === "refunding" || status === "failed") {
+      show("refunded", status === "refunded" ? "Payment refunded" : "Refund on its way",
+        job.message, [closeAction()]);
+      return;
+    }
+    if (status === "refund_failed") {
+      show("refund_failed", "We owe you a refund", job.message, [closeAction()]);
+      return;
+    }
+    if (status === "expired") {
+      show("expired", "Checkout expired", job.message, [closeAction()]);
+      return;
+    }
+    show("unknown", "Your order", job.message || status, [closeAction()]);
+  }
+
+  function follow(jobId, sessionId) {
+    var delay = POLL_FIRST_MS;
+    var stopped = false;
+    var timer = null;
+    openModal("Your order", function () {
+      stopped = true;
+      if (timer) clearTimeout(timer);
+    });
+    show("loading", "Your order", "Checking your payment…");
+
+    function poll() {
+      if (stopped) return;
+      var url = GATEWAY + "/api/jobs/" + encodeURIComponent(jobId) +
+        (sessionId ? "?session_id=" + encodeURIComponent(sessionId) : "");
+      fetch(url, { headers: { Accept: "application/json" }, cache: "no-store" })
+        .then(function (response) {
+          if (response.status === 404) throw new Error("We cannot find this order.");
+          if (!response.ok) throw { retry: true };
+          return response.json();
+        })
+        .then(function (job) {
+          if (stopped) return;
+          render(job);
+          var waitingForDecline = job.status === "awaiting_payment" && job.decline_code;
+          if (FINAL.indexOf(job.status) >= 0 || waitingForDecline) return;
+          schedule();
+        })
+        .catch(function (error) {
+          if (stopped) return;
+          if (error && error.retry) { schedule(); return; }
+          if (error instanceof TypeError) { schedule(); return; } // network: try again
+          show("error", "Your order", error.message || String(error), [closeAction()]);
+        });
+    }
+
+    function schedule() {
+      timer = setTimeout(poll, delay);
+      delay = Math.min(Math.round(delay * 1.5), POLL_MAX_MS);
+    }
+
+    poll();
+  }
+
+  function cancelled(jobId) {
+    var stopped = false;
+    openModal("Payment cancelled", function () { stopped = true; });
+    show("cancelled", "Payment cancelled", "You cancelled the payment. No charge was made.",
+      [closeAction()]);
+    // A customer who was declined and then came back sees why, and may try again.
+    // The decline may reach the gateway a moment after the customer: look a few times.
+    var looks = 0;
+    function look() {
+      if (stopped || looks++ >= 3) return;
+      fetch(GATEWAY + "/api/jobs/" + encodeURIComponent(jobId), { cache: "no-store" })
+        .then(function (response) { return response.ok ? response.json() : null; })
+        .then(function (job) {
+          if (stopped || !job) return;
+          if (job.status === "awaiting_payment" && job.decline_code) render(job);
+          else setTimeout(look, 1000);
+        })
+        .catch(function () { setTimeout(look, 1000); });
+    }
+    look();
+  }
+
+  function onReturn() {
+    var params = new URL(window.location.href).searchParams;
+    var outcome = params.get("smi_payment");
+    var jobId = params.get("job_id");
+    if (!outcome || !jobId) return;
+    var sessionId = params.get("session_id");
+    forgetParams(); // a reload does not reopen the modal
+    if (outcome === "success") follow(jobId, sessionId);
+    else if (outcome === "cancel") cancelled(jobId);
+  }
+
+  function start() {
+    injectStyles();
+    attachButtons(document);
+    onReturn();
+  }
+
+  window.SellMyImages = { attach: attachButtons, follow: follow, gateway: GATEWAY };
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();

@@ -1,0 +1,204 @@
+"""The storefront script in a real browser (Debian's Chromium through Playwright).
+
+A shop on its own origin includes ``smi-checkout.js`` from the gateway's
+origin; the customer buys, pays on the emulator's hosted page and comes
+back to the status modal. The whole system runs as real processes with a
+CPU worker. Screenshots of each final state go to ``out/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from system import BIN, System, running_system
+
+from conftest import RABBITMQ_URL, postgres_database, purge_queues
+from servers import free_port, wait_for
+from upscaler.images import decode_image
+
+pytestmark = pytest.mark.timeout(600)
+
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "out" / "screenshots"
+FINISH_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory) -> Iterator[System]:
+    purge_queues()
+    tmp = tmp_path_factory.mktemp("browser")
+    with postgres_database() as url, running_system(tmp, url, RABBITMQ_URL) as running:
+        running.start_worker()
+        yield running
+    purge_queues()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is not installed: run `make browser`"
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=chromium,
+            headless=True,
+            args=["--no-sandbox", "--disable-background-networking", "--disable-component-update"],
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser) -> Iterator[Page]:
+    context = browser.new_context(locale="en-US", viewport={"width": 1000, "height": 700})
+    yield context.new_page()
+    context.close()
+
+
+def shop(system: System, page: Page) -> None:
+    page.goto(f"{system.images}/shop.html?gateway={system.gateway}")
+
+
+def start_buying(page: Page, image: str = "photo.png") -> dict:
+    """Click "Buy high-res", see the price; returns the checkout the gateway answered."""
+    with page.expect_response(re.compile(r"/api/checkout$")) as answer:
+        page.get_by_role("button", name=f"Buy high-res: {image}").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("costs $0.50")
+    expect(dialog).to_contain_text("32×24 → 128×96 pixels")
+    # Focus moves into the modal, on its main action.
+    assert page.evaluate("document.activeElement.closest('[role=dialog]') !== null")
+    return dict(answer.value.json())
+
+
+def pay_on_hosted_page(system: System, page: Page, card: str) -> None:
+    page.get_by_role("dialog").get_by_role("button", name=re.compile(r"^Pay ")).click()
+    page.wait_for_url(re.compile(re.escape(system.emulator) + r"/pay/"))
+    page.fill("#card", card)
+    page.get_by_role("button", name=re.compile(r"^Pay ")).click()
+
+
+def modal_state(page: Page, state: str):
+    return page.locator(f"[role=dialog][data-smi-state={state}]")
+
+
+def test_purchase_to_completed_download(system, page):
+    shop(system, page)
+    start_buying(page)
+    pay_on_hosted_page(system, page, "4242 4242 4242 4242")
+    page.wait_for_url(re.compile(re.escape(system.images) + r"/shop\.html"))
+    expect(modal_state(page, "completed")).to_be_visible(timeout=FINISH_MS)
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_role("heading")).to_have_text("Your image is ready")
+    assert page.get_attribute("#smi-status", "aria-live") == "polite"
+    assert "smi_payment" not in page.url  # a reload does not reopen it
+    with page.expect_download() as download:
+        dialog.get_by_role("link", name="Download 4x image").click()
+    image = decode_image(Path(download.value.path()).read_bytes())
+    assert image.pixels.shape == (96, 128, 3)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "completed.png")
+    page.keyboard.press("Escape")
+    expect(page.get_by_role("dialog")).to_have_count(0)
+
+
+def test_a_declined_card_shows_why_and_a_retry_pays(system, page):
+    shop(system, page)
+    start_buying(page)
+    pay_on_hosted_page(system, page, "4000 0000 0000 0002")
+    expect(page.get_by_role("alert")).to_contain_text("declined")
+    page.get_by_role("link", name="Cancel and return").click()
+    declined = modal_state(page, "declined")
+    expect(declined).to_be_visible(timeout=15_000)
+    expect(declined).to_contain_text("Your card was declined")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "declined.png")
+    declined.get_by_role("button", name="Try again").click()
+    page.wait_for_url(re.compile(re.escape(system.emulator) + r"/pay/"))
+    page.fill("#card", "4242424242424242")
+    page.get_by_role("button", name=re.compile(r"^Pay ")).click()
+    expect(modal_state(page, "completed")).to_be_visible(timeout=FINISH_MS)
+
+
+def test_cancel_says_no_charge(system, page):
+    shop(system, page)
+    checkout = start_buying(page)
+    page.get_by_role("dialog").get_by_role("button", name=re.compile(r"^Pay ")).click()
+    page.wait_for_url(re.compile(re.escape(system.emulator) + r"/pay/"))
+    page.get_by_role("link", name="Cancel and return").click()
+    cancelled = modal_state(page, "cancelled")
+    expect(cancelled).to_be_visible()
+    expect(cancelled).to_contain_text("No charge was made")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "cancelled.png")
+    cancelled.get_by_role("button", name="Close", exact=True).click()
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    assert system.status(checkout["job_id"])["status"] == "awaiting_payment"
+
+
+def test_a_failed_job_shows_the_refund(system, page):
+    shop(system, page)
+    checkout = start_buying(page)
+    job_dir = system.tmp / "storage" / "jobs" / checkout["job_id"]
+    (source,) = job_dir.glob("source.*")
+    source.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)  # breaks after the price was shown
+    pay_on_hosted_page(system, page, "4242 4242 4242 4242")
+    refunded = modal_state(page, "refunded")
+    expect(refunded.get_by_role("heading")).to_have_text("Payment refunded", timeout=FINISH_MS)
+    expect(refunded).to_contain_text("refunded in full")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "refunded.png")
+
+
+def test_the_demo_command_runs_the_whole_shop(browser, tmp_path):
+    port, emulator_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMI_")}
+    command = [BIN / "smi-demo", "--port", str(port), "--emulator-port", str(emulator_port)]
+    demo = subprocess.Popen(
+        [*command, "--data-dir", str(tmp_path / "demo")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        banner = ""
+        assert demo.stdout is not None
+        while "Press Ctrl-C" not in banner:
+            line = demo.stdout.readline()
+            assert line, f"smi-demo ended early:\n{banner}"
+            banner += line
+        shop_url = f"http://127.0.0.1:{port}/"
+        assert f"open {shop_url}" in banner
+
+        context = browser.new_context(locale="en-US")
+        page = context.new_page()
+        page.goto(shop_url)
+        page.get_by_role("button", name="Buy high-res: Chelsea the cat").click()
+        expect(page.get_by_role("dialog")).to_contain_text("192×128 → 768×512 pixels")
+        page.get_by_role("dialog").get_by_role("button", name=re.compile(r"^Pay ")).click()
+        page.fill("#card", "4242 4242 4242 4242")
+        page.get_by_role("button", name=re.compile(r"^Pay ")).click()
+        expect(modal_state(page, "processing")).to_be_visible(timeout=60_000)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=SCREENSHOTS / "demo-processing.png")
+        expect(modal_state(page, "completed")).to_be_visible(timeout=FINISH_MS)
+        page.screenshot(path=SCREENSHOTS / "demo-completed.png")
+        with page.expect_download() as download:
+            page.get_by_role("link", name="Download 4x image").click()
+        assert decode_image(Path(download.value.path()).read_bytes()).pixels.shape == (512, 768, 3)
+        context.close()
+        mail = tmp_path / "demo" / "mail"
+        wait_for(lambda: len(list(mail.glob("*-completed.eml"))) == 1, timeout=30)
+        assert len(list(mail.glob("*.eml"))) == 3  # confirmation, processing, completed
+    finally:
+        demo.send_signal(signal.SIGINT)  # Ctrl-C
+        output, _ = demo.communicate(timeout=90)
+    assert demo.returncode == 0, output
+    assert "Stopped." in output

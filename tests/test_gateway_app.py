@@ -418,3 +418,25 @@ def test_stripe_refusals_become_502(stack):
     payments = Payments(stack.config.stripe)
     with pytest.raises(PaymentProviderRejected, match=r"No such checkout\.session"):
         payments.retrieve_checkout_session("cs_test_missing")
+
+
+def test_only_configured_storefront_origins_may_call_from_browsers(tmp_path):
+    shop = "http://shop.example"
+    database = f"sqlite:///{tmp_path / 'gateway.sqlite3'}"
+    with start_stack(database, tmp_path, SMI_STOREFRONT_ORIGINS=shop) as stack:
+        preflight = {
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        }
+        allowed = httpx.options(
+            f"{stack.gateway}/api/checkout", headers={"Origin": shop, **preflight}
+        )
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == shop
+        other = httpx.options(
+            f"{stack.gateway}/api/checkout", headers={"Origin": "http://evil.example", **preflight}
+        )
+        assert other.status_code == 400
+        assert "access-control-allow-origin" not in other.headers
+        script = httpx.get(f"{stack.gateway}/static/smi-checkout.js")
+        assert script.status_code == 200 and "data-smi-image" in script.text

@@ -9,6 +9,10 @@ and an SMTP server on loopback.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from email import policy
 from email.parser import BytesParser
+from pathlib import Path
 
 import httpx
 import pytest
@@ -36,6 +41,7 @@ from shared.messages import EventKind, JobEvent, UpscaleRequest
 from shared.storage import Storage
 
 TOKEN = "admin-token-0123456789abcdef"
+BIN = Path(sys.executable).parent
 
 
 @dataclass
@@ -360,3 +366,38 @@ class TestAdmin:
         assert empty.json()["days"] == []
         bad = loop.admin("GET", "/admin/reports/revenue", params={"since": "yesterday"})
         assert bad.status_code == 400
+
+
+def test_smi_admin_lists_shows_refunds_and_reports(loop):
+    job_id = loop.buy()
+
+    def admin(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [BIN / "smi-admin", "--url", loop.stack.gateway, *args],
+            env={**os.environ, "SMI_ADMIN_TOKEN": TOKEN},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    listed = admin("jobs", "--status", "pending")
+    assert listed.returncode == 0 and job_id in listed.stdout and "pending" in listed.stdout
+    assert job_id not in admin("jobs", "--status", "completed").stdout
+    shown = admin("show", job_id)
+    assert "awaiting_payment -> pending" in " ".join(shown.stdout.split())
+    refused = admin("retry", job_id)  # a pending job is not failed
+    assert refused.returncode == 2 and "409" in refused.stderr
+    refunded = admin("refund", job_id, "--reason", "test")
+    assert refunded.returncode == 2 and "cannot be refunded" in refunded.stderr
+    report = admin("report", "--format", "csv")
+    assert report.stdout.splitlines()[0].startswith("day,currency,payments")
+    as_json = json.loads(admin("--json", "jobs").stdout)
+    assert [j["job_id"] for j in as_json["jobs"]] == [job_id]
+    no_token = subprocess.run(
+        [BIN / "smi-admin", "--url", loop.stack.gateway, "jobs"],
+        env={k: v for k, v in os.environ.items() if k != "SMI_ADMIN_TOKEN"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert no_token.returncode == 2 and "SMI_ADMIN_TOKEN" in no_token.stderr

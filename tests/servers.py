@@ -46,12 +46,24 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> A
 
 
 def free_port() -> int:
-    """A port nobody listens on right now (for servers that must know their own address)."""
+    """A port nobody listens on right now (for servers that must know their own address).
+
+    Taken below Linux's ephemeral range (32768-60999), where the kernel picks
+    the source ports of outgoing connections: one of those could otherwise
+    land on it between this check and the server binding it.
+    """
+    import random
     import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found")
 
 
 class MailSink:

@@ -189,6 +189,7 @@ def test_undecodable_messages_go_to_the_dead_letter_queue(broker_url, storage, r
     photo(storage, "jobs/j5/source.png", size=16)
     submit(broker_url, '{"schema": "something-else"}', message_id="bad-1")
     submit(broker_url, "not json at all", message_id="bad-2")
+    time.sleep(0.05)  # the embedded broker orders by the millisecond: the good job comes last
     request = UpscaleRequest("j5", "jobs/j5/source.png", "jobs/j5/result.png", model=FAST_MODEL)
     submit(broker_url, request.to_json())
     run_worker(broker_url, storage, registry, jobs=1)  # the bad ones do not count, nor crash it

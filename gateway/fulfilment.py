@@ -8,13 +8,14 @@ All functions run inside the caller's transaction.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from gateway.emails import queue_email
+from gateway.emails import email_kind
 from gateway.jobs import add_outbox_message, change_status, get_job
 from gateway.tables import Job, Payment, utcnow
 from shared.jobs import IllegalTransitionError, JobStatus
@@ -88,7 +89,12 @@ def fulfil_checkout(session: Session, checkout: Mapping[str, Any], source: str) 
             )
         )
     publish_job(session, job)
-    queue_email(session, job, "payment_confirmation")
+    # The first and only time (the job was awaiting payment, under lock): no copy can
+    # exist, so no lookup; the outbox's unique key still stands behind it.
+    confirmation = email_kind("payment_confirmation")
+    add_outbox_message(
+        session, job, confirmation, json.dumps({"job_id": job.id, "email": "payment_confirmation"})
+    )
     log.info("checkout fulfilled", extra=context)
     return True
 

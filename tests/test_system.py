@@ -220,3 +220,24 @@ def test_reconciliation_finds_what_stripe_has_and_we_do_not(system):
         timeout=60,
     )
     assert len(json.loads(as_json.stdout)["mismatches"]) == 2
+
+
+def test_on_the_embedded_broker_the_watchdog_recovers_a_killed_worker_s_job(tmp_path):
+    """The filesystem broker forgets a message its consumer took; the watchdog sends it again."""
+    settings = {"SMI_HEARTBEAT_TIMEOUT_S": "4", "SMI_WATCHDOG_INTERVAL_S": "1"}
+    database = f"sqlite:///{tmp_path / 'gateway.sqlite3'}"
+    broker = f"filesystem://{tmp_path / 'broker'}"
+    with running_system(tmp_path, database, broker, **settings) as system:
+        tiles = {"SMI_WORKER_TILE": "32", "SMI_WORKER_OVERLAP": "8"}
+        first = system.start_worker("worker-1", **tiles)
+        job_id = system.buy("large.png")
+        wait_for(lambda: system.status(job_id)["progress"] > 0, timeout=120, interval=0.1)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        system.start_worker("worker-2", **tiles)
+        status = system.wait_for_status(job_id, "completed", timeout=300)
+        assert httpx.get(status["download_url"], timeout=30).status_code == 200
+        trail = audit(system, job_id)
+        assert any(e["source"] == "watchdog" and e["to"] == "pending" for e in trail), trail
+        wait_for(lambda: system.mail.of_kind("completed", job_id), timeout=30)
+        assert len(system.mail.of_kind("completed", job_id)) == 1

@@ -175,7 +175,7 @@ class UpscaleWorker(ConsumerMixin):
         """Do one job and publish its outcome; returns the final event."""
         context = {"job_id": request.job_id, "attempt": request.attempt}
         self.events.publish(request, EventKind.STARTED, progress=0.0)
-        if self.storage.exists(request.result_key):
+        if self._result_stored(request.result_key):
             log.info("result already stored; announcing it again", extra=context)
             return self.events.publish(
                 request, EventKind.COMPLETED, progress=1.0, result_key=request.result_key
@@ -210,6 +210,13 @@ class UpscaleWorker(ConsumerMixin):
                 extra={"seconds": round(seconds, 3)},
             )
         raise AssertionError("unreachable")
+
+    def _result_stored(self, key: str) -> bool:
+        try:
+            return self.storage.exists(key)
+        except OSError:  # storage unreachable: the upscale below retries and reports it
+            log.warning("cannot tell whether %s is stored", key, exc_info=True)
+            return False
 
     def _upscale(self, request: UpscaleRequest) -> float:
         started = time.perf_counter()

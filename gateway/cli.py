@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
+import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -64,15 +67,64 @@ def main(argv: Sequence[str] | None = None) -> int:
         "access_log": args.access_log,
     }
     if args.workers > 1:
-        uvicorn.run("gateway.cli:app_from_env", factory=True, workers=args.workers, **server)
-    else:
-        uvicorn.run(create_app(config), **server)
+        return _serve_workers(args.host, args.port, args.workers, args.access_log)
+    uvicorn.run(create_app(config), **server)
     return 0
 
 
-def app_from_env() -> object:
-    """The application factory for multi-worker uvicorn."""
-    return create_app(GatewayConfig.from_env())
+def _serve_workers(host: str, port: int, workers: int, access_log: bool) -> int:
+    """``workers`` uvicorn processes, each listening on its own ``SO_REUSEPORT`` socket.
+
+    The kernel then spreads new connections evenly over the processes; with
+    one shared socket (uvicorn's ``--workers``) it often hands every
+    kept-alive connection to the same process, leaving the others idle.
+    """
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_serve_one, args=(host, port, access_log), name=f"gateway-{n}")
+        for n in range(workers)
+    ]
+    for process in processes:
+        process.start()
+
+    stopping = False
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    # uvicorn shuts down gracefully, then ends by the signal it was sent.
+    stopped = {0, -signal.SIGTERM, -signal.SIGINT}
+    failed = False
+    while any(process.is_alive() for process in processes):
+        for process in processes:
+            process.join(timeout=0.5)
+            code = process.exitcode
+            clean = code == 0 or (stopping and code in stopped)
+            if code is not None and not clean and not failed:
+                failed = True
+                forward(signal.SIGTERM, None)  # one failed: stop the others, report it
+    return 1 if failed else 0
+
+
+def _serve_one(host: str, port: int, access_log: bool) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(GatewayConfig.from_env())
+    config = uvicorn.Config(app, log_level="info", access_log=access_log)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 def _run_background(config: GatewayConfig) -> int:

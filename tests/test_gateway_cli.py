@@ -112,3 +112,31 @@ def test_the_standalone_background_publishes_and_stops_on_sigterm(database_url, 
         code = relay.wait(timeout=30)
     assert [request.job_id for request in received] == [job_id]
     assert code == 0
+
+
+def test_serve_with_several_workers_answers_and_stops_on_sigterm(tmp_path):
+    port = free_port()
+    gateway = subprocess.Popen(
+        [BIN / "smi-gateway", "serve", "--port", str(port), "--workers", "2"],
+        env=env(SMI_DATA_DIR=str(tmp_path)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert wait_for(healthy, timeout=60)
+        # New connections reach both processes (each has its own SO_REUSEPORT socket).
+        for _ in range(20):
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"ok": True}
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        output, _ = gateway.communicate(timeout=60)
+    assert gateway.returncode == 0, output
+    assert output.count("Application startup complete") == 2

@@ -144,7 +144,7 @@ def deliver(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=5000, help="more than --seconds can deliver")
+    parser.add_argument("--jobs", type=int, default=10000, help="more than --seconds can deliver")
     parser.add_argument("--seconds", type=int, default=20, help="how long wrk delivers")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duplicates", type=int, default=1, help="extra copies of each event")

@@ -141,14 +141,11 @@ class Refunder:
 
     def _succeeded(self, refund_id: int, stripe_refund: Any) -> None:
         with self.sessions.begin() as session:
-            refund = session.get_one(Refund, refund_id)
-            job = get_job(session, refund.job_id, lock=True)
-            refund.attempts += 1
+            refund, job = self._count_attempt(session, refund_id, None)
             refund.status = "succeeded"
             refund.stripe_refund_id = str(stripe_refund["id"])
             refund.amount_cents = int(stripe_refund.get("amount") or refund.amount_cents or 0)
             refund.next_attempt_at = None
-            refund.last_error = None
             if job.status == JobStatus.REFUNDING:
                 change_status(
                     session,
@@ -166,10 +163,7 @@ class Refunder:
 
     def _retry_later(self, refund_id: int, error: str) -> None:
         with self.sessions.begin() as session:
-            refund = session.get_one(Refund, refund_id)
-            refund.attempts += 1
-            refund.last_error = error[:500]
-            job = get_job(session, refund.job_id, lock=True)
+            refund, job = self._count_attempt(session, refund_id, error)
             record_audit(
                 session, job, f"refund attempt {refund.attempts} failed: {error}", "refunder"
             )
@@ -181,11 +175,17 @@ class Refunder:
 
     def _give_up(self, refund_id: int, error: str) -> None:
         with self.sessions.begin() as session:
-            refund = session.get_one(Refund, refund_id)
-            refund.attempts += 1
-            refund.last_error = error[:500]
-            job = get_job(session, refund.job_id, lock=True)
+            refund, job = self._count_attempt(session, refund_id, error)
             self._mark_failed(session, refund, job, error)
+
+    @staticmethod
+    def _count_attempt(session: Session, refund_id: int, error: str | None) -> tuple[Refund, Job]:
+        """The refund and its job (locked), with this attempt counted and its error kept."""
+        refund = session.get_one(Refund, refund_id)
+        job = get_job(session, refund.job_id, lock=True)
+        refund.attempts += 1
+        refund.last_error = error[:500] if error else None
+        return refund, job
 
     @staticmethod
     def _mark_failed(session: Session, refund: Refund, job: Job, error: str) -> None:

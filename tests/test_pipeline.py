@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -58,18 +59,19 @@ def stand_in(network: nn.Module, multiple: int = 1) -> Upscaler:
     tile=st.integers(1, 64),
     overlap=st.integers(0, 12),
     batch=st.integers(1, 5),
+    lanes=st.integers(1, 3),
     multiple=st.sampled_from([1, 2]),
     seed=st.integers(0, 2**16),
 )
 def test_tiled_output_is_bit_identical_for_a_context_free_network(
-    height, width, channels, tile, overlap, batch, multiple, seed
+    height, width, channels, tile, overlap, batch, lanes, multiple, seed
 ):
     rng = np.random.default_rng(seed)
     shape = (height, width) if channels == 1 else (height, width, channels)
     pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
     upscaler = stand_in(NearestX4(), multiple)
     whole = upscaler.upscale(pixels, options=PipelineOptions(tile=0)).pixels
-    tiled = upscaler.upscale(pixels, options=PipelineOptions(tile, overlap, batch)).pixels
+    tiled = upscaler.upscale(pixels, options=PipelineOptions(tile, overlap, batch, lanes)).pixels
     assert tiled.shape == whole.shape
     assert np.array_equal(tiled, whole)
     if channels in (1, 3):  # no gray conversion on RGB; exact nearest upscale
@@ -89,6 +91,51 @@ def test_out_of_memory_halves_batch_then_tiles_and_loses_nothing():
     assert any("batch reduced to 2" in note for note in result.notes)
     assert any("tiles split" in note for note in result.notes)
     assert max(c[2] * c[3] for c in network.calls if c[0] == 1) > 0
+
+
+def test_out_of_memory_in_lanes_goes_one_batch_at_a_time_and_loses_nothing():
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 256, size=(64, 96, 3), dtype=np.uint8)
+    network = MemoryLimitedNearestX4(budget=40 * 40)
+    upscaler = stand_in(network)
+    options = PipelineOptions(tile=32, overlap=4, batch=2, lanes=3)
+    result = upscaler.upscale(pixels, options=options)
+    assert np.array_equal(result.pixels, pixels.repeat(4, axis=0).repeat(4, axis=1))
+    assert result.notes[0] == "out of memory: one batch at a time"
+    assert result.notes[1] == "out of memory: batch reduced to 1"
+    assert result.final_batch == 1
+
+
+def test_lanes_run_at_once_on_their_own_threads(registry):
+    """Two lanes really overlap, and the caller's thread count is left as it was."""
+    threads_before = torch.get_num_threads()
+    seen: list[tuple[str, int, float, float]] = []
+
+    class Recording(NearestX4):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            started = time.perf_counter()
+            time.sleep(0.05)
+            seen.append(
+                (
+                    threading.current_thread().name,
+                    torch.get_num_threads(),
+                    started,
+                    time.perf_counter(),
+                )
+            )
+            return super().forward(x)
+
+    upscaler = stand_in(Recording())
+    pixels = np.zeros((32, 64, 3), dtype=np.uint8)
+    upscaler.upscale(pixels, options=PipelineOptions(tile=32, overlap=0, lanes=2))
+    assert len(seen) == 2
+    (name_a, threads_a, start_a, end_a), (name_b, threads_b, start_b, end_b) = seen
+    assert name_a != name_b and all(n.startswith("upscale-lane") for n in (name_a, name_b))
+    assert threads_a == threads_b == max(1, threads_before // 2)
+    assert start_a < end_b and start_b < end_a  # they overlapped in time
+    assert torch.get_num_threads() == threads_before
+    with pytest.raises(InvalidOptionsError, match="lanes"):
+        PipelineOptions(lanes=0)
 
 
 def test_out_of_memory_at_the_smallest_tile_raises_a_retryable_error():
@@ -201,3 +248,13 @@ def test_pixels_of_other_types_are_refused(registry):
         upscaler.upscale(np.zeros((4, 4, 3), dtype=np.float32))
     with pytest.raises(InvalidOptionsError, match="HxW"):
         upscaler.upscale(np.zeros((4, 4, 5), dtype=np.uint8))
+
+
+def test_lanes_are_refused_where_they_cannot_work(registry):
+    two = PipelineOptions(lanes=2)
+    with pytest.raises(InvalidOptionsError, match="for the CPU"):
+        Upscaler.load(registry, FAST_MODEL, device="cuda", precision="fp16", options=two)
+    with pytest.raises(InvalidOptionsError, match="one lane"):
+        Upscaler.load(registry, FAST_MODEL, options=two, compile=True)
+    assert PipelineOptions.for_device("cuda").lanes == 1
+    assert PipelineOptions.for_device("cpu").lanes == min(2, torch.get_num_threads())

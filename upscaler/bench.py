@@ -150,7 +150,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "tile": args.tile,
         "tile_pad": args.tile_pad,
         "batch": upscaler.options.batch,
+        "lanes": upscaler.options.lanes,
         "compiled": args.compile,
+        "fused": upscaler.fused,
         "tiles": result.tiles,
         "final_batch": result.final_batch,
         "repeat": args.repeat,
@@ -203,11 +205,14 @@ def _print_report(report: dict[str, Any]) -> None:
     print(
         f"model {report['model']} on {report['device']} ({report['device_name']}), "
         f"{report['precision']}, {report['threads']} threads, torch {report['torch']}"
+        + (", fused oneDNN kernels" if report["fused"] else "")
+        + (", compiled" if report["compiled"] else "")
     )
     print(
         f"input {report['input_size']}x{report['input_size']} -> "
         f"{report['output_size']}x{report['output_size']}, tile {report['tile']} "
-        f"pad {report['tile_pad']} batch {report['batch']} ({report['tiles']} tiles)"
+        f"pad {report['tile_pad']} batch {report['batch']} lanes {report['lanes']} "
+        f"({report['tiles']} tiles)"
     )
     print(f"{'stage':<10}{'seconds':>10}")
     for name in ("decode_s", "infer_s", "assemble_s", "encode_s", "total_s"):

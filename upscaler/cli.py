@@ -68,9 +68,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch", type=int, help="tiles per network call (default: 4 on CUDA, 1 on CPU)"
     )
     parser.add_argument(
+        "--lanes",
+        type=int,
+        help="CPU only: batches run at once, each on its share of the cores "
+        "(default 2; 1 with --compile)",
+    )
+    parser.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile the network: faster per tile, minutes to start",
+    )
+    parser.add_argument(
+        "--no-fuse",
+        dest="fuse",
+        action="store_false",
+        help="on the CPU, run basicsr's module as it is instead of the fused kernels",
     )
 
 
@@ -78,7 +90,11 @@ def load_upscaler(args: argparse.Namespace, registry: ModelRegistry) -> Upscaler
     device = args.device or default_device()
     precision = args.precision or default_precision(device)
     options = PipelineOptions.for_device(
-        device, tile=args.tile, overlap=args.tile_pad, batch=args.batch
+        device,
+        tile=args.tile,
+        overlap=args.tile_pad,
+        batch=args.batch,
+        lanes=args.lanes or (1 if args.compile else None),
     )
     return Upscaler.load(
         registry,
@@ -88,6 +104,7 @@ def load_upscaler(args: argparse.Namespace, registry: ModelRegistry) -> Upscaler
         precision=precision,
         options=options,
         compile=args.compile,
+        fuse=args.fuse,
     )
 
 

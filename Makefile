@@ -48,11 +48,11 @@ lint: $(STAMP)
 test: setup browser lint
 	$(BIN)/pytest
 
-BENCH := $(BIN)/smi-bench --input-size 128 --tile 64 --tile-pad 10 --batch 4 --baseline --no-seams --warmup 1 --repeat 5
+BENCH := $(BIN)/smi-bench --input-size 128 --tile 64 --tile-pad 10 --baseline --no-seams --warmup 1 --repeat 15
 
 bench: setup
-	$(BENCH) --json out/bench-eager.json
-	$(BENCH) --compile --json out/bench-compiled.json
+	$(BENCH) --json out/bench-default.json
+	$(BENCH) --lanes 1 --no-fuse --batch 4 --json out/bench-basicsr-module.json
 
 gpu-bench:
 	bash scripts/gpu_bench.sh

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import FAST_MODEL, RABBITMQ_URL, purge_queues, sample
+from shared.env import ConfigError
 from shared.messages import EventKind, JobEvent, UpscaleRequest
 from shared.storage import Storage
 from shared.topology import (
@@ -221,3 +223,12 @@ def test_sigterm_lets_the_current_job_finish(tmp_path, storage, registry):
     assert storage.exists("jobs/j6/result.png")
     assert "stopping after the current job" in errors
     assert EventKind.COMPLETED in {e.kind for e in events_of(broker_url, None)}
+
+
+def test_lanes_are_configured_for_the_cpu_and_refused_for_cuda(storage):
+    base = {"SMI_STORAGE_URL": storage.url, "SMI_WORKER_DEVICE": "cpu"}
+    assert WorkerConfig.from_env({**base, "SMI_WORKER_LANES": "1"}).pipeline_options().lanes == 1
+    default = WorkerConfig.from_env(base).pipeline_options()
+    assert default.lanes == min(2, torch.get_num_threads())
+    with pytest.raises(ConfigError, match="SMI_WORKER_LANES > 1 is for the CPU"):
+        WorkerConfig.from_env({**base, "SMI_WORKER_DEVICE": "cuda", "SMI_WORKER_LANES": "2"})

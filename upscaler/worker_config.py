@@ -37,6 +37,7 @@ class WorkerConfig:
     tile: int
     overlap: int
     batch: int | None
+    lanes: int | None
     max_pixels: int
     max_attempts: int
     retry_backoff_s: float
@@ -54,6 +55,9 @@ class WorkerConfig:
         if precision not in ("fp32", "fp16", "bf16"):
             env.problem(f"SMI_WORKER_PRECISION must be fp32, fp16 or bf16, not {precision!r}")
         batch = int(env.number("WORKER_BATCH", 0, minimum=0))
+        lanes = int(env.number("WORKER_LANES", 0, minimum=0))
+        if lanes > 1 and device != "cpu":
+            env.problem(f"SMI_WORKER_LANES > 1 is for the CPU, not {device}")
         config = cls(
             broker_url=env.text("BROKER_URL", default_broker_url(data_dir)),
             storage_url=env.text("STORAGE_URL", default_storage_url(data_dir)),
@@ -63,6 +67,7 @@ class WorkerConfig:
             tile=int(env.number("WORKER_TILE", DEFAULT_TILE, minimum=0)),
             overlap=int(env.number("WORKER_OVERLAP", DEFAULT_OVERLAP, minimum=0)),
             batch=batch or None,
+            lanes=lanes or None,
             max_pixels=int(env.number("MAX_SOURCE_PIXELS", DEFAULT_MAX_PIXELS, minimum=1)),
             max_attempts=int(env.number("WORKER_MAX_ATTEMPTS", 3, minimum=1, maximum=20)),
             retry_backoff_s=env.number("WORKER_RETRY_BACKOFF_S", 2.0, minimum=0),
@@ -74,5 +79,5 @@ class WorkerConfig:
 
     def pipeline_options(self) -> PipelineOptions:
         return PipelineOptions.for_device(
-            self.device, tile=self.tile, overlap=self.overlap, batch=self.batch
+            self.device, tile=self.tile, overlap=self.overlap, batch=self.batch, lanes=self.lanes
         )

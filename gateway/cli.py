@@ -11,7 +11,6 @@ Configuration comes from ``SMI_*`` variables; every problem is listed at once.
 from __future__ import annotations
 
 import argparse
-import logging
 import multiprocessing
 import os
 import signal
@@ -28,6 +27,7 @@ from gateway.background import Background
 from gateway.config import ConfigError, GatewayConfig
 from gateway.database import create_database_engine, migrate, session_factory
 from gateway.payments import Payments
+from shared.logs import configure_service_logging
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,9 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="do not log every request (the gateway still logs each event)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_service_logging()
     try:
         config = GatewayConfig.from_env()
     except ConfigError as exc:
@@ -119,9 +117,7 @@ def _serve_one(host: str, port: int, access_log: bool) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_service_logging()
     app = create_app(GatewayConfig.from_env())
     config = uvicorn.Config(app, log_level="info", access_log=access_log)
     uvicorn.Server(config).run(sockets=[sock])

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from shared.env import ConfigError
+from shared.logs import configure_service_logging
 from shared.storage import Storage
 from shared.topology import connect
 from upscaler.errors import UpscalerError
@@ -35,9 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int)
     parser.add_argument("--max-jobs", type=int, default=0, help="exit after this many jobs")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_service_logging()
     try:
         config = WorkerConfig.from_env()
     except ConfigError as exc:

@@ -256,5 +256,8 @@ def test_lanes_are_refused_where_they_cannot_work(registry):
         Upscaler.load(registry, FAST_MODEL, device="cuda", precision="fp16", options=two)
     with pytest.raises(InvalidOptionsError, match="one lane"):
         Upscaler.load(registry, FAST_MODEL, options=two, compile=True)
+    compiled = Upscaler.load(registry, FAST_MODEL, options=PipelineOptions(), compile=True)
+    with pytest.raises(InvalidOptionsError, match="one lane"):  # per call too, before any work
+        compiled.upscale(np.zeros((8, 8, 3), dtype=np.uint8), options=two)
     assert PipelineOptions.for_device("cuda").lanes == 1
     assert PipelineOptions.for_device("cpu").lanes == min(2, torch.get_num_threads())

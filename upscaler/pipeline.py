@@ -167,13 +167,8 @@ class Upscaler:
             raise InvalidOptionsError("on the CPU only fp32 is supported (fp16/bf16 need CUDA)")
         if precision != "fp32" and not spec.arch.supports_half:
             raise InvalidOptionsError(f"{spec.name} does not run in {precision}")
-        if self.options.lanes > 1 and self.device.type != "cpu":
-            raise InvalidOptionsError(f"lanes > 1 is for the CPU, not {self.device}")
-        if self.options.lanes > 1 and compile:
-            # Inductor writes each kernel's thread count into its code.
-            raise InvalidOptionsError("a compiled network runs one lane; use lanes=1")
-        if self.options.tile and not spec.arch.supports_tiling:
-            raise InvalidOptionsError(f"{spec.name} cannot be tiled; use tile=0")
+        self.compiled = compile
+        self._check(self.options)
         self.dtype = DTYPES[precision]
         if self.device.type == "cuda" and precision == "fp32":
             # fp32 means IEEE fp32, as on the CPU: PyTorch lets cuDNN convolve
@@ -232,6 +227,7 @@ class Upscaler:
     ) -> UpscaleResult:
         """Upscale an HxW[xC] uint8/uint16 image; the result keeps its layout and dtype."""
         options = options or self.options
+        self._check(options)
         height, width, channels = _layout(pixels)
         max_value = float(np.iinfo(pixels.dtype).max)
         scale, multiple = self.spec.scale, self.spec.input_multiple
@@ -293,29 +289,29 @@ class Upscaler:
         _, height, width = plane.pixels.shape
         pending: deque[Tile] = deque(tiles)
         lanes = options.lanes
-        if lanes > 1 and self.device.type != "cpu":
-            raise InvalidOptionsError(f"lanes > 1 is for the CPU, not {self.device}")
         with _Lanes(lanes) as run:
             while pending:
                 groups = [_take_batch(pending, batch) for _ in range(lanes) if pending]
                 outcomes = run([partial(self._run_batch, plane, g, max_value) for g in groups])
-                out_of_memory = None
+                failed: list[list[Tile]] = []
+                out_of_memory: torch.OutOfMemoryError | None = None
+                infer_s = assemble_s = 0.0
                 for group, outcome in zip(groups, outcomes, strict=True):
                     if isinstance(outcome, torch.OutOfMemoryError):
+                        failed.append(group)
                         out_of_memory = out_of_memory or outcome
                     elif isinstance(outcome, BaseException):
                         raise outcome
                     else:
+                        infer_s, assemble_s = max(infer_s, outcome[0]), max(assemble_s, outcome[1])
                         advance(len(group))
                 # Each round lasts as long as its slowest lane.
-                timings = [o for o in outcomes if isinstance(o, tuple)]
-                result.infer_s += max((infer for infer, _ in timings), default=0.0)
-                result.assemble_s += max((assemble for _, assemble in timings), default=0.0)
+                result.infer_s += infer_s
+                result.assemble_s += assemble_s
                 if out_of_memory is None:
                     continue
-                for group, outcome in reversed(list(zip(groups, outcomes, strict=True))):
-                    if isinstance(outcome, torch.OutOfMemoryError):
-                        pending.extendleft(reversed(group))
+                for group in reversed(failed):  # back to the front, in their order
+                    pending.extendleft(reversed(group))
                 result.out_of_memory_events += 1
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -343,6 +339,16 @@ class Upscaler:
                 log.warning(note)
                 result.notes.append(note)
         return batch
+
+    def _check(self, options: PipelineOptions) -> None:
+        """Refuse options this upscaler cannot run (its own at start, or one call's)."""
+        if options.lanes > 1 and self.device.type != "cpu":
+            raise InvalidOptionsError(f"lanes > 1 is for the CPU, not {self.device}")
+        if options.lanes > 1 and self.compiled:
+            # Inductor writes each kernel's thread count into its code.
+            raise InvalidOptionsError("a compiled network runs one lane; use lanes=1")
+        if options.tile and not self.spec.arch.supports_tiling:
+            raise InvalidOptionsError(f"{self.spec.name} cannot be tiled; use tile=0")
 
     def _run_batch(self, plane: _Plane, group: list[Tile], max_value: float) -> tuple[float, float]:
         """Run one group of tiles and place their cores; returns (infer, assemble) seconds."""

@@ -151,7 +151,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "tile_pad": args.tile_pad,
         "batch": upscaler.options.batch,
         "lanes": upscaler.options.lanes,
-        "compiled": args.compile,
+        "compiled": upscaler.compiled,
         "fused": upscaler.fused,
         "tiles": result.tiles,
         "final_batch": result.final_batch,

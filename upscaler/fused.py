@@ -42,8 +42,10 @@ class _Conv:
     """One 3x3, stride 1, padding 1 convolution's weights, scaled if asked."""
 
     def __init__(self, conv: nn.Module | torch.Tensor, scale: float = 1.0) -> None:
-        shape = (conv.kernel_size, conv.stride, conv.padding) if isinstance(conv, nn.Conv2d) else ()
-        if not isinstance(conv, nn.Conv2d) or shape != ((3, 3), (1, 1), (1, 1)):
+        if not (
+            isinstance(conv, nn.Conv2d)
+            and (conv.kernel_size, conv.stride, conv.padding) == ((3, 3), (1, 1), (1, 1))
+        ):
             raise ValueError(f"expected a 3x3 convolution with stride 1 and padding 1: {conv}")
         weight = conv.weight.detach().float()
         bias = conv.bias.detach().float() if conv.bias is not None else None

@@ -28,6 +28,7 @@ from upscaler.errors import (
     OutputFormatError,
     UnsupportedImageError,
 )
+from upscaler.png import encode_png
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
 FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
@@ -35,6 +36,7 @@ EXTENSIONS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
 MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 EXIF_ORIENTATION = 0x0112
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_GRAY_ALPHA = 4  # IHDR colour type
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,8 @@ def _decode_png16(data: bytes) -> np.ndarray:
     if decoded.ndim == 3 and decoded.shape[2] == 3:
         return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
     if decoded.ndim == 3 and decoded.shape[2] == 4:
+        if data[25] == PNG_GRAY_ALPHA:  # OpenCV widens gray + alpha to BGRA: take it back
+            return np.ascontiguousarray(decoded[:, :, [0, 3]])
         return cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGBA)
     if decoded.ndim == 2:
         return decoded
@@ -219,20 +223,21 @@ def ensure_encodable(channels: int, dtype: np.dtype, fmt: str) -> None:
 
 
 def encode_image(pixels: np.ndarray, fmt: str, *, quality: int = 95) -> bytes:
-    """Encode RGB-ordered pixels; refuse formats that would drop alpha or depth."""
+    """Encode RGB-ordered pixels; refuse formats that would drop alpha or depth.
+
+    PNG goes through ``upscaler.png`` (strips deflated on every core);
+    JPEG and WebP through OpenCV.
+    """
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
     ensure_encodable(channels, pixels.dtype, fmt)
-    if channels == 2:  # OpenCV cannot write gray+alpha; Pillow can (8-bit only reaches here)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels, "LA").save(buffer, format="PNG", compress_level=3)
-        return buffer.getvalue()
+    if fmt == "png":
+        return encode_png(pixels)
     bgr = pixels
     if channels == 3:
         bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
     elif channels == 4:
         bgr = cv2.cvtColor(pixels, cv2.COLOR_RGBA2BGRA)
     params = {
-        "png": [cv2.IMWRITE_PNG_COMPRESSION, 3],
         "jpeg": [cv2.IMWRITE_JPEG_QUALITY, quality],
         "webp": [cv2.IMWRITE_WEBP_QUALITY, quality],
     }[fmt]

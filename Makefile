@@ -48,7 +48,7 @@ lint: $(STAMP)
 test: setup browser lint
 	$(BIN)/pytest
 
-BENCH := $(BIN)/smi-bench --input-size 128 --tile 64 --tile-pad 10 --baseline --no-seams --warmup 1 --repeat 15
+BENCH := $(BIN)/smi-bench --input-size 128 --tile 64 --overlap 10 --baseline --no-seams --warmup 1 --repeat 15
 
 bench: setup
 	$(BENCH) --json out/bench-default.json

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import FAST_MODEL, SAMPLES
 from upscaler.images import decode_image, encode_image
@@ -45,7 +46,7 @@ def test_upscale_writes_a_4x_image(registry, small_photo, tmp_path):
         FAST_MODEL,
         "--tile",
         "16",
-        "--tile-pad",
+        "--overlap",
         "4",
         "--batch",
         "2",
@@ -81,6 +82,23 @@ def test_upscale_refuses_alpha_into_jpeg_before_working(registry, tmp_path):
     rgba.write_bytes(encode_image(np.zeros((8, 8, 4), dtype=np.uint8), "png"))
     done = run("smi-upscale", rgba, tmp_path / "logo.jpg", "--model", FAST_MODEL)
     assert done.returncode == 1 and "JPEG cannot hold an alpha channel" in done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: nothing to refuse")
+def test_upscale_on_cuda_without_a_gpu_is_one_clear_line(small_photo, tmp_path):
+    done = run("smi-upscale", small_photo, tmp_path / "x.png", "--device", "cuda")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "smi-upscale: error: no CUDA GPU is visible to PyTorch, so cuda is refused"
+    ]
+
+
+def test_upscale_refuses_an_output_folder_that_does_not_exist_before_working(small_photo, tmp_path):
+    output = tmp_path / "missing" / "cup-4x.png"
+    done = run("smi-upscale", small_photo, output, "--model", FAST_MODEL)
+    assert done.returncode == 1
+    assert f"{output.parent} does not exist" in done.stderr
+    assert not output.parent.exists()
 
 
 def test_upscale_of_an_unknown_model_lists_the_known_ones(small_photo, tmp_path):
@@ -123,7 +141,7 @@ def test_bench_prints_stages_and_writes_json(registry, tmp_path):
         FAST_MODEL,
         "--tile",
         "16",
-        "--tile-pad",
+        "--overlap",
         "4",
         "--baseline",
         "--json",

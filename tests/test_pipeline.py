@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ from upscaler.archs import Architecture
 from upscaler.baseline import reference_upscale, reference_upscaler
 from upscaler.bench import SeamError
 from upscaler.errors import InvalidOptionsError, OutOfMemoryError
-from upscaler.pipeline import PipelineOptions, Upscaler
+from upscaler.options import Overrides, PipelineOptions, default_options, fit_to_memory
+from upscaler.pipeline import Upscaler
 from upscaler.registry import ModelSpec
 from upscaler.tiles import plan_tiles
 
@@ -46,7 +48,14 @@ class MemoryLimitedNearestX4(NearestX4):
 
 
 def stand_in(network: nn.Module, multiple: int = 1) -> Upscaler:
-    arch = Architecture("stand-in", lambda scale, params: network, True, True, lambda s: multiple)
+    arch = Architecture(
+        "stand-in",
+        lambda scale, params: network,
+        True,
+        True,
+        lambda s: multiple,
+        activation_bytes=4,
+    )
     spec = ModelSpec("stand-in", "", arch, 4, {}, None, None, None, None)
     return Upscaler(spec, network)
 
@@ -136,6 +145,30 @@ def test_lanes_run_at_once_on_their_own_threads(registry):
     assert torch.get_num_threads() == threads_before
     with pytest.raises(InvalidOptionsError, match="lanes"):
         PipelineOptions(lanes=0)
+
+
+def test_out_of_memory_releases_the_failed_batch_before_the_retry():
+    """An exception kept with its traceback keeps the failed batch's activations alive."""
+    held: list[weakref.ref[torch.Tensor]] = []
+    alive_at_retry: list[bool] = []
+
+    class Hungry(NearestX4):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not held:
+                activations = torch.ones(x.shape[0], 64, *x.shape[2:]) * x.mean()
+                held.append(weakref.ref(activations))
+                raise torch.OutOfMemoryError("pretend device is full")
+            alive_at_retry.append(held[0]() is not None)
+            return super().forward(x)
+
+    pixels = np.zeros((32, 32, 3), dtype=np.uint8)
+    for lanes in (1, 2):
+        held.clear()
+        result = stand_in(Hungry()).upscale(
+            pixels, options=PipelineOptions(tile=16, overlap=0, batch=2, lanes=lanes)
+        )
+        assert result.out_of_memory_events == 1
+    assert alive_at_retry and not any(alive_at_retry)
 
 
 def test_out_of_memory_at_the_smallest_tile_raises_a_retryable_error():
@@ -252,12 +285,34 @@ def test_pixels_of_other_types_are_refused(registry):
 
 def test_lanes_are_refused_where_they_cannot_work(registry):
     two = PipelineOptions(lanes=2)
-    with pytest.raises(InvalidOptionsError, match="for the CPU"):
+    # Without a GPU the device itself is refused first, in one line.
+    refusal = "for the CPU" if torch.cuda.is_available() else "no CUDA GPU is visible"
+    with pytest.raises(InvalidOptionsError, match=refusal):
         Upscaler.load(registry, FAST_MODEL, device="cuda", precision="fp16", options=two)
     with pytest.raises(InvalidOptionsError, match="one lane"):
         Upscaler.load(registry, FAST_MODEL, options=two, compile=True)
     compiled = Upscaler.load(registry, FAST_MODEL, options=PipelineOptions(), compile=True)
     with pytest.raises(InvalidOptionsError, match="one lane"):  # per call too, before any work
         compiled.upscale(np.zeros((8, 8, 3), dtype=np.uint8), options=two)
-    assert PipelineOptions.for_device("cuda").lanes == 1
-    assert PipelineOptions.for_device("cpu").lanes == min(2, torch.get_num_threads())
+    spec = registry.get(FAST_MODEL)
+    assert default_options("cpu", spec, "fp32").lanes == min(2, torch.get_num_threads())
+    assert default_options("cpu", spec, "fp32", Overrides(lanes=1)).lanes == 1
+    compiled_defaults = Upscaler.load(registry, FAST_MODEL, compile=True).options
+    assert compiled_defaults.lanes == 1
+
+
+def test_cuda_tiles_are_sized_from_free_memory():
+    x4 = {"activation_bytes": 9472, "overlap": 32, "max_image_pixels": 4096 * 4096}
+    tile, batch = fit_to_memory(79 * 2**30, half=True, **x4)  # an H100 at start-up
+    assert tile >= 2000 and batch == 1  # a 2000x2000 photo in one window: no overlap computed
+    assert tile % 32 == 0
+    # What the window needs fits the share of memory kept for it.
+    assert (tile + 64) ** 2 * 9472 / 2 <= 0.7 * 79 * 2**30
+    smaller, _ = fit_to_memory(22 * 2**30, half=True, **x4)  # a 24 GB card
+    assert 1000 < smaller < tile
+    fp32, _ = fit_to_memory(22 * 2**30, half=False, **x4)
+    assert fp32 < smaller
+    assert fit_to_memory(2**30, half=True, **x4) == (128, 1)  # the least it tries
+    # A tile set by the operator: as many windows per call as fit.
+    assert fit_to_memory(79 * 2**30, half=True, tile=512, **x4) == (512, 8)
+    assert fit_to_memory(8 * 2**30, half=True, tile=512, **x4) == (512, 3)

@@ -30,6 +30,7 @@ from shared.topology import (
     publish_json,
 )
 from upscaler.images import decode_image, encode_image
+from upscaler.options import PipelineOptions, default_options
 from upscaler.worker import EventPublisher, UpscaleWorker
 from upscaler.worker_config import WorkerConfig
 
@@ -225,10 +226,14 @@ def test_sigterm_lets_the_current_job_finish(tmp_path, storage, registry):
     assert EventKind.COMPLETED in {e.kind for e in events_of(broker_url, None)}
 
 
-def test_lanes_are_configured_for_the_cpu_and_refused_for_cuda(storage):
+def test_lanes_are_configured_for_the_cpu_and_refused_for_cuda(storage, registry):
     base = {"SMI_STORAGE_URL": storage.url, "SMI_WORKER_DEVICE": "cpu"}
-    assert WorkerConfig.from_env({**base, "SMI_WORKER_LANES": "1"}).pipeline_options().lanes == 1
-    default = WorkerConfig.from_env(base).pipeline_options()
-    assert default.lanes == min(2, torch.get_num_threads())
+    spec = registry.get()
+
+    def options(environ: dict[str, str]) -> PipelineOptions:
+        return default_options("cpu", spec, "fp32", WorkerConfig.from_env(environ).overrides())
+
+    assert options({**base, "SMI_WORKER_LANES": "1"}).lanes == 1
+    assert options(base).lanes == min(2, torch.get_num_threads())
     with pytest.raises(ConfigError, match="SMI_WORKER_LANES > 1 is for the CPU"):
         WorkerConfig.from_env({**base, "SMI_WORKER_DEVICE": "cuda", "SMI_WORKER_LANES": "2"})

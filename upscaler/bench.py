@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from upscaler.baseline import reference_upscale, reference_upscaler
-from upscaler.cli import add_model_arguments, default_device, load_upscaler
+from upscaler.cli import add_model_arguments, load_upscaler
 from upscaler.images import decode_image, encode_image
-from upscaler.pipeline import PipelineOptions, Upscaler
+from upscaler.options import PipelineOptions, default_device
+from upscaler.pipeline import Upscaler
 from upscaler.registry import PROJECT_MODELS_DIR, ModelRegistry
 
 DEFAULT_IMAGE = PROJECT_MODELS_DIR.parent / "samples" / "chelsea.png"
@@ -110,8 +111,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         reference = reference_upscaler(
             spec,
             weights,
-            tile=args.tile,
-            tile_pad=args.tile_pad,
+            tile=upscaler.options.tile,
+            tile_pad=args.overlap,
             half=precision == "fp16",
             device=device,
         )
@@ -147,8 +148,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "precision": precision,
         "input_size": args.input_size,
         "output_size": args.input_size * spec.scale,
-        "tile": args.tile,
-        "tile_pad": args.tile_pad,
+        "tile": upscaler.options.tile,
+        "overlap": upscaler.options.overlap,
         "batch": upscaler.options.batch,
         "lanes": upscaler.options.lanes,
         "compiled": upscaler.compiled,
@@ -211,7 +212,7 @@ def _print_report(report: dict[str, Any]) -> None:
     print(
         f"input {report['input_size']}x{report['input_size']} -> "
         f"{report['output_size']}x{report['output_size']}, tile {report['tile']} "
-        f"pad {report['tile_pad']} batch {report['batch']} lanes {report['lanes']} "
+        f"overlap {report['overlap']} batch {report['batch']} lanes {report['lanes']} "
         f"({report['tiles']} tiles)"
     )
     print(f"{'stage':<10}{'seconds':>10}")

@@ -14,10 +14,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from upscaler.errors import UpscalerError
+from upscaler.errors import OutputPathError, UpscalerError
 from upscaler.files import write_bytes_atomically
 from upscaler.images import (
     DEFAULT_MAX_PIXELS,
@@ -26,22 +25,17 @@ from upscaler.images import (
     ensure_encodable,
     output_format,
 )
-from upscaler.pipeline import (
+from upscaler.options import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
-    PipelineOptions,
-    Upscaler,
+    Overrides,
+    check_device,
+    default_device,
+    default_precision,
 )
+from upscaler.pipeline import Upscaler
 from upscaler.registry import ModelRegistry
 from upscaler.weights import fetch_weights, import_ncnn_weights, sha256_of
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def default_precision(device: str) -> str:
-    return "fp16" if device.startswith("cuda") else "fp32"
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,17 +49,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tile",
         type=int,
-        default=DEFAULT_TILE,
-        help=f"tile side in input pixels, 0 = whole image (default {DEFAULT_TILE})",
+        help="tile side in input pixels, 0 = whole image "
+        f"(default: {DEFAULT_TILE} on the CPU, sized from free memory on CUDA)",
     )
     parser.add_argument(
-        "--tile-pad",
+        "--overlap",
         type=int,
         default=DEFAULT_OVERLAP,
-        help=f"context around each tile (default {DEFAULT_OVERLAP})",
+        help=f"context around each tile, in input pixels (default {DEFAULT_OVERLAP})",
     )
     parser.add_argument(
-        "--batch", type=int, help="tiles per network call (default: 4 on CUDA, 1 on CPU)"
+        "--batch", type=int, help="tiles per network call (default: 1; on CUDA, what fits)"
     )
     parser.add_argument(
         "--lanes",
@@ -87,22 +81,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_upscaler(args: argparse.Namespace, registry: ModelRegistry) -> Upscaler:
-    device = args.device or default_device()
+    device = check_device(args.device or default_device())
     precision = args.precision or default_precision(device)
-    options = PipelineOptions.for_device(
-        device,
-        tile=args.tile,
-        overlap=args.tile_pad,
-        batch=args.batch,
-        lanes=args.lanes or (1 if args.compile else None),
-    )
     return Upscaler.load(
         registry,
         args.model,
         weights=args.weights,
         device=device,
         precision=precision,
-        options=options,
+        options=Overrides(
+            tile=args.tile,
+            overlap=args.overlap,
+            batch=args.batch,
+            lanes=args.lanes,
+        ),
         compile=args.compile,
         fuse=args.fuse,
     )
@@ -124,6 +116,10 @@ def upscale_main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         fmt = output_format(args.output)
+        if not args.output.parent.is_dir():  # found now, not after minutes of work
+            raise OutputPathError(
+                f"cannot write {args.output}: {args.output.parent} does not exist"
+            )
         image = decode_image(args.input.read_bytes(), max_pixels=args.max_pixels)
         ensure_encodable(len(image.mode), image.pixels.dtype, fmt)
         upscaler = load_upscaler(args, ModelRegistry.from_env())

@@ -12,6 +12,7 @@ hits a ``RetryableError`` may succeed if it is tried again later.
     │   │   └── ImageTooLargeError     over the configured pixel limit
     │   ├── InvalidOptionsError        settings the pipeline cannot run with
     │   ├── OutputFormatError          the output format cannot hold the input's layout or depth
+    │   ├── OutputPathError            the output file's folder does not exist
     │   ├── UnknownModelError          no such model in the manifest
     │   └── WeightsError               weight file missing, damaged or for another network
     │       └── ChecksumMismatchError  a download whose sha256 is not the published one
@@ -64,6 +65,10 @@ class InvalidOptionsError(PermanentError):
 
 class OutputFormatError(PermanentError):
     """Raised when the requested output format cannot keep the image's channels or depth."""
+
+
+class OutputPathError(PermanentError):
+    """Raised before any work when the output file's folder does not exist."""
 
 
 class UnknownModelError(PermanentError):

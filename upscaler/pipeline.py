@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -34,6 +34,13 @@ from torch import nn
 
 from upscaler.errors import InvalidOptionsError, OutOfMemoryError
 from upscaler.fused import fused_cpu_available
+from upscaler.options import (
+    PRECISIONS,
+    Overrides,
+    PipelineOptions,
+    check_device,
+    default_options,
+)
 from upscaler.registry import ModelRegistry, ModelSpec
 from upscaler.tiles import Tile, plan_tiles, smallest_core, split_tile
 from upscaler.weights import load_network
@@ -52,73 +59,8 @@ LUMA = (0.299, 0.587, 0.114)
 # costs more in overlap than it saves in memory: give up instead.
 MIN_CORE_PIXELS = 16
 
-# Defaults, from measurements (README, "Seams"):
-# - overlap 32: at tile 64 on 192x192 photos, the mean absolute difference of
-#   a tiled run from an untiled one falls from RealESRGANer's (tile_pad=10)
-#   5.60 to 1.18 levels on grass and 1.71 to 0.44 on fur (+10 dB PSNR); 24
-#   only halves it, and not everywhere (1.96x on grass at 128x128).
-# - tile 512: a 2000x2000 input runs as 16 windows of 548x548, 1.20x the
-#   pixels of no overlap at all; a fp16 RRDBNet window that size needs about
-#   2.5 GiB of activations at batch 1, so batches of 4 fit a 24 GiB card,
-#   and larger windows run faster per pixel on CPU and GPU alike.
-DEFAULT_TILE = 512
-DEFAULT_OVERLAP = 32
-# Batches help the GPU (and the CPU a little) but multiply activation memory:
-# four 548x548 fp32 windows at batch 4 would want ~15 GiB of host memory, and
-# running out there kills the process instead of raising an error.
-DEFAULT_CUDA_BATCH = 4
-DEFAULT_CPU_BATCH = 1
-# On the CPU, two windows at once, each convolved by half the cores, beat one
-# window convolved by all of them: less waiting at each operation's barrier,
-# and each core keeps its own window's features in its cache. On 2 cores,
-# four 74x74 windows of RRDBNet: 3.12 s in two lanes, 3.38 s in one (median
-# of 15, fused kernels); batches of 4 were slower than either (README, "Speed").
-# Each lane holds one batch of activations (~4 GiB for a 548x548 fp32 window).
-CPU_LANES = 2
-
 Progress = Callable[[int, int], None]
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class PipelineOptions:
-    """How images are cut and batched. ``tile=0`` runs the whole image in one pass.
-
-    ``lanes`` batches run at once on the CPU, each with its share of the
-    intra-op threads; on CUDA it must be 1.
-    """
-
-    tile: int = DEFAULT_TILE
-    overlap: int = DEFAULT_OVERLAP
-    batch: int = DEFAULT_CPU_BATCH
-    lanes: int = 1
-
-    def __post_init__(self) -> None:
-        if self.tile < 0 or self.overlap < 0 or self.batch < 1 or self.lanes < 1:
-            raise InvalidOptionsError(
-                f"tile and overlap must be >= 0, batch and lanes >= 1, got "
-                f"tile={self.tile} overlap={self.overlap} batch={self.batch} lanes={self.lanes}"
-            )
-
-    @classmethod
-    def for_device(
-        cls,
-        device: str | torch.device,
-        *,
-        tile: int | None = None,
-        overlap: int | None = None,
-        batch: int | None = None,
-        lanes: int | None = None,
-    ) -> PipelineOptions:
-        """Defaults for ``device``, with any of them overridden."""
-        cuda = torch.device(device).type == "cuda"
-        cpu_lanes = min(CPU_LANES, torch.get_num_threads())
-        return cls(
-            tile=DEFAULT_TILE if tile is None else tile,
-            overlap=DEFAULT_OVERLAP if overlap is None else overlap,
-            batch=batch or (DEFAULT_CUDA_BATCH if cuda else DEFAULT_CPU_BATCH),
-            lanes=lanes or (1 if cuda else cpu_lanes),
-        )
 
 
 @dataclass
@@ -153,28 +95,30 @@ class Upscaler:
         *,
         device: str | torch.device = "cpu",
         precision: str = "fp32",
-        options: PipelineOptions | None = None,
+        options: PipelineOptions | Overrides | None = None,
         compile: bool = False,
         fuse: bool = True,
     ) -> None:
         self.spec = spec
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self.precision = precision
-        self.options = options or PipelineOptions.for_device(self.device)
-        if precision not in DTYPES:
+        if precision not in PRECISIONS:
             raise InvalidOptionsError(f"precision must be fp32, fp16 or bf16, not {precision!r}")
         if self.device.type == "cpu" and precision != "fp32":
             raise InvalidOptionsError("on the CPU only fp32 is supported (fp16/bf16 need CUDA)")
         if precision != "fp32" and not spec.arch.supports_half:
             raise InvalidOptionsError(f"{spec.name} does not run in {precision}")
         self.compiled = compile
-        self._check(self.options)
         self.dtype = DTYPES[precision]
-        if self.device.type == "cuda" and precision == "fp32":
-            # fp32 means IEEE fp32, as on the CPU: PyTorch lets cuDNN convolve
-            # fp32 in TF32 (10-bit mantissa) unless told otherwise. A worker
-            # process serves one precision, so the process-wide switch is fine.
-            torch.backends.cudnn.allow_tf32 = False
+        if self.device.type == "cuda":
+            # Every window of a plan has one shape, so cuDNN's search for the
+            # fastest kernels pays off from the second window on.
+            torch.backends.cudnn.benchmark = True
+            if precision == "fp32":
+                # fp32 means IEEE fp32, as on the CPU: PyTorch lets cuDNN convolve
+                # fp32 in TF32 (10-bit mantissa) unless told otherwise. A worker
+                # process serves one precision, so the process-wide switch is fine.
+                torch.backends.cudnn.allow_tf32 = False
         network = network.eval().requires_grad_(False)
         # channels_last: the layout oneDNN and cuDNN convolve fastest (1.17x here on CPU).
         network = network.to(self.device, dtype=self.dtype)
@@ -185,6 +129,14 @@ class Upscaler:
             # The same weights through oneDNN's fused kernels (upscaler/fused.py).
             self.network = fused(network)
         self.fused = self.network is not network
+        if not isinstance(options, PipelineOptions):
+            overrides = options or Overrides()
+            if compile and overrides.lanes is None:
+                overrides = replace(overrides, lanes=1)  # see _check
+            # Sized after the weights are on the device: a CUDA tile fits what is left.
+            options = default_options(self.device, spec, precision, overrides)
+        self.options = options
+        self._check(self.options)
         if compile:
             # Inductor fuses the activations and residual sums into the
             # convolutions; freezing prepacks the weights for oneDNN on CPU.
@@ -199,9 +151,9 @@ class Upscaler:
         model: str | None = None,
         *,
         weights: Path | None = None,
-        device: str = "cpu",
+        device: str | torch.device = "cpu",
         precision: str = "fp32",
-        options: PipelineOptions | None = None,
+        options: PipelineOptions | Overrides | None = None,
         compile: bool = False,
         fuse: bool = True,
     ) -> Upscaler:
@@ -224,16 +176,28 @@ class Upscaler:
         *,
         options: PipelineOptions | None = None,
         progress: Progress | None = None,
+        out: np.ndarray | None = None,
     ) -> UpscaleResult:
-        """Upscale an HxW[xC] uint8/uint16 image; the result keeps its layout and dtype."""
+        """Upscale an HxW[xC] uint8/uint16 image; the result keeps its layout and dtype.
+
+        Pixels in pinned memory go up to a GPU asynchronously; ``out``, a host
+        array of the result's shape and dtype (pinned for an asynchronous
+        copy), receives the result instead of a new array.
+        """
         options = options or self.options
         self._check(options)
         height, width, channels = _layout(pixels)
         max_value = float(np.iinfo(pixels.dtype).max)
         scale, multiple = self.spec.scale, self.spec.input_multiple
         out_dtype = torch.uint8 if pixels.dtype == np.uint8 else torch.int32
+        shape = (height * scale, width * scale, *pixels.shape[2:])
+        if out is not None and (out.shape != shape or out.dtype != pixels.dtype):
+            raise InvalidOptionsError(
+                f"out must be {shape} {pixels.dtype}, not {out.shape} {out.dtype}"
+            )
 
-        source = torch.from_numpy(np.require(pixels, requirements=["C", "W"])).to(self.device)
+        host = torch.from_numpy(np.require(pixels, requirements=["C", "W"]))
+        source = host.to(self.device, non_blocking=_pinned(host))
         source = source.reshape(height, width, channels).permute(2, 0, 1).float() / max_value
         pad_h, pad_w = -height % multiple, -width % multiple
         if pad_h or pad_w:  # pixel-unshuffle networks need sides divisible by `multiple`
@@ -252,6 +216,8 @@ class Upscaler:
 
         plan = plan_tiles(padded_h, padded_w, options.tile, options.overlap, multiple)
         result = UpscaleResult(pixels=pixels, tiles=len(plan.tiles) * len(planes))
+        clock = _Clock(self.device)
+        rounds: list[list[_Marks]] = []
         done = 0
 
         def advance(count: int) -> None:
@@ -264,15 +230,28 @@ class Upscaler:
             batch = options.batch
             for plane in planes:
                 batch = self._run_plane(
-                    plane, plan.tiles, batch, options, max_value, result, advance
+                    plane, plan.tiles, batch, options, max_value, result, advance, clock, rounds
                 )
             result.final_batch = batch
-            started = time.perf_counter()
-            cropped = target[:, : height * scale, : width * scale]
-            host = cropped.permute(1, 2, 0).contiguous().cpu().numpy()
-            result.assemble_s += time.perf_counter() - started
-        host = host.astype(pixels.dtype, copy=False)
-        result.pixels = host[:, :, 0] if pixels.ndim == 2 else host
+            copy_started = clock.mark()
+            cropped = target[:, : height * scale, : width * scale].permute(1, 2, 0)
+            if out is None or out_dtype != torch.uint8:
+                pixels_out = cropped.contiguous().cpu().numpy().astype(pixels.dtype, copy=False)
+                if out is not None:
+                    np.copyto(out, pixels_out.reshape(shape))
+                    pixels_out = out
+            else:
+                destination = torch.from_numpy(out).view(cropped.shape)
+                destination.copy_(cropped, non_blocking=_pinned(destination))
+                pixels_out = out
+            copied = clock.mark()
+        clock.wait(copied)
+        # Each round lasts as long as its slowest lane.
+        for marks in rounds:
+            result.infer_s += max(clock.seconds(m.started, m.inferred) for m in marks)
+            result.assemble_s += max(clock.seconds(m.inferred, m.placed) for m in marks)
+        result.assemble_s += clock.seconds(copy_started, copied)
+        result.pixels = pixels_out.reshape(shape)
         return result
 
     def _run_plane(
@@ -284,18 +263,25 @@ class Upscaler:
         max_value: float,
         result: UpscaleResult,
         advance: Callable[[int], None],
+        clock: _Clock,
+        rounds: list[list[_Marks]],
     ) -> int:
-        """Run every tile of one plane; returns the batch size that worked."""
+        """Run every tile of one plane; returns the batch size that worked.
+
+        Each round's time marks go to ``rounds``, read once the device is done.
+        """
         _, height, width = plane.pixels.shape
         pending: deque[Tile] = deque(tiles)
         lanes = options.lanes
         with _Lanes(lanes) as run:
             while pending:
                 groups = [_take_batch(pending, batch) for _ in range(lanes) if pending]
-                outcomes = run([partial(self._run_batch, plane, g, max_value) for g in groups])
+                outcomes = run(
+                    [partial(self._run_batch, plane, g, max_value, clock) for g in groups]
+                )
                 failed: list[list[Tile]] = []
                 out_of_memory: torch.OutOfMemoryError | None = None
-                infer_s = assemble_s = 0.0
+                marks: list[_Marks] = []
                 for group, outcome in zip(groups, outcomes, strict=True):
                     if isinstance(outcome, torch.OutOfMemoryError):
                         failed.append(group)
@@ -303,11 +289,10 @@ class Upscaler:
                     elif isinstance(outcome, BaseException):
                         raise outcome
                     else:
-                        infer_s, assemble_s = max(infer_s, outcome[0]), max(assemble_s, outcome[1])
+                        marks.append(outcome)
                         advance(len(group))
-                # Each round lasts as long as its slowest lane.
-                result.infer_s += infer_s
-                result.assemble_s += assemble_s
+                if marks:
+                    rounds.append(marks)
                 if out_of_memory is None:
                     continue
                 for group in reversed(failed):  # back to the front, in their order
@@ -350,10 +335,16 @@ class Upscaler:
         if options.tile and not self.spec.arch.supports_tiling:
             raise InvalidOptionsError(f"{self.spec.name} cannot be tiled; use tile=0")
 
-    def _run_batch(self, plane: _Plane, group: list[Tile], max_value: float) -> tuple[float, float]:
-        """Run one group of tiles and place their cores; returns (infer, assemble) seconds."""
+    def _run_batch(
+        self, plane: _Plane, group: list[Tile], max_value: float, clock: _Clock
+    ) -> _Marks:
+        """Run one group of tiles and place their cores, marking when each step ended.
+
+        On CUDA nothing here waits for the device: the marks are events on its
+        stream, so the host queues the next batch while this one runs.
+        """
         scale = self.spec.scale
-        started = time.perf_counter()
+        started = clock.mark()
         windows = torch.stack(
             [
                 plane.pixels[
@@ -366,8 +357,7 @@ class Upscaler:
         )
         windows = windows.to(self.dtype).contiguous(memory_format=torch.channels_last)
         output = self.network(windows)
-        self._synchronize()
-        inferred = time.perf_counter()
+        inferred = clock.mark()
         for tile, out in zip(group, output, strict=True):
             top = (tile.y.core_start - tile.y.window_start) * scale
             left = (tile.x.core_start - tile.x.window_start) * scale
@@ -381,12 +371,54 @@ class Upscaler:
                 tile.y.core_start * scale : tile.y.core_start * scale + rows,
                 tile.x.core_start * scale : tile.x.core_start * scale + cols,
             ] = core.mul_(max_value).round_()
-        self._synchronize()
-        return inferred - started, time.perf_counter() - inferred
+        return _Marks(started, inferred, clock.mark())
 
-    def _synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+
+Mark = float | torch.cuda.Event
+
+
+@dataclass(frozen=True)
+class _Marks:
+    """When one batch started, finished its network pass and finished placing its cores."""
+
+    started: Mark
+    inferred: Mark
+    placed: Mark
+
+
+class _Clock:
+    """Time on the device's own timeline: the host's clock on the CPU, CUDA events on a GPU.
+
+    Reading an event's time waits for the device, so it is done once, after
+    the whole image, never between batches.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def mark(self) -> Mark:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    @staticmethod
+    def wait(mark: Mark) -> None:
+        if isinstance(mark, torch.cuda.Event):
+            mark.synchronize()
+
+    @staticmethod
+    def seconds(start: Mark, end: Mark) -> float:
+        if isinstance(start, torch.cuda.Event) and isinstance(end, torch.cuda.Event):
+            return start.elapsed_time(end) / 1000
+        assert isinstance(start, float) and isinstance(end, float)
+        return end - start
+
+
+def _pinned(tensor: torch.Tensor) -> bool:
+    """Whether a host tensor is page-locked (so a copy to or from a GPU can be asynchronous)."""
+    return torch.cuda.is_available() and tensor.is_pinned()
 
 
 def _layout(pixels: np.ndarray) -> tuple[int, int, int]:
@@ -443,6 +475,10 @@ def _outcome(call: Callable[[], _T]) -> _T | BaseException:
     try:
         with torch.inference_mode():
             return call()
+    except torch.OutOfMemoryError as exc:
+        # Its traceback holds the failed batch's frames and, through them, every
+        # activation the network had made: drop it before the batch is retried.
+        return exc.with_traceback(None)
     except Exception as exc:  # handed back to the caller, which decides
         return exc
 

@@ -250,7 +250,8 @@ class UpscaleWorker(ConsumerMixin):
                 model,
                 device=self.config.device,
                 precision=self.config.precision,
-                options=self.config.pipeline_options(),
+                options=self.config.overrides(),
+                compile=self.config.compile,
             )
         return self._upscalers[model]
 

@@ -16,13 +16,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from shared.env import EnvReader
 from shared.storage import default_storage_url
 from shared.topology import default_broker_url
 from upscaler.images import DEFAULT_MAX_PIXELS
-from upscaler.pipeline import DEFAULT_OVERLAP, DEFAULT_TILE, PipelineOptions
+from upscaler.options import (
+    DEFAULT_OVERLAP,
+    PRECISIONS,
+    Overrides,
+    default_device,
+    default_precision,
+)
 
 
 @dataclass(frozen=True)
@@ -34,10 +38,11 @@ class WorkerConfig:
     name: str
     device: str
     precision: str
-    tile: int
+    tile: int | None  # None: the default for the device (sized from free memory on CUDA)
     overlap: int
     batch: int | None
     lanes: int | None
+    compile: bool
     max_pixels: int
     max_attempts: int
     retry_backoff_s: float
@@ -50,10 +55,13 @@ class WorkerConfig:
         """Build and validate; ``ConfigError`` lists every problem."""
         env = EnvReader(environ)
         data_dir = Path(env.text("DATA_DIR", "var"))
-        device = env.text("WORKER_DEVICE", "") or ("cuda" if torch.cuda.is_available() else "cpu")
-        precision = env.text("WORKER_PRECISION", "") or ("fp16" if device != "cpu" else "fp32")
-        if precision not in ("fp32", "fp16", "bf16"):
+        device = env.text("WORKER_DEVICE", "") or default_device()
+        precision = env.text("WORKER_PRECISION", "") or default_precision(device)
+        if precision not in PRECISIONS:
             env.problem(f"SMI_WORKER_PRECISION must be fp32, fp16 or bf16, not {precision!r}")
+        tile = env.text("WORKER_TILE", "auto")
+        if tile != "auto" and not tile.isdigit():
+            env.problem(f"SMI_WORKER_TILE must be auto or a whole number of pixels, not {tile!r}")
         batch = int(env.number("WORKER_BATCH", 0, minimum=0))
         lanes = int(env.number("WORKER_LANES", 0, minimum=0))
         if lanes > 1 and device != "cpu":
@@ -64,10 +72,11 @@ class WorkerConfig:
             name=env.text("WORKER_NAME", "") or f"{socket.gethostname()}:{os.getpid()}",
             device=device,
             precision=precision,
-            tile=int(env.number("WORKER_TILE", DEFAULT_TILE, minimum=0)),
+            tile=int(tile) if tile.isdigit() else None,
             overlap=int(env.number("WORKER_OVERLAP", DEFAULT_OVERLAP, minimum=0)),
             batch=batch or None,
             lanes=lanes or None,
+            compile=env.flag("WORKER_COMPILE", False),
             max_pixels=int(env.number("MAX_SOURCE_PIXELS", DEFAULT_MAX_PIXELS, minimum=1)),
             max_attempts=int(env.number("WORKER_MAX_ATTEMPTS", 3, minimum=1, maximum=20)),
             retry_backoff_s=env.number("WORKER_RETRY_BACKOFF_S", 2.0, minimum=0),
@@ -77,7 +86,6 @@ class WorkerConfig:
         env.check()
         return config
 
-    def pipeline_options(self) -> PipelineOptions:
-        return PipelineOptions.for_device(
-            self.device, tile=self.tile, overlap=self.overlap, batch=self.batch, lanes=self.lanes
-        )
+    def overrides(self) -> Overrides:
+        """The tiling this worker's operator set; the rest is the device's default."""
+        return Overrides(tile=self.tile, overlap=self.overlap, batch=self.batch, lanes=self.lanes)

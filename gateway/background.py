@@ -23,14 +23,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import GatewayConfig
 from gateway.downloads import DownloadLinks
-from gateway.job_events import JobEventConsumer
+from gateway.job_events import consume_job_events
 from gateway.loops import Periodic
 from gateway.mailer import EmailRelay
 from gateway.payments import Payments
 from gateway.refunds import Refunder
 from gateway.relay import OutboxRelay
 from gateway.watchdog import Watchdog
-from shared.topology import connect
+from shared.broker import Broker
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +39,17 @@ log = logging.getLogger(__name__)
 class Background:
     """The running background threads of one gateway process."""
 
+    broker: Broker
     threads: list[threading.Thread] = field(default_factory=list)
     stops: list[threading.Event] = field(default_factory=list)
-    consumer: JobEventConsumer | None = None
 
     @classmethod
     def start(
         cls, config: GatewayConfig, sessions: sessionmaker[Session], payments: Payments
     ) -> Background:
         links = DownloadLinks(config.download_secret, config.public_url, config.download_ttl_s)
-        relay = OutboxRelay(sessions, config.broker_url)
+        broker = Broker(config.broker_url)
+        relay = OutboxRelay(sessions, broker)
         loops = [
             relay.periodic(),
             Periodic("emails", EmailRelay.for_config(sessions, config, links).send_due),
@@ -59,28 +60,29 @@ class Background:
                 interval_s=config.recovery.watchdog_interval_s,
             ),
         ]
-        background = cls()
+        background = cls(broker)
         for loop in loops:
             thread, stop = loop.start()
             background.threads.append(thread)
             background.stops.append(stop)
-        background.consumer = JobEventConsumer(connect(config.broker_url), sessions)
-        consumer_thread = threading.Thread(
-            target=background.consumer.run, name="job-events", daemon=True
+        events_stop = threading.Event()
+        consumer = threading.Thread(
+            target=consume_job_events,
+            args=(broker, sessions, events_stop),
+            name="job-events",
+            daemon=True,
         )
-        consumer_thread.start()
-        background.threads.append(consumer_thread)
+        consumer.start()
+        background.threads.append(consumer)
+        background.stops.append(events_stop)
         return background
 
     def stop(self, timeout_s: float = 10.0) -> None:
         for stop in self.stops:
             stop.set()
-        if self.consumer is not None:
-            self.consumer.should_stop = True
         for thread in self.threads:
             thread.join(timeout=timeout_s)
-        if self.consumer is not None:
-            self.consumer.connection.release()
+        self.broker.close()
 
     def wait(self, stop: threading.Event) -> None:
         """Block until ``stop`` is set, then stop everything."""

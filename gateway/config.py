@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from shared.broker import default_broker_url
 from shared.env import ConfigError, EnvReader
 from shared.storage import default_storage_url
-from shared.topology import default_broker_url
 
 STRIPE_MINIMUM_CENTS = 50  # Stripe refuses smaller USD charges
 DEFAULT_DATA_DIR = Path("var")

@@ -1,6 +1,6 @@
 """What workers report, applied to jobs: progress, completion, failure.
 
-    JobEventConsumer(connect(config.broker_url), sessions).run()   # a thread of the gateway
+    consume_job_events(broker, sessions, stop)      # a thread of the gateway, until ``stop``
 
 ``apply_job_event`` runs in one transaction with the job row locked, and
 the status guard makes every event safe to repeat or reorder: a second
@@ -12,11 +12,10 @@ second refund. Emails are queued in the same transaction (once per kind).
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import Any
+from functools import partial
 
-from kombu import Connection
-from kombu.mixins import ConsumerMixin
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,15 +23,17 @@ from gateway.emails import queue_email
 from gateway.jobs import UnknownJobError, change_status, get_job
 from gateway.refunds import fail_job
 from gateway.tables import utcnow
+from shared.broker import Broker, Delivery
 from shared.jobs import JobStatus
 from shared.messages import EventKind, JobEvent, MessageError
-from shared.topology import EVENTS_QUEUE, dead_letter
+from shared.topology import EVENTS_QUEUE
 
 log = logging.getLogger(__name__)
 
 PROCESSING_MESSAGE = "Your image is being upscaled."
 COMPLETED_MESSAGE = "Your 4x image is ready to download."
 ACTIVE = (JobStatus.PENDING, JobStatus.PROCESSING)
+EVENTS_PREFETCH = 20
 
 
 def apply_job_event(session: Session, event: JobEvent) -> str:
@@ -75,32 +76,29 @@ def apply_job_event(session: Session, event: JobEvent) -> str:
     return "failed"
 
 
-class JobEventConsumer(ConsumerMixin):
-    """Consumes ``smi.job-events``; any number of gateway processes may run one."""
+def consume_job_events(
+    broker: Broker, sessions: sessionmaker[Session], stop: threading.Event
+) -> None:
+    """Apply ``smi.job-events`` until ``stop``; any number of gateway processes may run one."""
+    broker.consume(
+        EVENTS_QUEUE, partial(apply_delivery, sessions), prefetch=EVENTS_PREFETCH, stop=stop
+    )
 
-    def __init__(self, connection: Connection, sessions: sessionmaker[Session]) -> None:
-        self.connection = connection
-        self.sessions = sessions
 
-    def get_consumers(self, consumer_class: Any, channel: Any) -> list[Any]:
-        return [consumer_class(queues=[EVENTS_QUEUE], on_message=self.on_event, prefetch_count=20)]
-
-    def on_event(self, message: Any) -> None:
-        try:
-            event = JobEvent.from_json(message.body)
-            with self.sessions.begin() as session:
-                outcome = apply_job_event(session, event)
-        except (MessageError, UnknownJobError) as exc:
-            log.error("job event sent to the dead-letter queue: %s", exc)
-            dead_letter(
-                self.connection.Producer(), message.body, reason=str(exc), origin=EVENTS_QUEUE.name
-            )
-            message.ack()
-            return
-        except SQLAlchemyError:
-            log.exception("database error; the event goes back to the queue")
-            time.sleep(1.0)  # do not spin while the database is away
-            message.requeue()
-            return
-        log.info("job event %s: %s", event.kind, outcome, extra={"job_id": event.job_id})
-        message.ack()
+def apply_delivery(sessions: sessionmaker[Session], delivery: Delivery) -> None:
+    """One event from the queue: applied and acknowledged, dead-lettered, or requeued."""
+    try:
+        event = JobEvent.from_json(delivery.body)
+        with sessions.begin() as session:
+            outcome = apply_job_event(session, event)
+    except (MessageError, UnknownJobError) as exc:
+        log.error("job event sent to the dead-letter queue: %s", exc)
+        delivery.dead_letter(str(exc))
+        return
+    except SQLAlchemyError:
+        log.exception("database error; the event goes back to the queue")
+        time.sleep(1.0)  # do not spin while the database is away
+        delivery.requeue()
+        return
+    log.info("job event %s: %s", event.kind, outcome, extra={"job_id": event.job_id})
+    delivery.ack()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 import time
 import zlib
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.fulfilment import fulfil_checkout
 from gateway.jobs import NewJob, create_job
+from shared.broker import Broker
 from shared.messages import UpscaleRequest
 from shared.topology import ALL_QUEUES, UPSCALE_QUEUE
 from upscaler.images import decode_image
@@ -97,13 +99,28 @@ def database_url(request, tmp_path) -> Iterator[str]:
         yield url
 
 
-# This machine's RabbitMQ (.ci/run starts it when it is down).
-RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+# This machine's RabbitMQ (.ci/run starts it when it is down), in a virtual host
+# of this run's own: two runs at once, or a demo beside them, never share a queue.
+RABBITMQ_VHOST = f"smi_test_{os.getpid()}_{secrets.token_hex(3)}"
+RABBITMQ_URL = f"amqp://guest:guest@127.0.0.1:5672/{RABBITMQ_VHOST}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Make this run's virtual host (fails loudly when RabbitMQ is not running)."""
+    for command in (
+        ["add_vhost", RABBITMQ_VHOST],
+        ["set_permissions", "-p", RABBITMQ_VHOST, "guest", ".*", ".*", ".*"],
+    ):
+        subprocess.run(["rabbitmqctl", "-q", *command], check=True, capture_output=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", RABBITMQ_VHOST], capture_output=True)
 
 
 def purge_queues() -> None:
-    """Declare our queues on RabbitMQ and empty them."""
-    with Connection(RABBITMQ_URL) as connection:  # fails loudly when RabbitMQ is down
+    """Declare our queues in this run's virtual host and empty them."""
+    with Broker(RABBITMQ_URL).connection() as connection:  # fails loudly when RabbitMQ is down
         for queue in ALL_QUEUES:
             bound = queue(connection.default_channel)
             bound.declare()
@@ -114,7 +131,7 @@ def purge_queues() -> None:
 def rabbit() -> Iterator[Connection]:
     """A connection to RabbitMQ with our queues declared and empty."""
     purge_queues()
-    with Connection(RABBITMQ_URL) as connection:
+    with Broker(RABBITMQ_URL).connection() as connection:
         yield connection
     purge_queues()
 

@@ -13,8 +13,9 @@ from conftest import RABBITMQ_URL, drain, paid_job
 from gateway.database import create_database_engine, migrate, session_factory
 from gateway.relay import OutboxRelay
 from gateway.tables import OutboxMessage
+from shared.broker import Broker
 from shared.messages import UpscaleRequest
-from shared.topology import UPSCALE_QUEUE, connect
+from shared.topology import UPSCALE_QUEUE
 
 NOWHERE_URL = "amqp://guest:guest@127.0.0.1:1//"
 
@@ -29,7 +30,7 @@ def sessions(database_url):
 
 def test_paid_jobs_reach_rabbitmq_once(sessions, rabbit):
     jobs = {paid_job(sessions, f"j{i}") for i in range(3)}
-    relay = OutboxRelay(sessions, RABBITMQ_URL)
+    relay = OutboxRelay(sessions, Broker(RABBITMQ_URL))
     assert relay.publish_pending() == 3
     assert relay.publish_pending() == 0
     received = drain(rabbit)
@@ -41,16 +42,19 @@ def test_paid_jobs_reach_rabbitmq_once(sessions, rabbit):
 
 def test_a_broker_outage_delays_jobs_and_loses_none(sessions, rabbit):
     job_id = paid_job(sessions, "outage")
-    down = OutboxRelay(sessions, NOWHERE_URL, poll_s=0.05, max_backoff_s=0.2)
-    thread, stop = down.start()
+    down = OutboxRelay(sessions, Broker(NOWHERE_URL), poll_s=0.05, max_backoff_s=0.2)
+    thread, stop = down.periodic().start()
     time.sleep(1.0)
     stop.set()
     thread.join(5)
     with sessions() as session:
         row = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "upscale")).one()
-        assert row.published_at is None and row.last_error
-    back = OutboxRelay(sessions, RABBITMQ_URL, poll_s=0.05)
-    thread, stop = back.start()
+        assert row.published_at is None and "cannot publish to smi.upscale" in row.last_error
+        assert row.publish_attempts >= 2
+        emails = session.scalars(select(OutboxMessage).where(OutboxMessage.kind != "upscale"))
+        assert all(email.last_error is None for email in emails)  # not the broker's business
+    back = OutboxRelay(sessions, Broker(RABBITMQ_URL), poll_s=0.05)
+    thread, stop = back.periodic().start()
     try:
         received = drain(rabbit)
     finally:
@@ -62,11 +66,12 @@ def test_a_broker_outage_delays_jobs_and_loses_none(sessions, rabbit):
 def test_the_embedded_broker_crosses_processes(sessions, tmp_path):
     url = f"filesystem://{tmp_path / 'broker'}"
     job_id = paid_job(sessions, "embedded")
-    assert OutboxRelay(sessions, url).publish_pending() == 1
+    assert OutboxRelay(sessions, Broker(url)).publish_pending() == 1
     consumer = (
         "import sys\n"
-        "from shared.topology import connect, UPSCALE_QUEUE\n"
-        "with connect(sys.argv[1]) as c:\n"
+        "from shared.broker import Broker\n"
+        "from shared.topology import UPSCALE_QUEUE\n"
+        "with Broker(sys.argv[1]).connection() as c:\n"
         "    q = c.SimpleQueue(UPSCALE_QUEUE)\n"
         "    m = q.get(block=True, timeout=10)\n"
         "    print(m.body if isinstance(m.body, str) else m.body.decode()); m.ack()\n"
@@ -76,7 +81,7 @@ def test_the_embedded_broker_crosses_processes(sessions, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert UpscaleRequest.from_json(done.stdout.strip()).job_id == job_id
-    with connect(url) as connection:  # consumed once: nothing left
+    with Broker(url).connection() as connection:  # consumed once: nothing left
         queue = connection.SimpleQueue(UPSCALE_QUEUE)
         assert queue.qsize() == 0
         queue.close()

@@ -17,13 +17,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from kombu import Connection
 from system import BIN, System, running_system
 
 from conftest import RABBITMQ_URL, postgres_database, purge_queues
 from servers import wait_for
+from shared.broker import Broker
 from shared.messages import EventKind, JobEvent
-from shared.topology import EVENTS_EXCHANGE, EVENTS_QUEUE, EVENTS_ROUTING_KEY, publish_json
+from shared.topology import EVENTS_QUEUE
 from upscaler.images import decode_image
 
 pytestmark = pytest.mark.timeout(600)
@@ -94,18 +94,11 @@ def test_a_corrupt_source_is_refunded_exactly_once(tmp_path):
         assert "Image" in failure  # the worker's typed image error, not a timeout
 
         # The worker's failure event arrives twice more, at both gateways at once.
-        with Connection(RABBITMQ_URL) as connection:
-            producer = connection.Producer()
-            for _ in range(2):
-                event = JobEvent(job_id, EventKind.FAILED, f"dup-{uuid.uuid4()}", error=failure)
-                publish_json(
-                    producer,
-                    event.to_json(),
-                    exchange=EVENTS_EXCHANGE,
-                    routing_key=EVENTS_ROUTING_KEY,
-                    queue=EVENTS_QUEUE,
-                    message_id=event.event_id,
-                )
+        broker = Broker(RABBITMQ_URL)
+        for _ in range(2):
+            event = JobEvent(job_id, EventKind.FAILED, f"dup-{uuid.uuid4()}", error=failure)
+            broker.publish(EVENTS_QUEUE, event.to_json(), message_id=event.event_id)
+        broker.close()
         wait_for(lambda: system.mail.of_kind("refunded", job_id), timeout=30)
         time.sleep(3)  # room for a second refund or email, which must not come
 

@@ -1,0 +1,348 @@
+"""The broker behind one small port: publish, and consume with ack, requeue or dead-letter.
+
+    broker = Broker("amqp://guest:guest@rabbit//")     # or filesystem://FOLDER (one machine)
+    broker.publish(UPSCALE_QUEUE, body, message_id="job_1:upscale:1")
+    broker.consume(EVENTS_QUEUE, handle, prefetch=20, stop=stop)     # until ``stop`` is set
+
+Every handler settles each ``Delivery`` once: ``ack()`` when its effect is
+done, ``requeue()`` to have it delivered again, ``dead_letter(reason)`` to
+park it in ``smi.dead`` (done by hand rather than by the broker's
+dead-letter exchange, so the embedded broker keeps such messages too). A
+delivery may be settled from any thread: kombu's channels belong to the
+consumer's thread, so other threads' settlements are queued and applied
+there within ``SETTLE_INTERVAL_S``. A handler that raises, or returns
+without settling and is never settled later, leaves the message to be
+delivered again.
+
+When ``stop`` is set the consumer stops taking messages and keeps running
+until every delivery it handed out is settled (or ``drain_timeout_s``
+passes; the broker then delivers the rest again). This is the only module
+that uses kombu.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kombu import Connection, Producer, Queue
+from kombu.exceptions import OperationalError
+from kombu.mixins import ConsumerMixin
+from kombu.transport import filesystem
+from kombu.transport.virtual.base import BrokerState
+
+from shared.topology import DEAD_QUEUE
+
+log = logging.getLogger(__name__)
+
+SETTLE_INTERVAL_S = 0.2
+# What kombu raises while the broker is away or drops the connection.
+_KOMBU_ERRORS: tuple[type[BaseException], ...] = (OSError, OperationalError)
+
+
+class BrokerError(Exception):
+    """Raised by ``publish`` when the broker cannot be reached or does not confirm."""
+
+
+class Broker:
+    """One broker URL; publishes on a connection of its own, safe to share between threads."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        self._connection: Connection | None = None
+
+    def connection(self) -> Connection:
+        """A new kombu connection with the options our topology relies on.
+
+        - ``amqp://`` / ``pyamqp://`` (RabbitMQ): publisher confirms, so a
+          publish returns only once the broker has the message;
+        - ``filesystem://PATH``: the embedded default, a folder shared by the
+          processes of one machine.
+        """
+        if self.url.startswith("filesystem://"):
+            folder = Path(self.url.removeprefix("filesystem://") or "var/broker").resolve()
+            for sub in ("processed", "control"):
+                (folder / sub).mkdir(parents=True, exist_ok=True)
+            return Connection(
+                hostname="localhost",  # unused by the transport; kombu warns without one
+                transport=_folder_transport(str(folder)),
+                transport_options={
+                    "data_folder_in": str(folder),
+                    "data_folder_out": str(folder),
+                    "processed_folder": str(folder / "processed"),
+                    "control_folder": str(folder / "control"),
+                    "store_processed": False,
+                },
+            )
+        return Connection(self.url, transport_options={"confirm_publish": True})
+
+    def publish(
+        self,
+        to: Queue,
+        body: str | bytes,
+        *,
+        message_id: str,
+        headers: dict[str, str] | None = None,
+        retries: int = 0,
+        content_type: str = "application/json",
+    ) -> None:
+        """Publish ``body`` as it is, persistent, to ``to`` (declared on the way).
+
+        With RabbitMQ this returns once the broker confirms it has the
+        message. ``retries`` reconnects and tries again that many times (with
+        a growing pause) before ``BrokerError``.
+        """
+        with self._lock:
+            try:
+                if self._connection is None:
+                    self._connection = self.connection()
+                self._connection.ensure_connection(
+                    max_retries=retries, interval_start=0.5, interval_max=5
+                )
+                producer = self._connection.Producer()
+                send: Callable[..., None] = _send
+                if retries:
+                    send = self._connection.ensure(
+                        producer, _send, max_retries=retries, interval_start=0.5, interval_max=5
+                    )
+                send(producer, to, body, message_id, headers or {}, content_type)
+            except _KOMBU_ERRORS as exc:
+                self._forget()
+                raise BrokerError(f"cannot publish to {to.name}: {exc}") from exc
+
+    def consume(
+        self,
+        source: Queue,
+        handle: Callable[[Delivery], None],
+        *,
+        prefetch: int,
+        stop: threading.Event,
+        drain_timeout_s: float = 600.0,
+    ) -> None:
+        """Hand each message of ``source`` to ``handle`` until ``stop`` is set and all settle.
+
+        Reconnects by itself while the broker is away; returns only after
+        ``stop``.
+        """
+        _Consumer(self, source, handle, prefetch, stop, drain_timeout_s).run_until_stopped()
+
+    def close(self) -> None:
+        """Release the publishing connection (a later publish opens a new one)."""
+        with self._lock:
+            self._forget()
+
+    def _forget(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(*_KOMBU_ERRORS):
+                self._connection.release()
+            self._connection = None
+
+
+class Delivery:
+    """One message handed to a handler; settle it once, from any thread."""
+
+    def __init__(self, message: Any, consumer: _Consumer, generation: int) -> None:
+        self.body: str | bytes = message.body
+        self.headers: dict[str, Any] = dict(message.headers or {})
+        self.settled = False
+        self._message = message
+        self._consumer = consumer
+        self._generation = generation
+
+    def ack(self) -> None:
+        """Its effect is done: the broker forgets it."""
+        self._consumer.settle(self, "ack", None)
+
+    def requeue(self) -> None:
+        """Not done: deliver it again (to this consumer or another)."""
+        self._consumer.settle(self, "requeue", None)
+
+    def dead_letter(self, reason: str) -> None:
+        """It can never be handled: park it in ``smi.dead`` with ``reason``, then ack it."""
+        self._consumer.settle(self, "dead", reason)
+
+
+class _Consumer(ConsumerMixin):
+    """kombu's consumer loop with settlements applied on its own thread (see the module)."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        source: Queue,
+        handle: Callable[[Delivery], None],
+        prefetch: int,
+        stop: threading.Event,
+        drain_timeout_s: float,
+    ) -> None:
+        self.connection = broker.connection()
+        self.source = source
+        self.handle = handle
+        self.prefetch = prefetch
+        self.stop = stop
+        self.drain_timeout_s = drain_timeout_s
+        self._thread: int | None = None
+        self._pending: queue.SimpleQueue[tuple[Delivery, str, str | None]] = queue.SimpleQueue()
+        self._unsettled = 0
+        self._generation = 0
+        self._channel: Any = None
+        self._consumers: list[Any] = []
+        self._cancelled = False
+        self._stopping_since: float | None = None
+
+    def run_until_stopped(self) -> None:
+        self._thread = threading.get_ident()
+        try:
+            self.run(safety_interval=SETTLE_INTERVAL_S)
+        except _Stopped:
+            pass
+        finally:
+            with contextlib.suppress(*_KOMBU_ERRORS):
+                self.connection.release()
+
+    def get_consumers(self, consumer_class: Any, channel: Any) -> list[Any]:
+        return [
+            consumer_class(
+                queues=[self.source], on_message=self._on_message, prefetch_count=self.prefetch
+            )
+        ]
+
+    def on_consume_ready(
+        self, connection: Any, channel: Any, consumers: Any, **kwargs: Any
+    ) -> None:
+        # A new connection: what was delivered on the old one is the broker's again.
+        self._generation += 1
+        self._channel = channel
+        self._consumers = list(consumers)
+        self._cancelled = False
+
+    def on_connection_error(self, exc: Exception, interval: float) -> None:
+        if self.stop.is_set():
+            raise _Stopped from exc
+        log.warning("broker unreachable, again in %.0fs: %s", interval, exc)
+
+    def _on_message(self, message: Any) -> None:
+        if self._cancelled:  # arrived after we stopped taking work: not ours to start
+            message.requeue()
+            return
+        delivery = Delivery(message, self, self._generation)
+        self._unsettled += 1
+        try:
+            self.handle(delivery)
+        except Exception:
+            log.exception("handler failed; the message goes back to the queue")
+            delivery.requeue()
+        self._apply_pending()
+
+    def on_iteration(self) -> None:
+        self._apply_pending()
+        if not self.stop.is_set():
+            return
+        if not self._cancelled:
+            for consumer in self._consumers:
+                with contextlib.suppress(*_KOMBU_ERRORS):
+                    consumer.cancel()
+            self._cancelled = True
+            self._stopping_since = time.monotonic()
+        waited = time.monotonic() - (self._stopping_since or 0.0)
+        if self._unsettled <= 0 or waited > self.drain_timeout_s:
+            if self._unsettled > 0:
+                log.warning("%d unsettled at stop; the broker delivers them again", self._unsettled)
+            self.should_stop = True
+
+    def settle(self, delivery: Delivery, action: str, reason: str | None) -> None:
+        if threading.get_ident() == self._thread:
+            self._apply(delivery, action, reason)
+        else:
+            self._pending.put((delivery, action, reason))
+
+    def _apply_pending(self) -> None:
+        while True:
+            try:
+                delivery, action, reason = self._pending.get_nowait()
+            except queue.Empty:
+                return
+            self._apply(delivery, action, reason)
+
+    def _apply(self, delivery: Delivery, action: str, reason: str | None) -> None:
+        if delivery.settled:
+            return
+        delivery.settled = True
+        self._unsettled -= 1
+        if delivery._generation != self._generation:
+            return  # its connection is gone: the broker delivers it again
+        message = delivery._message
+        try:
+            if action == "dead":
+                _send(
+                    Producer(self._channel),
+                    DEAD_QUEUE,
+                    delivery.body,
+                    f"dead:{self.source.name}",
+                    {"x-smi-reason": (reason or "")[:500], "x-smi-origin": self.source.name},
+                    "application/octet-stream",  # it may not even be JSON
+                )
+                message.ack()
+            elif action == "requeue":
+                message.requeue()
+            else:
+                message.ack()
+        except _KOMBU_ERRORS:
+            log.warning("could not %s a message; the broker delivers it again", action)
+
+
+class _Stopped(Exception):
+    """Raised inside the consumer loop to leave it while the broker is unreachable."""
+
+
+def _send(
+    producer: Any,
+    to: Queue,
+    body: str | bytes,
+    message_id: str,
+    headers: dict[str, str],
+    content_type: str,
+) -> None:
+    if isinstance(body, bytes) and content_type == "application/octet-stream":
+        body = body.decode("utf-8", errors="replace")
+    producer.publish(
+        body,
+        exchange=to.exchange,
+        routing_key=to.routing_key,
+        declare=[to],
+        serializer=None,
+        content_type=content_type,
+        content_encoding="utf-8",
+        delivery_mode=2,
+        message_id=message_id,
+        headers=headers,
+        retry=False,
+    )
+
+
+def default_broker_url(data_dir: Path) -> str:
+    """The embedded default: a folder that the processes of one machine share."""
+    return f"filesystem://{data_dir / 'broker'}"
+
+
+_FOLDER_TRANSPORTS: dict[str, type[filesystem.Transport]] = {}
+
+
+def _folder_transport(folder: str) -> type[filesystem.Transport]:
+    """kombu's filesystem transport with its declared-bindings memory kept per folder.
+
+    kombu remembers declared exchanges and bindings in one process-wide
+    state; a process that used a second folder would skip writing the
+    binding there and route its messages nowhere.
+    """
+    if folder not in _FOLDER_TRANSPORTS:
+        _FOLDER_TRANSPORTS[folder] = type(
+            "FolderTransport", (filesystem.Transport,), {"global_state": BrokerState()}
+        )
+    return _FOLDER_TRANSPORTS[folder]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import signal
 import subprocess
@@ -17,18 +18,11 @@ import pytest
 import torch
 
 from conftest import FAST_MODEL, RABBITMQ_URL, purge_queues, sample
+from shared.broker import Broker
 from shared.env import ConfigError
 from shared.messages import EventKind, JobEvent, UpscaleRequest
 from shared.storage import Storage
-from shared.topology import (
-    DEAD_QUEUE,
-    EVENTS_QUEUE,
-    JOBS_EXCHANGE,
-    UPSCALE_QUEUE,
-    UPSCALE_ROUTING_KEY,
-    connect,
-    publish_json,
-)
+from shared.topology import DEAD_QUEUE, EVENTS_QUEUE, UPSCALE_QUEUE
 from upscaler.images import decode_image, encode_image
 from upscaler.options import PipelineOptions, default_options
 from upscaler.worker import EventPublisher, UpscaleWorker
@@ -67,28 +61,22 @@ def config_for(broker_url: str, storage: Storage, **changes) -> WorkerConfig:
 
 
 def submit(broker_url: str, body: str, message_id: str = "test") -> None:
-    with connect(broker_url) as connection:
-        publish_json(
-            connection.Producer(),
-            body,
-            exchange=JOBS_EXCHANGE,
-            routing_key=UPSCALE_ROUTING_KEY,
-            queue=UPSCALE_QUEUE,
-            message_id=message_id,
-        )
+    broker = Broker(broker_url)
+    broker.publish(UPSCALE_QUEUE, body, message_id=message_id)
+    broker.close()
 
 
 def run_worker(broker_url: str, storage: Storage, registry, jobs: int, **changes) -> UpscaleWorker:
     """A worker in a thread until it has handled ``jobs`` messages."""
     config = config_for(broker_url, storage, max_jobs=jobs, **changes)
-    events = EventPublisher(broker_url, "test-worker")
-    worker = UpscaleWorker(connect(broker_url), storage, registry, events, config)
+    broker = Broker(broker_url)
+    events = EventPublisher(broker, "test-worker")
+    worker = UpscaleWorker(broker, storage, registry, config, events=events)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     thread.join(timeout=180)
     assert not thread.is_alive(), "the worker did not finish its jobs"
-    events.close()
-    worker.connection.release()
+    broker.close()
     return worker
 
 
@@ -100,7 +88,7 @@ def received(broker_url: str, queue, count: int | None, timeout: float = 10) -> 
         messages.append(message)
         message.ack()
 
-    connection = connect(broker_url)
+    connection = Broker(broker_url).connection()
     with connection, connection.Consumer([queue], on_message=keep, prefetch_count=1):
         deadline = time.monotonic() + timeout
         while count is None or len(messages) < count:
@@ -128,7 +116,8 @@ def test_a_job_is_upscaled_stored_and_reported(broker_url, storage, registry):
     pixels = photo(storage, "jobs/j1/source.png", size=40)
     request = UpscaleRequest("j1", "jobs/j1/source.png", "jobs/j1/result.png")
     submit(broker_url, request.to_json())
-    run_worker(broker_url, storage, registry, jobs=1)
+    # Nine windows of 24x24, each long enough for the reporter to see the job move.
+    run_worker(broker_url, storage, registry, jobs=1, tile=16, overlap=4)
 
     result = decode_image(storage.get("jobs/j1/result.png")).pixels
     assert result.shape == (160, 160, 3)
@@ -140,7 +129,7 @@ def test_a_job_is_upscaled_stored_and_reported(broker_url, storage, registry):
     assert set(events) == {EventKind.STARTED, EventKind.PROGRESS, EventKind.COMPLETED}
     completed = events[EventKind.COMPLETED]
     assert completed.result_key == "jobs/j1/result.png" and completed.worker == "test-worker"
-    with connect(broker_url) as connection:  # acknowledged: nothing left on the queue
+    with Broker(broker_url).connection() as connection:  # acknowledged: nothing left
         assert connection.SimpleQueue(UPSCALE_QUEUE).qsize() == 0
 
 
@@ -222,7 +211,7 @@ def test_sigterm_lets_the_current_job_finish(tmp_path, storage, registry):
     _, errors = worker.communicate(timeout=180)
     assert worker.returncode == 0, errors
     assert storage.exists("jobs/j6/result.png")
-    assert "stopping after the current job" in errors
+    assert "stopping after the jobs in hand" in errors
     assert EventKind.COMPLETED in {e.kind for e in events_of(broker_url, None)}
 
 
@@ -237,3 +226,62 @@ def test_lanes_are_configured_for_the_cpu_and_refused_for_cuda(storage, registry
     assert options(base).lanes == min(2, torch.get_num_threads())
     with pytest.raises(ConfigError, match="SMI_WORKER_LANES > 1 is for the CPU"):
         WorkerConfig.from_env({**base, "SMI_WORKER_DEVICE": "cuda", "SMI_WORKER_LANES": "2"})
+
+
+def test_pipelined_jobs_overlap_and_each_completes_once(storage, registry):
+    """While one job is on the device, the next is already being prepared."""
+    purge_queues()
+    for index in range(3):
+        photo(storage, f"jobs/p{index}/source.png", size=32)
+        request = UpscaleRequest(
+            f"p{index}", f"jobs/p{index}/source.png", f"jobs/p{index}/result.png"
+        )
+        submit(RABBITMQ_URL, request.to_json(), message_id=f"p{index}")
+    run_worker(RABBITMQ_URL, storage, registry, jobs=3, tile=16, overlap=4)
+    events = events_of(RABBITMQ_URL, None)  # one connection: RabbitMQ keeps their order
+    order = [(e.kind, e.job_id) for e in events if e.kind != EventKind.PROGRESS]
+    completed = [job for kind, job in order if kind == EventKind.COMPLETED]
+    assert sorted(completed) == ["p0", "p1", "p2"]
+    # Some job started before the one ahead of it had completed.
+    started_at = {job: i for i, (kind, job) in enumerate(order) if kind == EventKind.STARTED}
+    completed_at = {job: i for i, (kind, job) in enumerate(order) if kind == EventKind.COMPLETED}
+    assert any(
+        started_at[later] < completed_at[earlier]
+        for earlier, later in itertools.pairwise(sorted(started_at, key=started_at.get))
+    ), order
+    with Broker(RABBITMQ_URL).connection() as connection:
+        assert connection.SimpleQueue(UPSCALE_QUEUE).qsize() == 0
+    purge_queues()
+
+
+def test_one_job_at_a_time_when_not_pipelined(storage, registry, tmp_path):
+    broker_url = f"filesystem://{tmp_path / 'broker'}"
+    for index in range(2):
+        photo(storage, f"jobs/s{index}/source.png", size=16)
+        request = UpscaleRequest(
+            f"s{index}", f"jobs/s{index}/source.png", f"jobs/s{index}/result.png", model=FAST_MODEL
+        )
+        submit(broker_url, request.to_json(), message_id=f"s{index}")
+    worker = run_worker(broker_url, storage, registry, jobs=2, pipeline=False)
+    assert worker.jobs_done == 2
+    assert all(storage.exists(f"jobs/s{index}/result.png") for index in range(2))
+
+
+def test_a_stopping_worker_hands_back_what_it_has_not_started(storage, registry):
+    """Stopped after one job with more prefetched: each job is done once or still queued."""
+    purge_queues()
+    for index in range(4):
+        photo(storage, f"jobs/h{index}/source.png", size=24)
+        request = UpscaleRequest(
+            f"h{index}", f"jobs/h{index}/source.png", f"jobs/h{index}/result.png"
+        )
+        submit(RABBITMQ_URL, request.to_json(), message_id=f"h{index}")
+    run_worker(RABBITMQ_URL, storage, registry, jobs=1)
+    events = events_of(RABBITMQ_URL, None)
+    completed = [e.job_id for e in events if e.kind == EventKind.COMPLETED]
+    started = {e.job_id for e in events if e.kind == EventKind.STARTED}
+    assert len(completed) == len(set(completed)) and set(completed) == started
+    with Broker(RABBITMQ_URL).connection() as connection:
+        left = connection.SimpleQueue(UPSCALE_QUEUE).qsize()
+    assert len(completed) + left == 4 and left >= 1
+    purge_queues()

@@ -58,6 +58,8 @@ LUMA = (0.299, 0.587, 0.114)
 # Below this core side, splitting tiles further after an out-of-memory error
 # costs more in overlap than it saves in memory: give up instead.
 MIN_CORE_PIXELS = 16
+# The image a worker warms up on: the product's typical photo.
+WARM_UP_SIDE = 2000
 
 Progress = Callable[[int, int], None]
 _T = TypeVar("_T")
@@ -139,10 +141,36 @@ class Upscaler:
         self._check(self.options)
         if compile:
             # Inductor fuses the activations and residual sums into the
-            # convolutions; freezing prepacks the weights for oneDNN on CPU.
-            # Each new window shape compiles once (about 90 s on 2 CPU cores),
-            # which is why every window of a plan has the same shape.
-            self.network = torch.compile(network, options={"freezing": True})
+            # convolutions. On the CPU, freezing prepacks the weights for
+            # oneDNN and each new window shape compiles once (about 90 s on 2
+            # cores), which is why every window of a plan has one shape. On
+            # CUDA the graph is compiled with symbolic sizes, so one compilation
+            # serves the windows of every image size a worker meets.
+            cuda = self.device.type == "cuda"
+            self.network = torch.compile(
+                network, dynamic=cuda, options=None if cuda else {"freezing": True}
+            )
+
+    def warm_up(self, height: int = WARM_UP_SIDE, width: int = WARM_UP_SIDE) -> float:
+        """Run the network once on the window shape of a ``height`` x ``width`` image.
+
+        A compiled network compiles here, cuDNN picks its kernels here: the
+        first job then runs at full speed. Returns the seconds it took.
+        """
+        plan = plan_tiles(height, width, self.options.tile, self.options.overlap)
+        multiple = self.spec.input_multiple
+        shape = (
+            self.options.batch,
+            3,
+            _round_up(plan.window_height, multiple),
+            _round_up(plan.window_width, multiple),
+        )
+        started = time.perf_counter()
+        with torch.inference_mode():
+            windows = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self.network(windows.contiguous(memory_format=torch.channels_last))
+            _Clock.wait(_Clock(self.device).mark())
+        return time.perf_counter() - started
 
     @classmethod
     def load(
@@ -414,6 +442,10 @@ class _Clock:
             return start.elapsed_time(end) / 1000
         assert isinstance(start, float) and isinstance(end, float)
         return end - start
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
 def _pinned(tensor: torch.Tensor) -> bool:

@@ -1,9 +1,10 @@
-"""``smi-worker``: consume paid jobs from the broker and upscale them, one at a time.
+"""``smi-worker``: consume paid jobs from the broker and upscale them.
 
     smi-worker                         # SMI_BROKER_URL, SMI_STORAGE_URL, SMI_WORKER_* settings
     smi-worker --device cuda:1         # one process per GPU
 
-SIGTERM or Ctrl-C finishes the current job, then exits.
+SIGTERM or Ctrl-C finishes the jobs it has started, hands back the ones it
+has not, then exits.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
+from shared.broker import Broker
 from shared.env import ConfigError
 from shared.logs import configure_service_logging
 from shared.storage import Storage
-from shared.topology import connect
 from upscaler.errors import UpscalerError
 from upscaler.registry import ModelRegistry
-from upscaler.worker import EventPublisher, UpscaleWorker
+from upscaler.worker import UpscaleWorker
 from upscaler.worker_config import WorkerConfig
 
 log = logging.getLogger("upscaler.worker")
@@ -50,30 +51,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max_jobs": args.max_jobs,
     }
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    events = EventPublisher(config.broker_url, config.name)
+    broker = Broker(config.broker_url)
     try:
         worker = UpscaleWorker(
-            connect(config.broker_url),
-            Storage(config.storage_url),
-            ModelRegistry.from_env(),
-            events,
-            config,
+            broker, Storage(config.storage_url), ModelRegistry.from_env(), config
         )
-        worker.warm_up()
+        warm_up_s = worker.warm_up()
     except UpscalerError as exc:
         print(f"smi-worker: {exc}", file=sys.stderr)
         return 1
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
-        log.info("stopping after the current job")
-        worker.should_stop = True
+        log.info("stopping after the jobs in hand")
+        worker.stop.set()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    log.info("worker %s ready on %s (%s)", config.name, config.device, config.precision)
+    log.info(
+        "worker %s ready on %s (%s, %s, warm-up %.1fs)",
+        config.name,
+        config.device,
+        config.precision,
+        "pipelined" if config.pipeline else "one job at a time",
+        warm_up_s,
+    )
     try:
         worker.run()
     finally:
-        events.close()
-        worker.connection.release()
+        broker.close()
     return 0

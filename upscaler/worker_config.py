@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.broker import default_broker_url
 from shared.env import EnvReader
 from shared.storage import default_storage_url
-from shared.topology import default_broker_url
 from upscaler.images import DEFAULT_MAX_PIXELS
 from upscaler.options import (
     DEFAULT_OVERLAP,
@@ -43,6 +43,7 @@ class WorkerConfig:
     batch: int | None
     lanes: int | None
     compile: bool
+    pipeline: bool  # overlap decoding, the device and encoding across jobs
     max_pixels: int
     max_attempts: int
     retry_backoff_s: float
@@ -77,6 +78,7 @@ class WorkerConfig:
             batch=batch or None,
             lanes=lanes or None,
             compile=env.flag("WORKER_COMPILE", False),
+            pipeline=env.flag("WORKER_PIPELINE", True),
             max_pixels=int(env.number("MAX_SOURCE_PIXELS", DEFAULT_MAX_PIXELS, minimum=1)),
             max_attempts=int(env.number("WORKER_MAX_ATTEMPTS", 3, minimum=1, maximum=20)),
             retry_backoff_s=env.number("WORKER_RETRY_BACKOFF_S", 2.0, minimum=0),

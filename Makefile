@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS := models/weights/RealESRGAN_x4plus.ncnn.pth
 
-.PHONY: setup weights browser demo compare test lint bench gpu-bench clean
+.PHONY: setup weights browser demo compare test lint bench gpu-bundle gpu-rehearsal gpu-bench clean
 
 setup: $(STAMP) $(WEIGHTS)
 
@@ -54,8 +54,26 @@ bench: setup
 	$(BENCH) --json out/bench-default.json
 	$(BENCH) --lanes 1 --no-fuse --batch 4 --json out/bench-basicsr-module.json
 
+# The GPU run (README, "GPU"): `make gpu-bundle` here, then on the GPU machine
+# `bash scripts/gpu_bench.sh` with .gpu carried along.
+gpu-bundle: setup
+	PYTHON=$(BIN)/python bash scripts/gpu_bundle.sh
+
+# The same script on this CPU at tiny sizes, in a fresh venv holding torch, what
+# the GPU machine has besides (../shared/docs/gpu.md) and the bundle: the install
+# and every stage proven before GPU time is spent.
+REHEARSAL := .venv-gpu-rehearsal
+gpu-rehearsal: gpu-bundle
+	rm -rf $(REHEARSAL) out/gpu-rehearsal
+	$(PYTHON) -m venv $(REHEARSAL)
+	$(REHEARSAL)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(REHEARSAL)/bin/pip install --quiet numpy opencv-python-headless pillow scikit-image \
+	  scipy pyyaml requests tqdm
+	PYTHON=$(REHEARSAL)/bin/python OUT=out/gpu-rehearsal bash scripts/gpu_bench.sh \
+	  --device cpu --tiny --budget 900
+
 gpu-bench:
 	bash scripts/gpu_bench.sh
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(REHEARSAL) .gpu out .pytest_cache .mypy_cache .ruff_cache

@@ -7,7 +7,7 @@ Routes:
     GET  /api/jobs/{job_id}     status for the customer; ?session_id= fulfils on return
     GET  /downloads/{token}     the 4x result, streamed (signed, expiring link)
     POST /webhooks/stripe       Stripe events, signature checked on the raw body
-    /admin/...                  the admin API (``gateway.admin``), bearer token
+    /admin/...                  the admin API (``gateway.http.admin``), bearer token
     GET  /healthz
 """
 
@@ -32,12 +32,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from gateway.admin import admin_routes
+from devtools.shop import storefront_routes
 from gateway.background import Background
-from gateway.checkout import parse_checkout_request, start_checkout
 from gateway.config import GatewayConfig
-from gateway.database import create_database_engine, migrate, session_factory
-from gateway.downloads import DownloadLinks
+from gateway.delivery.links import DownloadLinks
 from gateway.errors import (
     DownloadExpiredError,
     DownloadForbiddenError,
@@ -47,12 +45,14 @@ from gateway.errors import (
     RequestError,
     error_response,
 )
-from gateway.fulfilment import fulfil_checkout
-from gateway.jobs import UnknownJobError, get_job
-from gateway.payments import Payments
-from gateway.storefront import storefront_routes
-from gateway.tables import Job
-from gateway.webhooks import apply_event, verify_event
+from gateway.http.admin import admin_routes
+from gateway.money.checkout import parse_checkout_request, start_checkout
+from gateway.money.fulfilment import fulfil_checkout
+from gateway.money.payments import Payments
+from gateway.money.stripe_events import apply_event, verify_event
+from gateway.store.database import create_database_engine, migrate, session_factory
+from gateway.store.lifecycle import UnknownJobError, get_job
+from gateway.store.tables import Job
 from shared.jobs import JobStatus
 from shared.storage import Storage
 

@@ -25,8 +25,8 @@ import uvicorn
 from gateway.app import create_app
 from gateway.background import Background
 from gateway.config import ConfigError, GatewayConfig
-from gateway.database import create_database_engine, migrate, session_factory
-from gateway.payments import Payments
+from gateway.money.payments import Payments
+from gateway.store.database import create_database_engine, migrate, session_factory
 from shared.logs import configure_service_logging
 
 

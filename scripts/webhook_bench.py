@@ -27,10 +27,10 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, func, select, text
 
-from gateway.database import create_database_engine, migrate, session_factory
-from gateway.emulator.webhooks import sign_payload
-from gateway.jobs import NewJob, create_job
-from gateway.tables import AuditEntry, Job, OutboxMessage, WebhookEvent
+from devtools.emulator.webhooks import sign_payload
+from gateway.store.database import create_database_engine, migrate, session_factory
+from gateway.store.lifecycle import NewJob, create_job
+from gateway.store.tables import AuditEntry, Job, OutboxMessage, WebhookEvent
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 SECRET = "whsec_bench"

@@ -17,8 +17,8 @@ from kombu import Connection
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.fulfilment import fulfil_checkout
-from gateway.jobs import NewJob, create_job
+from gateway.money.fulfilment import fulfil_checkout
+from gateway.store.lifecycle import NewJob, create_job
 from shared.broker import Broker
 from shared.messages import UpscaleRequest
 from shared.topology import ALL_QUEUES, UPSCALE_QUEUE

@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.emulator.app import EmulatorSettings, create_emulator_app
-from gateway.emulator.webhooks import Faults
+from devtools.emulator.app import EmulatorSettings, create_emulator_app
+from devtools.emulator.webhooks import Faults
 from servers import free_port, serve, wait_for
 
 SECRET = "whsec_emulator_tests"

@@ -23,16 +23,16 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from conftest import RABBITMQ_URL, drain, png_claiming, sample
+from devtools.emulator.app import EmulatorSettings, create_emulator_app
+from devtools.emulator.webhooks import Faults, sign_payload
 from gateway.app import create_app
 from gateway.config import GatewayConfig
-from gateway.database import create_database_engine, session_factory
-from gateway.emulator.app import EmulatorSettings, create_emulator_app
-from gateway.emulator.webhooks import Faults, sign_payload
 from gateway.errors import PaymentProviderRejected, SourceImageError
-from gateway.jobs import audit_trail
-from gateway.payments import Payments
-from gateway.sources import check_url
-from gateway.tables import OutboxMessage
+from gateway.money.payments import Payments
+from gateway.money.sources import check_url
+from gateway.store.database import create_database_engine, session_factory
+from gateway.store.lifecycle import audit_trail
+from gateway.store.tables import OutboxMessage
 from servers import free_port, serve, wait_for
 from upscaler.images import encode_image
 
@@ -116,7 +116,7 @@ def start_stack(
             }
         )
         if database_url.startswith("postgresql"):
-            from gateway.database import migrate
+            from gateway.store.database import migrate
 
             migrate(create_database_engine(database_url))
         settings = EmulatorSettings(

@@ -12,7 +12,7 @@ import httpx
 from sqlalchemy import inspect
 
 from conftest import RABBITMQ_URL, drain, paid_job
-from gateway.database import create_database_engine, migrate, session_factory
+from gateway.store.database import create_database_engine, migrate, session_factory
 from servers import free_port, wait_for
 
 BIN = Path(sys.executable).parent

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.config import ConfigError, GatewayConfig, PricingConfig
-from gateway.pricing import quote_price
+from gateway.money.pricing import quote_price
 
 TEST_ENV = {
     "SMI_STRIPE_TEST_SECRET_KEY": "sk_test_abc",

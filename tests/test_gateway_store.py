@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.exc import IntegrityError
 
-from gateway.database import create_database_engine, migrate, session_factory
-from gateway.jobs import (
+from gateway.store.database import create_database_engine, migrate, session_factory
+from gateway.store.lifecycle import (
     DuplicateEventError,
     NewJob,
     UnknownJobError,
@@ -21,7 +21,7 @@ from gateway.jobs import (
     create_job,
     get_job,
 )
-from gateway.tables import OutboxMessage, WebhookEvent
+from gateway.store.tables import OutboxMessage, WebhookEvent
 from shared.jobs import IllegalTransitionError, JobStatus
 
 NEW_JOB = NewJob("https://img.example/cat.jpg", "jobs/x/source.png", 2000, 2000, 192, "usd")

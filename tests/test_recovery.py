@@ -27,15 +27,15 @@ import pytest
 from sqlalchemy import select, update
 from test_gateway_app import Stack, start_stack
 
-from gateway.downloads import DownloadLinks
-from gateway.emails import EmailSettings
+from gateway.background.job_events import apply_job_event
+from gateway.background.watchdog import Watchdog
+from gateway.delivery.emails import EmailSettings
+from gateway.delivery.links import DownloadLinks
+from gateway.delivery.mailer import EmailRelay, Mailer
 from gateway.errors import DownloadExpiredError, DownloadForbiddenError
-from gateway.job_events import apply_job_event
-from gateway.mailer import EmailRelay, Mailer
-from gateway.payments import Payments
-from gateway.refunds import Refunder
-from gateway.tables import Job, OutboxMessage, Refund, utcnow
-from gateway.watchdog import Watchdog
+from gateway.money.payments import Payments
+from gateway.money.refunds import Refunder
+from gateway.store.tables import Job, OutboxMessage, Refund, utcnow
 from servers import MailSink, free_port, wait_for
 from shared.messages import EventKind, JobEvent, UpscaleRequest
 from shared.storage import Storage

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import select
 
 from conftest import RABBITMQ_URL, drain, paid_job
-from gateway.database import create_database_engine, migrate, session_factory
-from gateway.relay import OutboxRelay
-from gateway.tables import OutboxMessage
+from gateway.background.relay import OutboxRelay
+from gateway.store.database import create_database_engine, migrate, session_factory
+from gateway.store.tables import OutboxMessage
 from shared.broker import Broker
 from shared.messages import UpscaleRequest
 from shared.topology import UPSCALE_QUEUE

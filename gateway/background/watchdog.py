@@ -20,10 +20,10 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import RecoveryConfig
-from gateway.fulfilment import publish_job
-from gateway.jobs import change_status, record_audit
-from gateway.refunds import fail_job
-from gateway.tables import Job, utcnow
+from gateway.money.fulfilment import publish_job
+from gateway.money.refunds import fail_job
+from gateway.store.lifecycle import change_status, record_audit
+from gateway.store.tables import Job, utcnow
 from shared.jobs import JobStatus
 
 log = logging.getLogger(__name__)

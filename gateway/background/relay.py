@@ -18,9 +18,9 @@ import logging
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.fulfilment import UPSCALE_KIND
-from gateway.loops import Periodic
-from gateway.tables import OutboxMessage, utcnow
+from gateway.background.loops import Periodic
+from gateway.money.fulfilment import UPSCALE_KIND
+from gateway.store.tables import OutboxMessage, utcnow
 from shared.broker import Broker, BrokerError
 from shared.topology import UPSCALE_QUEUE
 

@@ -23,9 +23,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from gateway.emulator.forms import FormError, parse_form
-from gateway.emulator.state import EmulatorState, PaymentOutcome, StripeError
-from gateway.emulator.webhooks import Faults, WebhookSender
+from devtools.emulator.forms import FormError, parse_form
+from devtools.emulator.state import EmulatorState, PaymentOutcome, StripeError
+from devtools.emulator.webhooks import Faults, WebhookSender
 
 Handler = Callable[[Request, dict[str, Any]], Awaitable[Any]]
 

@@ -3,7 +3,7 @@
     mailer = Mailer(config.mail)             # SMI_SMTP_URL, else SMI_MAIL_DIR
     EmailRelay(sessions, mailer, links).send_due()
 
-The relay claims due ``email:*`` outbox rows (see ``gateway.leases``),
+The relay claims due ``email:*`` outbox rows (see ``gateway.store.leases``),
 renders each from the job as it is now, sends it, and marks it sent. A
 failed send is retried with backoff up to ``MAX_SEND_ATTEMPTS`` times. A
 crash between sending and marking can send one email twice; nothing can
@@ -24,11 +24,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import GatewayConfig, MailConfig
-from gateway.downloads import DownloadLinks
-from gateway.emails import EMAIL_PREFIX, EmailSettings, render_email
-from gateway.jobs import get_job
-from gateway.leases import backoff_s, claim_due
-from gateway.tables import OutboxMessage, utcnow
+from gateway.delivery.emails import EMAIL_PREFIX, EmailSettings, render_email
+from gateway.delivery.links import DownloadLinks
+from gateway.store.leases import backoff_s, claim_due
+from gateway.store.lifecycle import get_job
+from gateway.store.tables import OutboxMessage, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import RecoveryConfig
-from gateway.emails import queue_email
+from gateway.delivery.emails import queue_email
 from gateway.errors import PaymentProviderRejected, PaymentProviderUnavailable
-from gateway.jobs import change_status, get_job, record_audit
-from gateway.leases import backoff_s, claim_due
-from gateway.payments import Payments
-from gateway.tables import Job, Refund, utcnow
+from gateway.money.payments import Payments
+from gateway.store.leases import backoff_s, claim_due
+from gateway.store.lifecycle import change_status, get_job, record_audit
+from gateway.store.tables import Job, Refund, utcnow
 from shared.jobs import JobStatus
 
 log = logging.getLogger(__name__)

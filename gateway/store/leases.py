@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.tables import utcnow
+from gateway.store.tables import utcnow
 
 
 def claim_due(

@@ -20,8 +20,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.jobs import add_outbox_message
-from gateway.tables import Job, OutboxMessage
+from gateway.store.lifecycle import add_outbox_message
+from gateway.store.tables import Job, OutboxMessage
 
 EMAIL_PREFIX = "email:"
 SUBJECTS = {

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from gateway.emulator.app import EmulatorSettings, create_emulator_app
-from gateway.emulator.webhooks import Faults
+from devtools.emulator.app import EmulatorSettings, create_emulator_app
+from devtools.emulator.webhooks import Faults
 
 
 def main(argv: Sequence[str] | None = None) -> int:

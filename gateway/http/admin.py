@@ -28,13 +28,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway.errors import ConflictError, NotFoundError, RequestError, UnauthorizedError
-from gateway.fulfilment import publish_job
-from gateway.jobs import UnknownJobError, audit_trail, change_status, get_job
-from gateway.payments import Payments
-from gateway.reconciliation import reconcile
-from gateway.refunds import REFUNDABLE, start_refund
-from gateway.reports import as_csv, as_json, revenue_by_day
-from gateway.tables import Job, OutboxMessage, Refund
+from gateway.money.fulfilment import publish_job
+from gateway.money.payments import Payments
+from gateway.money.reconciliation import reconcile
+from gateway.money.refunds import REFUNDABLE, start_refund
+from gateway.money.reports import as_csv, as_json, revenue_by_day
+from gateway.store.lifecycle import UnknownJobError, audit_trail, change_status, get_job
+from gateway.store.tables import Job, OutboxMessage, Refund
 from shared.jobs import JobStatus
 
 RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.REFUND_FAILED})

@@ -1,11 +1,11 @@
-"""Alembic environment: the URL comes from the caller (``gateway.database.migrate``)."""
+"""Alembic environment: the URL comes from the caller (``gateway.store.database.migrate``)."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import Connection, engine_from_config, pool
 
-from gateway.tables import Base
+from gateway.store.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -19,7 +19,7 @@ import stripe
 
 from gateway.config import StripeConfig
 from gateway.errors import PaymentProviderRejected, PaymentProviderUnavailable
-from gateway.pricing import Quote
+from gateway.money.pricing import Quote
 
 PRODUCT_NAME = "High-Resolution Image (4x)"
 PLUGIN = "sell-my-images"

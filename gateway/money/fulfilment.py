@@ -17,9 +17,9 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from gateway.emails import email_kind
-from gateway.jobs import UnknownJobError, add_outbox_message, change_status, get_job
-from gateway.tables import AuditEntry, Job, OutboxMessage, Payment, utcnow
+from gateway.delivery.emails import email_kind
+from gateway.store.lifecycle import UnknownJobError, add_outbox_message, change_status, get_job
+from gateway.store.tables import AuditEntry, Job, OutboxMessage, Payment, utcnow
 from shared.jobs import IllegalTransitionError, JobStatus, check_transition
 from shared.messages import UpscaleRequest
 

@@ -3,11 +3,11 @@
     background = Background.start(config, sessions, payments)   # in the app's lifespan
     background.stop()
 
-- outbox relay: paid jobs to the broker (``gateway.relay``);
-- job events: worker reports applied to jobs (``gateway.job_events``);
-- emails: queued customer emails sent (``gateway.mailer``);
-- refunds: due refunds sent to Stripe (``gateway.refunds``);
-- watchdog: stalled jobs published again or refunded (``gateway.watchdog``).
+- outbox relay: paid jobs to the broker (``gateway.background.relay``);
+- job events: worker reports applied to jobs (``gateway.background.job_events``);
+- emails: queued customer emails sent (``gateway.delivery.mailer``);
+- refunds: due refunds sent to Stripe (``gateway.money.refunds``);
+- watchdog: stalled jobs published again or refunded (``gateway.background.watchdog``).
 
 Each may run in any number of gateway processes at once: rows are claimed
 with ``SKIP LOCKED`` or leases, effects are guarded by unique keys.
@@ -21,15 +21,15 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.background.job_events import consume_job_events
+from gateway.background.loops import Periodic
+from gateway.background.relay import OutboxRelay
+from gateway.background.watchdog import Watchdog
 from gateway.config import GatewayConfig
-from gateway.downloads import DownloadLinks
-from gateway.job_events import consume_job_events
-from gateway.loops import Periodic
-from gateway.mailer import EmailRelay
-from gateway.payments import Payments
-from gateway.refunds import Refunder
-from gateway.relay import OutboxRelay
-from gateway.watchdog import Watchdog
+from gateway.delivery.links import DownloadLinks
+from gateway.delivery.mailer import EmailRelay
+from gateway.money.payments import Payments
+from gateway.money.refunds import Refunder
 from shared.broker import Broker
 
 log = logging.getLogger(__name__)

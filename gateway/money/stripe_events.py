@@ -18,8 +18,8 @@ import stripe
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.errors import RequestError, WebhookSignatureError
-from gateway.fulfilment import expire_checkout, fulfil_checkout, job_id_of, record_decline
-from gateway.jobs import DuplicateEventError, UnknownJobError, claim_event
+from gateway.money.fulfilment import expire_checkout, fulfil_checkout, job_id_of, record_decline
+from gateway.store.lifecycle import DuplicateEventError, UnknownJobError, claim_event
 
 log = logging.getLogger(__name__)
 

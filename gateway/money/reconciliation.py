@@ -23,9 +23,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.fulfilment import job_id_of
-from gateway.payments import Payments
-from gateway.tables import Job, Refund
+from gateway.money.fulfilment import job_id_of
+from gateway.money.payments import Payments
+from gateway.store.tables import Job, Refund
 from shared.jobs import JobStatus
 
 UNPAID_STATES = (JobStatus.AWAITING_PAYMENT, JobStatus.EXPIRED)

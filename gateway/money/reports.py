@@ -14,7 +14,7 @@ from datetime import date, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.tables import Payment, Refund
+from gateway.store.tables import Payment, Refund
 
 
 @dataclass

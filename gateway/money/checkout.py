@@ -11,10 +11,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, RequestError
-from gateway.jobs import NewJob, change_status, create_job, get_job, new_job_id
-from gateway.payments import Payments
-from gateway.pricing import quote_price
-from gateway.sources import SourcePolicy, fetch_source
+from gateway.money.payments import Payments
+from gateway.money.pricing import quote_price
+from gateway.money.sources import SourcePolicy, fetch_source
+from gateway.store.lifecycle import NewJob, change_status, create_job, get_job, new_job_id
 from shared.jobs import JobStatus
 from shared.storage import Storage
 

@@ -19,10 +19,10 @@ from functools import partial
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.emails import queue_email
-from gateway.jobs import UnknownJobError, change_status, get_job
-from gateway.refunds import fail_job
-from gateway.tables import utcnow
+from gateway.delivery.emails import queue_email
+from gateway.money.refunds import fail_job
+from gateway.store.lifecycle import UnknownJobError, change_status, get_job
+from gateway.store.tables import utcnow
 from shared.broker import Broker, Delivery
 from shared.jobs import JobStatus
 from shared.messages import EventKind, JobEvent, MessageError

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway.tables import AuditEntry, Job, OutboxMessage, WebhookEvent, utcnow
+from gateway.store.tables import AuditEntry, Job, OutboxMessage, WebhookEvent, utcnow
 from shared.jobs import IllegalTransitionError, JobStatus, check_transition
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ PHOTOS = {
 }
 
 _TEMPLATES = Environment(
-    loader=PackageLoader("gateway", "templates/storefront"), autoescape=select_autoescape()
+    loader=PackageLoader("devtools", "templates"), autoescape=select_autoescape()
 )
 
 
@@ -54,7 +54,7 @@ def storefront_routes(public_url: str, samples_dir: Path = DEFAULT_SAMPLES_DIR) 
             {"url": f"{public_url}/demo/photos/{name}", "caption": caption}
             for name, (_, caption, _) in PHOTOS.items()
         ]
-        html = _TEMPLATES.get_template("index.html").render(photos=photos, gateway=public_url)
+        html = _TEMPLATES.get_template("shop.html").render(photos=photos, gateway=public_url)
         return HTMLResponse(html)
 
     async def photo(request: Request) -> Response:

@@ -364,7 +364,7 @@ class Context:
         return self.registry.weights_path(spec)
 
     def photo(self) -> Any:
-        from upscaler.images import decode_image
+        from shared.images import decode_image
 
         return decode_image((ROOT / "samples" / "chelsea.png").read_bytes()).pixels
 

@@ -29,8 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from shared.images import decode_image  # noqa: E402
 from upscaler import png  # noqa: E402
-from upscaler.images import decode_image  # noqa: E402
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "grass")
 TILE = 2000

@@ -31,10 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from shared.broker import Broker  # noqa: E402
+from shared.images import decode_image  # noqa: E402
 from shared.messages import EventKind, JobEvent, UpscaleRequest  # noqa: E402
 from shared.storage import Storage  # noqa: E402
 from shared.topology import EVENTS_QUEUE, UPSCALE_QUEUE  # noqa: E402
-from upscaler.images import decode_image, encode_image  # noqa: E402
+from upscaler.images import encode_image  # noqa: E402
 from upscaler.registry import ModelRegistry  # noqa: E402
 from upscaler.worker import UpscaleWorker  # noqa: E402
 from upscaler.worker_config import WorkerConfig  # noqa: E402

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import FAST_MODEL, SAMPLES
-from upscaler.images import decode_image, encode_image
+from shared.images import decode_image
+from upscaler.images import encode_image
 
 BIN = Path(sys.executable).parent
 

@@ -15,8 +15,8 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from conftest import sample
+from shared.images import decode_image
 from upscaler import png
-from upscaler.images import decode_image
 from upscaler.png import adler32_combine, encode_png
 
 

@@ -14,12 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from upscaler.errors import (
-    ChecksumMismatchError,
-    DownloadError,
-    UnknownModelError,
-    WeightsError,
-)
+from upscaler.errors import ChecksumMismatchError, DownloadError, UnknownModelError, WeightsError
 from upscaler.ncnn import convert_ncnn, ncnn_models_dir
 from upscaler.registry import PROJECT_MODELS_DIR, ModelRegistry
 from upscaler.weights import fetch_weights, load_network, read_state_dict

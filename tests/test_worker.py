@@ -20,10 +20,11 @@ import torch
 from conftest import FAST_MODEL, RABBITMQ_URL, purge_queues, sample
 from shared.broker import Broker
 from shared.env import ConfigError
+from shared.images import decode_image
 from shared.messages import EventKind, JobEvent, UpscaleRequest
 from shared.storage import Storage
 from shared.topology import DEAD_QUEUE, EVENTS_QUEUE, UPSCALE_QUEUE
-from upscaler.images import decode_image, encode_image
+from upscaler.images import encode_image
 from upscaler.options import PipelineOptions, default_options
 from upscaler.worker import EventPublisher, UpscaleWorker
 from upscaler.worker_config import WorkerConfig

@@ -28,9 +28,10 @@ import cv2
 import numpy as np
 import torch
 
+from shared.images import decode_image
 from upscaler.baseline import reference_upscale, reference_upscaler
 from upscaler.cli import add_model_arguments, load_upscaler
-from upscaler.images import decode_image, encode_image
+from upscaler.images import encode_image
 from upscaler.options import PipelineOptions, default_device
 from upscaler.pipeline import Upscaler
 from upscaler.registry import PROJECT_MODELS_DIR, ModelRegistry

@@ -16,15 +16,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from shared.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from upscaler.errors import OutputPathError, UpscalerError
 from upscaler.files import write_bytes_atomically
-from upscaler.images import (
-    DEFAULT_MAX_PIXELS,
-    decode_image,
-    encode_image,
-    ensure_encodable,
-    output_format,
-)
+from upscaler.images import encode_image, ensure_encodable, output_format
 from upscaler.options import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
@@ -131,7 +126,7 @@ def upscale_main(argv: Sequence[str] | None = None) -> int:
 
             result = upscaler.upscale(image.pixels, progress=progress)
         write_bytes_atomically(args.output, encode_image(result.pixels, fmt))
-    except (UpscalerError, OSError) as exc:
+    except (UpscalerError, ImageError, OSError) as exc:
         print(f"smi-upscale: error: {exc}", file=sys.stderr)
         return 1
     if not args.quiet:

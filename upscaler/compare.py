@@ -15,9 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from shared.images import decode_image
 from upscaler.errors import UpscalerError
 from upscaler.files import write_bytes_atomically
-from upscaler.images import decode_image, encode_image
+from upscaler.images import encode_image
 from upscaler.pipeline import Upscaler
 from upscaler.registry import PROJECT_MODELS_DIR, ModelRegistry
 

@@ -6,10 +6,6 @@ hits a ``RetryableError`` may succeed if it is tried again later.
 
     UpscalerError
     ├── PermanentError                 retrying the same input gives the same failure
-    │   ├── ImageError                 the input file cannot be used
-    │   │   ├── UnsupportedImageError  not JPEG, PNG or WebP, or a layout we cannot keep
-    │   │   ├── CorruptImageError      truncated or damaged pixel data
-    │   │   └── ImageTooLargeError     over the configured pixel limit
     │   ├── InvalidOptionsError        settings the pipeline cannot run with
     │   ├── OutputFormatError          the output format cannot hold the input's layout or depth
     │   ├── OutputPathError            the output file's folder does not exist
@@ -19,9 +15,15 @@ hits a ``RetryableError`` may succeed if it is tried again later.
     └── RetryableError                 may pass on another try or another machine
         ├── DownloadError              network failure while fetching weights
         └── OutOfMemoryError           device memory ran out even at the smallest tile
+
+An input file that cannot be used raises ``shared.images.ImageError``
+(unsupported, corrupt, too large), which is permanent in the same sense:
+``PERMANENT`` lists both.
 """
 
 from __future__ import annotations
+
+from shared.images import ImageError
 
 
 class UpscalerError(Exception):
@@ -34,29 +36,6 @@ class PermanentError(UpscalerError):
 
 class RetryableError(UpscalerError):
     """Raised when the failure may go away on a later try (network, memory)."""
-
-
-class ImageError(PermanentError):
-    """Raised when an input image cannot be used."""
-
-
-class UnsupportedImageError(ImageError):
-    """Raised when the input is not a JPEG, PNG or WebP we can decode and re-encode."""
-
-
-class CorruptImageError(ImageError):
-    """Raised when the input's pixel data is truncated or damaged."""
-
-
-class ImageTooLargeError(ImageError):
-    """Raised, before any pixel is decoded, when width x height exceeds the limit."""
-
-    def __init__(self, width: int | None, height: int | None, max_pixels: int) -> None:
-        size = f"{width}x{height} = {width * height:,} pixels" if width and height else "larger"
-        super().__init__(f"image is {size}; the limit is {max_pixels:,} pixels")
-        self.width = width
-        self.height = height
-        self.max_pixels = max_pixels
 
 
 class InvalidOptionsError(PermanentError):
@@ -89,3 +68,7 @@ class DownloadError(RetryableError):
 
 class OutOfMemoryError(RetryableError):
     """Raised when device memory runs out even with batch 1 and the smallest tile."""
+
+
+# What fails a job at once instead of trying it again.
+PERMANENT: tuple[type[Exception], ...] = (PermanentError, ImageError)

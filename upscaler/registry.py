@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from shared.env import EnvReader
 from upscaler.archs import ARCHITECTURES, Architecture
 from upscaler.errors import UnknownModelError, WeightsError
 
@@ -70,8 +71,9 @@ class ModelRegistry:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ModelRegistry:
         """The project's manifest, or ``SMI_MODELS_DIR`` / ``SMI_WEIGHTS_DIR`` when set."""
-        models_dir = Path(environ.get("SMI_MODELS_DIR") or PROJECT_MODELS_DIR)
-        weights_dir = environ.get("SMI_WEIGHTS_DIR")
+        env = EnvReader(environ)
+        models_dir = Path(env.text("MODELS_DIR", "") or PROJECT_MODELS_DIR)
+        weights_dir = env.text("WEIGHTS_DIR", "")
         return cls.load(models_dir, Path(weights_dir) if weights_dir else None)
 
     def get(self, name: str | None = None) -> ModelSpec:

@@ -43,11 +43,12 @@ import numpy as np
 import torch
 
 from shared.broker import Broker, Delivery
+from shared.images import decode_image
 from shared.messages import EventKind, JobEvent, MessageError, UpscaleRequest
 from shared.storage import Storage
 from shared.topology import EVENTS_QUEUE, UPSCALE_QUEUE
-from upscaler.errors import PermanentError, UpscalerError
-from upscaler.images import decode_image, encode_image, ensure_encodable, output_format
+from upscaler.errors import PERMANENT, PermanentError, UpscalerError
+from upscaler.images import encode_image, ensure_encodable, output_format
 from upscaler.pipeline import Upscaler
 from upscaler.registry import ModelRegistry
 from upscaler.worker_config import WorkerConfig
@@ -299,7 +300,7 @@ class UpscaleWorker:
         job.pixels = job.result = None
         request, context = job.request, job.context
         try:
-            if isinstance(exc, PermanentError):
+            if isinstance(exc, PERMANENT):
                 log.warning("job failed for good: %s", exc, extra=context)
                 self.events.publish(
                     request, EventKind.FAILED, error=_describe(exc), retryable=False

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from shared.broker import default_broker_url
 from shared.env import EnvReader
+from shared.images import DEFAULT_MAX_PIXELS
 from shared.storage import default_storage_url
-from upscaler.images import DEFAULT_MAX_PIXELS
 from upscaler.options import (
     DEFAULT_OVERLAP,
     PRECISIONS,

@@ -24,8 +24,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from gateway.errors import SourceImageError
-from upscaler.errors import ImageError, ImageTooLargeError
-from upscaler.images import decode_image
+from shared.images import ImageError, ImageTooLargeError, decode_image
 
 MAX_REDIRECTS = 3
 

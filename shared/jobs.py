@@ -6,6 +6,7 @@
                                                                    └──▶ refund_failed
 
     completed ──admin refund──▶ refunding;  failed / refund_failed ──admin retry──▶ pending
+    any paid state ──refunded at Stripe (the Dashboard)──▶ refunded
 
 Every status change goes through ``check_transition``, so an event that
 arrives twice, late or out of order cannot move a job backwards (an
@@ -41,19 +42,27 @@ FINAL_STATES = frozenset(
     {JobStatus.COMPLETED, JobStatus.EXPIRED, JobStatus.REFUNDED, JobStatus.REFUND_FAILED}
 )
 
+# A refund made at Stripe (its Dashboard, another tool) ends any paid job:
+# the money is back, so there is nothing left to deliver or to refund.
+_REFUNDED_AT_STRIPE = frozenset({JobStatus.REFUNDED})
+
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.AWAITING_PAYMENT: frozenset({JobStatus.PENDING, JobStatus.EXPIRED}),
-    JobStatus.PENDING: frozenset({JobStatus.PROCESSING, JobStatus.COMPLETED, JobStatus.FAILED}),
+    JobStatus.PENDING: frozenset({JobStatus.PROCESSING, JobStatus.COMPLETED, JobStatus.FAILED})
+    | _REFUNDED_AT_STRIPE,
     # processing -> processing records progress and heartbeats.
     JobStatus.PROCESSING: frozenset(
         {JobStatus.PROCESSING, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.PENDING}
-    ),
-    JobStatus.FAILED: frozenset({JobStatus.REFUNDING, JobStatus.PENDING}),
+    )
+    | _REFUNDED_AT_STRIPE,
+    JobStatus.FAILED: frozenset({JobStatus.REFUNDING, JobStatus.PENDING}) | _REFUNDED_AT_STRIPE,
     JobStatus.REFUNDING: frozenset({JobStatus.REFUNDED, JobStatus.REFUND_FAILED}),
     # An admin may retry the refund, or the processing, of a job whose refund failed.
-    JobStatus.REFUND_FAILED: frozenset({JobStatus.REFUNDING, JobStatus.PENDING}),
-    # Only an admin refunds a delivered job (a customer complaint); no event does.
-    JobStatus.COMPLETED: frozenset({JobStatus.REFUNDING}),
+    JobStatus.REFUND_FAILED: frozenset({JobStatus.REFUNDING, JobStatus.PENDING})
+    | _REFUNDED_AT_STRIPE,
+    # Only an admin refunds a delivered job (a customer complaint), or Stripe reports
+    # that someone did in its Dashboard; no worker event does.
+    JobStatus.COMPLETED: frozenset({JobStatus.REFUNDING}) | _REFUNDED_AT_STRIPE,
     JobStatus.EXPIRED: frozenset(),
     JobStatus.REFUNDED: frozenset(),
 }

@@ -5,9 +5,10 @@
 >>> storage.get("jobs/job_x/source.jpg") == data
 True
 
-Keys are part of the wire contract: the gateway writes ``jobs/{id}/source.*``
-and names the result key in each ``UpscaleRequest``; a worker reads the one
-and writes the other. Neither side knows the other's URLs or database.
+Keys are part of the wire contract, made here only: the gateway writes
+``source_key_for(job, ext)`` and names ``result_key_for(job)`` in each
+``UpscaleRequest``; a worker reads the one and writes the other. Neither
+side knows the other's URLs or database.
 """
 
 from __future__ import annotations
@@ -21,6 +22,16 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 CHUNK_BYTES = 1024 * 1024
+
+
+def source_key_for(job_id: str, extension: str) -> str:
+    """Where a job's source image is kept (``jpg``, ``png`` or ``webp``)."""
+    return f"jobs/{job_id}/source.{extension}"
+
+
+def result_key_for(job_id: str) -> str:
+    """Where a job's upscaled result goes."""
+    return f"jobs/{job_id}/result.png"
 
 
 def default_storage_url(data_dir: Path) -> str:

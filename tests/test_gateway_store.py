@@ -13,18 +13,25 @@ from gateway.store.database import create_database_engine, migrate, session_fact
 from gateway.store.lifecycle import (
     DuplicateEventError,
     NewJob,
+    Paid,
     UnknownJobError,
     add_outbox_message,
     audit_trail,
-    change_status,
     claim_event,
+    complete,
     create_job,
+    expire,
+    fail,
     get_job,
+    lock_for_payment,
+    mark_paid,
+    start_processing,
 )
 from gateway.store.tables import OutboxMessage, WebhookEvent
 from shared.jobs import IllegalTransitionError, JobStatus
 
 NEW_JOB = NewJob("https://img.example/cat.jpg", "jobs/x/source.png", 2000, 2000, 192, "usd")
+PAID = Paid(session_id="cs_1", payment_intent_id="pi_1", customer_email="buyer@example.com")
 
 
 @pytest.fixture
@@ -58,31 +65,29 @@ class TestJobStoreContract:
     def test_status_changes_are_guarded_and_audited(self, engine):
         Session = session_factory(engine)
         with Session.begin() as session:
-            job = create_job(session, NEW_JOB)
+            job_id = create_job(session, NEW_JOB).id
         with Session.begin() as session:
-            job = get_job(session, job.id, lock=True)
-            assert change_status(session, job, JobStatus.PENDING, reason="paid", source="evt_1")
-            assert not change_status(
-                session, job, JobStatus.PENDING, reason="again", source="evt_2"
-            )
+            job = get_job(session, job_id, lock=True)
+            assert not fail(session, job, "too early", "worker")  # not paid: nothing to fail
             with pytest.raises(IllegalTransitionError):
-                change_status(session, job, JobStatus.EXPIRED, reason="late", source="evt_3")
-            assert change_status(
-                session,
-                job,
-                JobStatus.PROCESSING,
-                reason="started",
-                source="worker",
-                customer_message="Upscaling.",
-            )
+                complete(session, job, "jobs/x/result.png", "worker")
+            mark_paid(session, job_id, lock_for_payment(session, job_id), PAID, "evt_1", [])
+        with Session.begin() as session:
+            job = get_job(session, job_id, lock=True)
+            assert not expire(session, job, "late", "evt_3", "Expired.")  # paid: stays paid
+            assert start_processing(session, job, 0.25, 1, "worker")
+            assert not start_processing(session, job, 0.5, 1, "worker")  # progress, not a start
         with Session() as session:
-            trail = audit_trail(session, job.id)
+            trail = audit_trail(session, job_id)
             assert [(e.from_status, e.to_status) for e in trail] == [
                 (None, "awaiting_payment"),
                 ("awaiting_payment", "pending"),
                 ("pending", "processing"),
             ]
-            assert get_job(session, job.id).customer_message == "Upscaling."
+            stored = get_job(session, job_id)
+            assert stored.customer_message == "Your image is being upscaled."
+            assert stored.progress == 0.5 and stored.attempts == 1
+            assert stored.stripe_payment_intent_id == "pi_1"
 
     def test_unknown_jobs_are_reported(self, engine):
         with session_factory(engine)() as session, pytest.raises(UnknownJobError):
@@ -123,9 +128,8 @@ class TestJobStoreContract:
             try:
                 with Session.begin() as session:
                     claim_event(session, "evt_paid", "checkout.session.completed", job_id)
-                    job = get_job(session, job_id, lock=True)
-                    change_status(session, job, JobStatus.PENDING, reason="paid", source="evt_paid")
-                    add_outbox_message(session, job, "upscale", "{}")
+                    locked = lock_for_payment(session, job_id)
+                    mark_paid(session, job_id, locked, PAID, "evt_paid", [])
                 outcomes.append("applied")
             except DuplicateEventError:
                 outcomes.append("duplicate")

@@ -35,7 +35,8 @@ from gateway.delivery.mailer import EmailRelay, Mailer
 from gateway.errors import DownloadExpiredError, DownloadForbiddenError
 from gateway.money.payments import Payments
 from gateway.money.refunds import Refunder
-from gateway.store.tables import Job, OutboxMessage, Refund, utcnow
+from gateway.store.lifecycle import audit_trail
+from gateway.store.tables import AuditEntry, Job, OutboxMessage, Refund, utcnow
 from servers import MailSink, free_port, wait_for
 from shared.messages import EventKind, JobEvent, UpscaleRequest
 from shared.storage import Storage
@@ -65,6 +66,10 @@ class Loop:
     def job(self, job_id: str) -> Job:
         with self.sessions() as session:
             return session.get_one(Job, job_id)
+
+    def audit(self, job_id: str) -> list[AuditEntry]:
+        with self.sessions() as session:
+            return audit_trail(session, job_id)
 
     def refunds(self, job_id: str) -> list[Refund]:
         with self.sessions() as session:
@@ -289,6 +294,41 @@ def test_download_links_are_signed_and_expire(loop):
         links.job_id(token)
     with pytest.raises(DownloadForbiddenError):
         DownloadLinks("another secret", "http://x", ttl_s=60).job_id(token)
+
+
+def test_a_refund_made_at_stripe_ends_the_job_once_and_our_own_echo_changes_nothing(loop):
+    """The seller refunds in Stripe's Dashboard: no second refund, no download, one email."""
+    job_id = loop.buy()
+    Storage(loop.stack.config.storage_url).put(f"jobs/{job_id}/result.png", b"\x89PNG result")
+    loop.event(job_id, EventKind.COMPLETED, result_key=f"jobs/{job_id}/result.png")
+    url = loop.stack.status(job_id)["download_url"]
+    intent = loop.job(job_id).stripe_payment_intent_id
+    stripe = loop.stack.stripe
+    stripe.v1.refunds.create({"payment_intent": intent, "amount": 20})  # a part, by hand
+    wait_for(
+        lambda: any("partly refunded at Stripe: 20 of 50" in e.reason for e in loop.audit(job_id))
+    )
+    assert loop.job(job_id).status == "completed" and httpx.get(url, timeout=30).status_code == 200
+    stripe.v1.refunds.create({"payment_intent": intent})  # the rest, by hand
+    wait_for(lambda: loop.job(job_id).status == "refunded")
+    assert httpx.get(url, timeout=30).status_code == 410  # the download is revoked
+    assert loop.outbox(job_id).count("email:refunded:1") == 1
+    assert (
+        loop.admin("POST", f"/admin/jobs/{job_id}/refund", json={"reason": "x"}).status_code == 409
+    )
+    assert len(stripe.v1.refunds.list({"payment_intent": intent}).data) == 2  # none of ours
+
+    # Our own refund of another job: its charge.refunded echo changes nothing more.
+    other = loop.buy()
+    loop.event(other, EventKind.FAILED, error="CorruptImageError: broken")
+    assert loop.refunder().refund_due() == 1
+    wait_for(lambda: loop.stack.stripe.v1.events.list({"type": "charge.refunded"}).data)
+    time.sleep(1)  # the echo's delivery
+    (refund,) = loop.refunds(other)
+    assert refund.status == "succeeded" and loop.job(other).status == "refunded"
+    assert loop.outbox(other).count("email:refunded:1") == 1
+    other_intent = loop.job(other).stripe_payment_intent_id
+    assert len(stripe.v1.refunds.list({"payment_intent": other_intent}).data) == 1
 
 
 class TestAdmin:

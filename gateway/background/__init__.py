@@ -1,6 +1,6 @@
 """The gateway's background work, as threads of the gateway process or a process of its own.
 
-    background = Background.start(config, sessions, payments)   # in the app's lifespan
+    background = Background.start(services)     # in the app's lifespan, or smi-gateway background
     background.stop()
 
 - outbox relay: paid jobs to the broker (``gateway.background.relay``);
@@ -19,18 +19,13 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from sqlalchemy.orm import Session, sessionmaker
-
 from gateway.background.job_events import consume_job_events
 from gateway.background.loops import Periodic
 from gateway.background.relay import OutboxRelay
 from gateway.background.watchdog import Watchdog
-from gateway.config import GatewayConfig
-from gateway.delivery.links import DownloadLinks
 from gateway.delivery.mailer import EmailRelay
-from gateway.money.payments import Payments
 from gateway.money.refunds import Refunder
-from shared.broker import Broker
+from gateway.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -39,28 +34,24 @@ log = logging.getLogger(__name__)
 class Background:
     """The running background threads of one gateway process."""
 
-    broker: Broker
     threads: list[threading.Thread] = field(default_factory=list)
     stops: list[threading.Event] = field(default_factory=list)
 
     @classmethod
-    def start(
-        cls, config: GatewayConfig, sessions: sessionmaker[Session], payments: Payments
-    ) -> Background:
-        links = DownloadLinks(config.download_secret, config.public_url, config.download_ttl_s)
-        broker = Broker(config.broker_url)
-        relay = OutboxRelay(sessions, broker)
+    def start(cls, services: Services) -> Background:
+        """Every loop and the job-event consumer, each a daemon thread on ``services``."""
+        config, sessions = services.config, services.sessions
         loops = [
-            relay.periodic(),
-            Periodic("emails", EmailRelay.for_config(sessions, config, links).send_due),
-            Periodic("refunds", Refunder(sessions, payments, config.recovery).refund_due),
+            OutboxRelay(sessions, services.broker).periodic(),
+            Periodic("emails", EmailRelay.for_config(sessions, config, services.links).send_due),
+            Periodic("refunds", Refunder(sessions, services.payments, config.recovery).refund_due),
             Periodic(
                 "watchdog",
                 Watchdog(sessions, config.recovery).check,
                 interval_s=config.recovery.watchdog_interval_s,
             ),
         ]
-        background = cls(broker)
+        background = cls()
         for loop in loops:
             thread, stop = loop.start()
             background.threads.append(thread)
@@ -68,7 +59,7 @@ class Background:
         events_stop = threading.Event()
         consumer = threading.Thread(
             target=consume_job_events,
-            args=(broker, sessions, events_stop),
+            args=(services.broker, sessions, events_stop),
             name="job-events",
             daemon=True,
         )
@@ -82,7 +73,6 @@ class Background:
             stop.set()
         for thread in self.threads:
             thread.join(timeout=timeout_s)
-        self.broker.close()
 
     def wait(self, stop: threading.Event) -> None:
         """Block until ``stop`` is set, then stop everything."""

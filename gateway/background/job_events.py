@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.delivery.emails import queue_email
 from gateway.money.refunds import fail_job
-from gateway.store.lifecycle import UnknownJobError, change_status, get_job
-from gateway.store.tables import utcnow
+from gateway.store import lifecycle
+from gateway.store.lifecycle import UnknownJobError, get_job
 from shared.broker import Broker, Delivery
 from shared.jobs import JobStatus
 from shared.messages import EventKind, JobEvent, MessageError
@@ -30,8 +30,6 @@ from shared.topology import EVENTS_QUEUE
 
 log = logging.getLogger(__name__)
 
-PROCESSING_MESSAGE = "Your image is being upscaled."
-COMPLETED_MESSAGE = "Your 4x image is ready to download."
 ACTIVE = (JobStatus.PENDING, JobStatus.PROCESSING)
 EVENTS_PREFETCH = 20
 
@@ -43,33 +41,12 @@ def apply_job_event(session: Session, event: JobEvent) -> str:
     if job.status not in ACTIVE:
         return "ignored"  # late, duplicated or from an attempt that was superseded
     if event.kind in (EventKind.STARTED, EventKind.PROGRESS):
-        first = job.status == JobStatus.PENDING
-        change_status(
-            session,
-            job,
-            JobStatus.PROCESSING,
-            reason=f"worker started attempt {event.attempt}",
-            source=source,
-            customer_message=PROCESSING_MESSAGE,
-        )
-        job.heartbeat_at = utcnow()
-        if event.progress is not None:
-            job.progress = max(job.progress, event.progress) if not first else event.progress
-        if first:
+        if lifecycle.start_processing(session, job, event.progress, event.attempt, source):
             queue_email(session, job, "processing")
         return "progress"
     if event.kind == EventKind.COMPLETED:
-        change_status(
-            session,
-            job,
-            JobStatus.COMPLETED,
-            reason="result stored",
-            source=source,
-            customer_message=COMPLETED_MESSAGE,
-        )
-        job.result_key = event.result_key
-        job.progress = 1.0
-        job.finished_at = utcnow()
+        assert event.result_key is not None  # the message's schema requires it
+        lifecycle.complete(session, job, event.result_key, source)
         queue_email(session, job, "completed")
         return "completed"
     fail_job(session, job, str(event.error), source)

@@ -19,7 +19,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.background.loops import Periodic
-from gateway.money.fulfilment import UPSCALE_KIND
+from gateway.store.lifecycle import UPSCALE_KIND
 from gateway.store.tables import OutboxMessage, utcnow
 from shared.broker import Broker, BrokerError
 from shared.topology import UPSCALE_QUEUE

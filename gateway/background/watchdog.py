@@ -20,9 +20,8 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import RecoveryConfig
-from gateway.money.fulfilment import publish_job
 from gateway.money.refunds import fail_job
-from gateway.store.lifecycle import change_status, record_audit
+from gateway.store.lifecycle import queue_again
 from gateway.store.tables import Job, utcnow
 from shared.jobs import JobStatus
 
@@ -82,10 +81,4 @@ class Watchdog:
             return
         log.warning("job stalled; publishing it again", extra=context)
         reason = f"stalled in {job.status}; published again (attempt {job.attempts + 1})"
-        if job.status == JobStatus.PROCESSING:
-            change_status(session, job, JobStatus.PENDING, reason=reason, source="watchdog")
-        else:
-            record_audit(session, job, reason, "watchdog")
-            job.updated_at = utcnow()
-        job.heartbeat_at = None
-        publish_job(session, job)
+        queue_again(session, job, reason, "watchdog")

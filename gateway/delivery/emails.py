@@ -39,9 +39,14 @@ def email_kind(kind: str) -> str:
     return EMAIL_PREFIX + kind
 
 
+def email_row(job_id: str, kind: str) -> tuple[str, str]:
+    """The outbox kind and body that queue one email of ``kind`` about a job."""
+    return email_kind(kind), json.dumps({"job_id": job_id, "email": kind})
+
+
 def queue_email(session: Session, job: Job, kind: str) -> bool:
     """Queue one email about ``job`` unless it was queued before; call with the job locked."""
-    outbox_kind = email_kind(kind)
+    outbox_kind, body = email_row(job.id, kind)
     already = session.scalar(
         select(OutboxMessage.id).where(
             OutboxMessage.job_id == job.id, OutboxMessage.kind == outbox_kind
@@ -49,7 +54,7 @@ def queue_email(session: Session, job: Job, kind: str) -> bool:
     )
     if already is not None:
         return False
-    add_outbox_message(session, job, outbox_kind, json.dumps({"job_id": job.id, "email": kind}))
+    add_outbox_message(session, job, outbox_kind, body)
     return True
 
 

@@ -13,11 +13,19 @@ fresh one can be issued on every status poll and in every email.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.errors import DownloadExpiredError, DownloadForbiddenError
+from gateway.store.lifecycle import UnknownJobError, get_job
+from shared.jobs import JobStatus
+from shared.storage import Storage
+
+log = logging.getLogger(__name__)
 
 SALT = "smi-download-link"
 
@@ -49,3 +57,37 @@ class DownloadLinks:
         if not isinstance(value, str):
             raise DownloadForbiddenError("this download link is not valid")
         return value
+
+
+@dataclass(frozen=True)
+class Download:
+    """What a valid link opens: a stored result, its size and the name to save it under."""
+
+    key: str
+    size: int
+    filename: str
+
+    @property
+    def suffix(self) -> str:
+        return self.key.rsplit(".", 1)[-1]
+
+
+def open_download(
+    sessions: sessionmaker[Session], storage: Storage, links: DownloadLinks, token: str
+) -> Download:
+    """The result a token opens; 403 for a bad token, 410 once it is gone or expired."""
+    job_id = links.job_id(token)
+    with sessions() as session:
+        try:
+            job = get_job(session, job_id)
+        except UnknownJobError as exc:
+            raise DownloadForbiddenError("this download link is not valid") from exc
+    if job.status != JobStatus.COMPLETED or not job.result_key:
+        raise DownloadExpiredError("this download is no longer available")
+    try:
+        size = storage.size(job.result_key)
+    except FileNotFoundError as exc:
+        log.error("completed job has no stored result", extra={"job_id": job.id})
+        raise DownloadExpiredError("this download is no longer available") from exc
+    suffix = job.result_key.rsplit(".", 1)[-1]
+    return Download(job.result_key, size, f"{job.id}-4x.{suffix}")

@@ -14,9 +14,8 @@ from gateway.errors import GatewayError, RequestError
 from gateway.money.payments import Payments
 from gateway.money.pricing import quote_price
 from gateway.money.sources import SourcePolicy, fetch_source
-from gateway.store.lifecycle import NewJob, change_status, create_job, get_job, new_job_id
-from shared.jobs import JobStatus
-from shared.storage import Storage
+from gateway.store.lifecycle import NewJob, create_job, expire, get_job, new_job_id
+from shared.storage import Storage, source_key_for
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ def start_checkout(
     source = fetch_source(image_url, policy)
     quote = quote_price(source.width, source.height, config.pricing)
     job_id = new_job_id()
-    source_key = f"jobs/{job_id}/source.{EXTENSIONS[source.format]}"
+    source_key = source_key_for(job_id, EXTENSIONS[source.format])
     storage.put(source_key, source.data)
     with sessions.begin() as session:
         create_job(
@@ -88,13 +87,12 @@ def start_checkout(
         )
     except GatewayError as exc:
         with sessions.begin() as session:
-            change_status(
+            expire(
                 session,
                 get_job(session, job_id, lock=True),
-                JobStatus.EXPIRED,
-                reason=f"checkout session not created: {exc}",
-                source="checkout",
-                customer_message="Checkout could not be started. Nothing was charged.",
+                f"checkout session not created: {exc}",
+                "checkout",
+                "Checkout could not be started. Nothing was charged.",
             )
         raise
     with sessions.begin() as session:

@@ -24,6 +24,8 @@ from gateway.money.pricing import Quote
 PRODUCT_NAME = "High-Resolution Image (4x)"
 PLUGIN = "sell-my-images"
 REFUND_REASON = "requested_by_customer"
+# Stripe's refund statuses that mean the money is going back (not failed or canceled).
+LIVE_REFUND_STATUSES = frozenset({"succeeded", "pending"})
 # Stripe's SDK retries network errors, 409s and 5xx with backoff this many times.
 MAX_NETWORK_RETRIES = 3
 
@@ -119,7 +121,7 @@ class Payments:
     def existing_refund(self, payment_intent: str) -> dict[str, Any] | None:
         """A refund of ``payment_intent`` that has gone through or is on its way, if any."""
         for refund in self.list_refunds(payment_intent):
-            if refund.get("status") in ("succeeded", "pending"):
+            if refund.get("status") in LIVE_REFUND_STATUSES:
                 return refund
         return None
 

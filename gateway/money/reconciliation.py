@@ -24,8 +24,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.money.fulfilment import job_id_of
-from gateway.money.payments import Payments
-from gateway.store.tables import Job, Refund
+from gateway.money.payments import LIVE_REFUND_STATUSES, Payments
+from gateway.store.tables import Job, Refund, RefundStatus
 from shared.jobs import JobStatus
 
 UNPAID_STATES = (JobStatus.AWAITING_PAYMENT, JobStatus.EXPIRED)
@@ -113,10 +113,10 @@ def _check_refunds(
     stripe_refunds: list[dict[str, Any]], refunds: list[Refund], jobs: dict[str, Job]
 ) -> Iterable[Mismatch]:
     recorded = {r.stripe_refund_id for r in refunds if r.stripe_refund_id}
-    live = {str(r["id"]) for r in stripe_refunds if r.get("status") in ("succeeded", "pending")}
+    live = {str(r["id"]) for r in stripe_refunds if r.get("status") in LIVE_REFUND_STATUSES}
     by_intent = {job.stripe_payment_intent_id: job.id for job in jobs.values()}
     for refund in stripe_refunds:
-        if refund["id"] in recorded or refund.get("status") not in ("succeeded", "pending"):
+        if refund["id"] in recorded or refund.get("status") not in LIVE_REFUND_STATUSES:
             continue
         metadata = refund.get("metadata") or {}
         yield Mismatch(
@@ -128,7 +128,7 @@ def _check_refunds(
             f"of {refund.get('payment_intent')}; our records have no such refund",
         )
     for row in refunds:
-        if row.status == "succeeded" and row.stripe_refund_id not in live:
+        if row.status == RefundStatus.SUCCEEDED and row.stripe_refund_id not in live:
             yield Mismatch(
                 "refund_missing_at_stripe",
                 row.stripe_refund_id,

@@ -17,6 +17,7 @@ the audit trail.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -25,61 +26,46 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import RecoveryConfig
 from gateway.delivery.emails import queue_email
-from gateway.errors import PaymentProviderRejected, PaymentProviderUnavailable
-from gateway.money.payments import Payments
+from gateway.errors import ConflictError, PaymentProviderRejected, PaymentProviderUnavailable
+from gateway.money.payments import LIVE_REFUND_STATUSES, Payments
+from gateway.store import lifecycle
 from gateway.store.leases import backoff_s, claim_due
-from gateway.store.lifecycle import change_status, get_job, record_audit
-from gateway.store.tables import Job, Refund, utcnow
+from gateway.store.lifecycle import get_job, job_paid_by, record_audit
+from gateway.store.tables import Job, Refund, RefundStatus, utcnow
 from shared.jobs import JobStatus
 
 log = logging.getLogger(__name__)
 
-FAILED_MESSAGE = "We could not upscale your image. You will be refunded automatically."
-REFUNDING_MESSAGE = "We could not upscale your image. Your payment is being refunded."
-REFUNDED_MESSAGE = "We could not upscale your image, so your payment has been refunded in full."
-REFUNDED_BY_HAND_MESSAGE = "Your payment has been refunded in full."
-REFUND_FAILED_MESSAGE = (
-    "We could not upscale your image and the automatic refund did not go through. "
-    "Our support team has been alerted and will refund you."
-)
 REFUNDABLE = frozenset({JobStatus.FAILED, JobStatus.COMPLETED, JobStatus.REFUND_FAILED})
 CLAIM_LEASE_S = 120.0
 
 
 def fail_job(session: Session, job: Job, reason: str, source: str) -> bool:
     """Fail a paid job that was queued or running, and start its refund; ``False`` if neither."""
-    if job.status not in (JobStatus.PENDING, JobStatus.PROCESSING):
+    if not lifecycle.fail(session, job, reason, source):
         return False
-    change_status(
-        session,
-        job,
-        JobStatus.FAILED,
-        reason=reason,
-        source=source,
-        customer_message=FAILED_MESSAGE,
-    )
-    job.failure_reason = reason
-    job.finished_at = utcnow()
     start_refund(session, job, reason, source)
     return True
 
 
+def refund_job(session: Session, job_id: str, reason: str, admin: str) -> Job:
+    """Start a refund by hand; 409 unless the job is completed, failed or refund_failed."""
+    job = get_job(session, job_id, lock=True)
+    if job.status not in REFUNDABLE or not job.stripe_payment_intent_id:
+        raise ConflictError(f"a {job.status} job cannot be refunded")
+    start_refund(session, job, f"{reason} (by an admin)", admin)
+    return job
+
+
 def start_refund(session: Session, job: Job, reason: str, source: str) -> Refund:
     """``refunding`` and a new refund row (a new round, with its own key); call under lock."""
-    change_status(
-        session,
-        job,
-        JobStatus.REFUNDING,
-        reason=f"refund requested: {reason}",
-        source=source,
-        customer_message=REFUNDING_MESSAGE,
-    )
+    lifecycle.start_refunding(session, job, reason, source)
     rounds = session.scalar(select(func.count()).where(Refund.job_id == job.id)) or 0
     refund = Refund(
         job_id=job.id,
         idempotency_key=f"refund-{job.id}-{rounds + 1}",
         reason=reason,
-        status="pending",
+        status=RefundStatus.PENDING,
         amount_cents=job.amount_cents,
         currency=job.currency,
         attempts=0,
@@ -87,6 +73,34 @@ def start_refund(session: Session, job: Job, reason: str, source: str) -> Refund
     )
     session.add(refund)
     return refund
+
+
+def refunded_at_stripe(session: Session, charge: Mapping[str, Any], source: str) -> bool:
+    """``charge.refunded``: money went back at Stripe, by our refund or by hand in its Dashboard.
+
+    Fully refunded: the job is ``refunded`` (its download stops working), a
+    refund of ours still waiting counts as done (so it is never sent again),
+    and the customer is emailed once. Partly refunded: noted in the audit
+    trail, nothing else changes. Our own refund's echo changes nothing.
+    """
+    intent = charge.get("payment_intent")
+    job = job_paid_by(session, intent) if isinstance(intent, str) else None
+    if job is None:
+        return False
+    amount, refunded = charge.get("amount"), charge.get("amount_refunded")
+    if not charge.get("refunded"):
+        record_audit(session, job, f"partly refunded at Stripe: {refunded} of {amount}", source)
+        return True
+    if not lifecycle.refunded_at_stripe(session, job, source):
+        return False
+    waiting = select(Refund).where(Refund.job_id == job.id, Refund.status == RefundStatus.PENDING)
+    for refund in session.scalars(waiting):
+        refund.status = RefundStatus.SUCCEEDED
+        refund.next_attempt_at = None
+        refund.last_error = "the charge was refunded at Stripe"
+    queue_email(session, job, "refunded")
+    log.info("refunded at Stripe", extra={"job_id": job.id, "source": source})
+    return True
 
 
 class Refunder:
@@ -102,7 +116,7 @@ class Refunder:
     def refund_due(self) -> int:
         """Try every due refund once; returns how many were tried."""
         claimed = claim_due(
-            self.sessions, Refund, [Refund.status == "pending"], lease_s=CLAIM_LEASE_S
+            self.sessions, Refund, [Refund.status == RefundStatus.PENDING], lease_s=CLAIM_LEASE_S
         )
         for refund_id in claimed:
             self._attempt(refund_id)
@@ -134,7 +148,7 @@ class Refunder:
             log.error("refund refused: %s", exc, extra=context)
             self._give_up(refund_id, str(exc))
             return
-        if stripe_refund.get("status") not in ("succeeded", "pending"):
+        if stripe_refund.get("status") not in LIVE_REFUND_STATUSES:
             self._give_up(refund_id, f"Stripe reports the refund {stripe_refund.get('status')}")
             return
         self._succeeded(refund_id, stripe_refund)
@@ -142,22 +156,11 @@ class Refunder:
     def _succeeded(self, refund_id: int, stripe_refund: Any) -> None:
         with self.sessions.begin() as session:
             refund, job = self._count_attempt(session, refund_id, None)
-            refund.status = "succeeded"
+            refund.status = RefundStatus.SUCCEEDED
             refund.stripe_refund_id = str(stripe_refund["id"])
             refund.amount_cents = int(stripe_refund.get("amount") or refund.amount_cents or 0)
             refund.next_attempt_at = None
-            if job.status == JobStatus.REFUNDING:
-                change_status(
-                    session,
-                    job,
-                    JobStatus.REFUNDED,
-                    reason=f"refunded ({stripe_refund['id']})",
-                    source="refunder",
-                    customer_message=(
-                        REFUNDED_MESSAGE if job.failure_reason else REFUNDED_BY_HAND_MESSAGE
-                    ),
-                )
-                job.finished_at = utcnow()
+            if lifecycle.refunded(session, job, str(stripe_refund["id"]), "refunder"):
                 queue_email(session, job, "refunded")
         log.info("refunded", extra={"job_id": refund.job_id, "refund": stripe_refund["id"]})
 
@@ -189,15 +192,7 @@ class Refunder:
 
     @staticmethod
     def _mark_failed(session: Session, refund: Refund, job: Job, error: str) -> None:
-        refund.status = "failed"
+        refund.status = RefundStatus.FAILED
         refund.next_attempt_at = None
-        if job.status == JobStatus.REFUNDING:
-            change_status(
-                session,
-                job,
-                JobStatus.REFUND_FAILED,
-                reason=f"refund failed: {error}",
-                source="refunder",
-                customer_message=REFUND_FAILED_MESSAGE,
-            )
+        lifecycle.refund_failed(session, job, error, "refunder")
         log.error("refund failed; an admin must act", extra={"job_id": job.id, "error": error})

@@ -14,7 +14,7 @@ from datetime import date, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.store.tables import Payment, Refund
+from gateway.store.tables import Payment, Refund, RefundStatus
 
 
 @dataclass
@@ -47,7 +47,7 @@ def revenue_by_day(
         if (day := row(payment.created_at, payment.currency)) is not None:
             day.payments += 1
             day.gross_cents += payment.amount_cents
-    for refund in session.scalars(select(Refund).where(Refund.status == "succeeded")):
+    for refund in session.scalars(select(Refund).where(Refund.status == RefundStatus.SUCCEEDED)):
         if (day := row(refund.updated_at, refund.currency or "usd")) is not None:
             day.refunds += 1
             day.refunded_cents += refund.amount_cents or 0

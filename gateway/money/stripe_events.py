@@ -1,34 +1,43 @@
 """Stripe webhooks: verify the signature on the raw body, then apply each event once.
 
-Handled: ``checkout.session.completed`` and
-``checkout.session.async_payment_succeeded`` (fulfil when paid),
-``payment_intent.payment_failed`` (record the decline),
-``checkout.session.expired`` (expire the unpaid job). Others get 200 and
-no effect. An event's id is claimed in the same transaction as its effect,
-so duplicates, concurrent deliveries and replays change nothing.
+``HANDLERS`` says what each event type does (fulfil a paid checkout,
+record a decline, expire an unpaid job, take note of a refund made at
+Stripe); others get 200 and no effect. An event's id is claimed in the
+same transaction as its effect, so duplicates, concurrent deliveries and
+replays change nothing.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import stripe
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.errors import RequestError, WebhookSignatureError
-from gateway.money.fulfilment import expire_checkout, fulfil_checkout, job_id_of, record_decline
+from gateway.money.fulfilment import (
+    decline_checkout,
+    expire_checkout,
+    fulfil_checkout,
+    job_id_of,
+)
+from gateway.money.refunds import refunded_at_stripe
 from gateway.store.lifecycle import DuplicateEventError, UnknownJobError, claim_event
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_TOLERANCE_S = 300
-HANDLERS = {
+# Event type -> what it does to our records, in the transaction that claims the
+# event. Each takes the event's object and returns whether anything changed.
+HANDLERS: dict[str, Callable[[Session, dict[str, Any], str], bool]] = {
     "checkout.session.completed": fulfil_checkout,
     "checkout.session.async_payment_succeeded": fulfil_checkout,
-    "payment_intent.payment_failed": record_decline,
+    "payment_intent.payment_failed": decline_checkout,
     "checkout.session.expired": expire_checkout,
+    "charge.refunded": refunded_at_stripe,
 }
 
 
@@ -46,22 +55,29 @@ def verify_event(payload: bytes, signature: str | None, secret: str) -> dict[str
         raise WebhookSignatureError("webhook signature verification failed") from exc
     try:
         event = json.loads(payload)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise RequestError("webhook body is not valid JSON") from exc
-    if not isinstance(event, dict) or not isinstance(event.get("id"), str):
+    data = event.get("data") if isinstance(event, dict) else None
+    if (
+        not isinstance(event, dict)
+        or not isinstance(event.get("id"), str)
+        or not isinstance(event.get("type"), str)
+        or not isinstance(data, dict)
+        or not isinstance(data.get("object"), dict)
+    ):
         raise RequestError("webhook body is not a Stripe event")
     return event
 
 
 def apply_event(sessions: sessionmaker[Session], event: dict[str, Any]) -> str:
     """Apply one verified event; returns what happened (for logs and tests)."""
-    handler = HANDLERS.get(event.get("type", ""))
+    handler = HANDLERS.get(event["type"])
     if handler is None:
         return "ignored"
-    stripe_object = event.get("data", {}).get("object", {})
+    stripe_object = event["data"]["object"]
     job_id = job_id_of(stripe_object)
     context = {"event_id": event.get("id"), "type": event.get("type"), "job_id": job_id}
-    if not job_id:
+    if not job_id and not isinstance(stripe_object.get("payment_intent"), str):
         log.info("event for no job of ours", extra=context)
         return "ignored"
     try:

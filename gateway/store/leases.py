@@ -1,6 +1,6 @@
 """Claiming rows for work done outside a transaction (a Stripe call, an SMTP send).
 
-    ids = claim_due(sessions, Refund, [Refund.status == "pending"], lease_s=60)
+    ids = claim_due(sessions, Refund, [Refund.status == RefundStatus.PENDING], lease_s=60)
 
 A claimed row's ``next_attempt_at`` moves ``lease_s`` into the future and the
 claim commits at once, so no database lock is held while the slow call runs

@@ -9,6 +9,7 @@ outbox message per kind (``outbox``), one refund per idempotency key
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
@@ -132,6 +133,14 @@ class OutboxMessage(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class RefundStatus(StrEnum):
+    """Where one refund is: waiting for (another) try, done at Stripe, or given up."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
 class Refund(Base):
     """One refund of a job, keyed so that retries can never refund twice."""
 
@@ -144,7 +153,7 @@ class Refund(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
     idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
     reason: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(32))  # pending, succeeded, failed
+    status: Mapped[str] = mapped_column(String(32))  # a RefundStatus
     stripe_refund_id: Mapped[str | None] = mapped_column(String(255), index=True)
     amount_cents: Mapped[int | None] = mapped_column(Integer)
     currency: Mapped[str | None] = mapped_column(String(3))

@@ -31,7 +31,7 @@ $(WEIGHTS): $(STAMP)
 weights: $(WEIGHTS)
 
 demo: setup
-	$(BIN)/smi-demo
+	$(BIN)/smi-demo $(DEMO_ARGS)
 
 compare: setup
 	$(BIN)/smi-compare --output-dir out/demo

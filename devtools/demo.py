@@ -1,28 +1,36 @@
 """``smi-demo``: the whole system on one machine with the embedded defaults.
 
-    smi-demo [--port 8000] [--emulator-port 12111] [--data-dir var/demo]
+    smi-demo [--port 8000] [--gateway-port 8001] [--emulator-port 12111] [--data-dir var/demo]
 
-Starts the Stripe emulator, the gateway (with the demo shop at ``/``) and
-one upscaling worker, each as its own process with SQLite, the filesystem
-broker, local storage and emails written to ``DATA_DIR/mail``; prints the
-address and waits. Ctrl-C stops all of it: the worker finishes the job in
-hand first. Any ``SMI_*`` variable already set overrides the demo's value.
+Serves a demo shop at ``--port`` (its own origin, as a real shop would be)
+and starts the Stripe emulator, the gateway and one upscaling worker, each
+as its own process with SQLite, the filesystem broker, local storage and
+emails written to ``DATA_DIR/mail``; prints the address and waits. Each
+run starts from an empty ``DATA_DIR`` (the emulator keeps its payments in
+memory only, so older jobs would have none). Ctrl-C stops the worker
+first (it finishes and reports the job in hand), then the gateway and the
+emulator. Any ``SMI_*`` variable already set overrides the demo's value.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
 import httpx
+import uvicorn
+
+from devtools.shop import create_shop_app
 
 BIN = Path(sys.executable).parent
 DEMO_KEY = "sk_test_demo"
@@ -31,17 +39,19 @@ DEMO_ADMIN_TOKEN = "demo-admin-token-change-me"
 START_TIMEOUT_S = 180.0
 
 
-def demo_environment(data_dir: Path, host: str, port: int, emulator_port: int) -> dict[str, str]:
+def demo_environment(
+    data_dir: Path, host: str, shop_port: int, gateway_port: int, emulator_port: int
+) -> dict[str, str]:
     """The demo's settings, under whatever ``SMI_*`` the caller set already."""
-    public = f"http://{host}:{port}"
+    public = f"http://{host}:{gateway_port}"
     defaults = {
         "SMI_STRIPE_MODE": "test",
         "SMI_STRIPE_TEST_SECRET_KEY": DEMO_KEY,
         "SMI_STRIPE_TEST_WEBHOOK_SECRET": DEMO_WEBHOOK_SECRET,
         "SMI_STRIPE_API_BASE": f"http://{host}:{emulator_port}",
         "SMI_PUBLIC_URL": public,
-        "SMI_SOURCE_HOSTS": f"{host}:{port}",
-        "SMI_DEMO_STOREFRONT": "true",
+        "SMI_SOURCE_HOSTS": f"{host}:{shop_port}",
+        "SMI_STOREFRONT_ORIGINS": f"http://{host}:{shop_port}",
         "SMI_DATA_DIR": str(data_dir),
         "SMI_ADMIN_TOKEN": DEMO_ADMIN_TOKEN,
         "SMI_ADMIN_URL": public,
@@ -86,14 +96,13 @@ class Processes:
     def exited(self) -> list[tuple[str, int]]:
         return [(name, code) for name, p in self.running if (code := p.poll()) is not None]
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self, timeout_s: float = 120.0) -> None:
+        """The last started first, each waited for: the worker reports before the gateway goes."""
         for _, process in reversed(self.running):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        for _, process in reversed(self.running):
             try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
@@ -108,19 +117,30 @@ class Processes:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smi-demo", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="the demo shop")
+    parser.add_argument("--gateway-port", type=int, help="default: --port + 1")
     parser.add_argument("--emulator-port", type=int, default=12111)
     parser.add_argument("--data-dir", type=Path, default=Path("var/demo"))
     args = parser.parse_args(argv)
-    for port in (args.port, args.emulator_port):
+    gateway_port = args.gateway_port or args.port + 1
+    for flag, port in (
+        ("--port", args.port),
+        ("--gateway-port", gateway_port),
+        ("--emulator-port", args.emulator_port),
+    ):
         if not port_is_free(args.host, port):
-            print(f"smi-demo: port {port} is in use; pick another with --port/--emulator-port")
+            print(f"smi-demo: port {port} is in use; pick another with {flag}")
             return 2
     data_dir = args.data_dir.resolve()
+    if data_dir.exists():
+        print(f"Starting from an empty {data_dir} (the last run's jobs had only the emulator)")
+        shutil.rmtree(data_dir)
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = demo_environment(data_dir, args.host, args.port, args.emulator_port)
-    gateway = f"http://{args.host}:{args.port}"
+    env = demo_environment(data_dir, args.host, args.port, gateway_port, args.emulator_port)
+    gateway = f"http://{args.host}:{gateway_port}"
+    shop_url = f"http://{args.host}:{args.port}"
+    shop = _serve_shop(args.host, args.port, gateway)
     children = Processes(logs, env)
     stop_requested = False
 
@@ -143,14 +163,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--webhook-secret",
         env["SMI_STRIPE_TEST_WEBHOOK_SECRET"],
     )
-    children.start("gateway", BIN / "smi-gateway", "--host", args.host, "--port", str(args.port))
+    children.start("gateway", BIN / "smi-gateway", "--host", args.host, "--port", str(gateway_port))
     children.start("worker", BIN / "smi-worker")
     try:
         if not _wait_until_ready(children, gateway, lambda: stop_requested):
             return 1
         print(
-            f"\nSell My Images is running: open {gateway}/\n"
-            f"  pay with the test card 4242 4242 4242 4242 (any future date, any CVC)\n"
+            f"\nSell My Images is running: open the demo shop at {shop_url}/\n"
+            f"  pay with the test card 4242 4242 4242 4242 (4000 0000 0000 0002 is declined)\n"
+            f"  gateway:              {gateway}/\n"
             f"  emails to customers:  {data_dir / 'mail'}/\n"
             f"  logs:                 {logs}/\n"
             f"  admin:                SMI_ADMIN_TOKEN={env['SMI_ADMIN_TOKEN']} "
@@ -166,9 +187,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             time.sleep(0.5)
         return 0
     finally:
-        print("Stopping (the worker finishes the job in hand) ...", flush=True)
+        print("Stopping: the worker finishes and reports the job in hand, then the rest ...")
         children.stop()
+        shop.should_exit = True
         print("Stopped.", flush=True)
+
+
+def _serve_shop(host: str, port: int, gateway: str) -> uvicorn.Server:
+    """The demo shop on its own origin, in a thread of this process."""
+    server = uvicorn.Server(
+        uvicorn.Config(create_shop_app(gateway), host=host, port=port, log_level="warning")
+    )
+    threading.Thread(target=server.run, name="demo-shop", daemon=True).start()
+    return server
 
 
 def _wait_until_ready(children: Processes, gateway: str, stopping: object) -> bool:

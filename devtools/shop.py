@@ -1,10 +1,13 @@
-"""The demo storefront: a page of sample photos with "Buy high-res" buttons.
+"""The demo shop: a page of sample photos with "Buy high-res" buttons, on its own origin.
 
-Served at ``/`` when ``SMI_DEMO_STOREFRONT`` is on. It is what any shop
-page does to sell its images: include ``/static/smi-checkout.js`` and mark
-each image with ``data-smi-image``. The photos (``/demo/photos/NAME``) are
-the bundled samples scaled down so that a CPU worker upscales each within
-a minute.
+    app = create_shop_app("http://127.0.0.1:8001")     # smi-demo serves it at --port
+
+It is what any shop does to sell its images: include the gateway's
+``/static/smi-checkout.js`` and mark each image with ``data-smi-image``;
+the gateway accepts the shop's origin (``SMI_STOREFRONT_ORIGINS``) and
+fetches the photos from it (``SMI_SOURCE_HOSTS``). The photos
+(``/photos/NAME``) are the bundled samples scaled down so that a CPU
+worker upscales each within a minute.
 """
 
 from __future__ import annotations
@@ -15,13 +18,13 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from gateway.errors import NotFoundError
-
-DEFAULT_SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 # name -> (file, caption, longest side in pixels)
 PHOTOS = {
     "cat.png": ("chelsea.png", "Chelsea the cat", 192),
@@ -39,7 +42,7 @@ _TEMPLATES = Environment(
 def demo_photo(samples_dir: Path, name: str) -> bytes:
     """A bundled sample, scaled so its longest side is at most the listed size, as PNG."""
     if name not in PHOTOS:
-        raise NotFoundError("no such photo")
+        raise HTTPException(404, "no such photo")
     filename, _, longest = PHOTOS[name]
     with Image.open(samples_dir / filename) as image:
         image.thumbnail((longest, longest), Image.Resampling.LANCZOS)
@@ -48,20 +51,24 @@ def demo_photo(samples_dir: Path, name: str) -> bytes:
     return out.getvalue()
 
 
-def storefront_routes(public_url: str, samples_dir: Path = DEFAULT_SAMPLES_DIR) -> list[Route]:
+def create_shop_app(gateway: str, samples_dir: Path = SAMPLES_DIR) -> Starlette:
+    """The shop's page and photos, selling through the gateway at ``gateway``."""
+
     async def page(request: Request) -> Response:
         photos = [
-            {"url": f"{public_url}/demo/photos/{name}", "caption": caption}
+            {"url": str(request.url_for("photo", name=name)), "caption": caption}
             for name, (_, caption, _) in PHOTOS.items()
         ]
-        html = _TEMPLATES.get_template("shop.html").render(photos=photos, gateway=public_url)
+        html = _TEMPLATES.get_template("shop.html").render(photos=photos, gateway=gateway)
         return HTMLResponse(html)
 
     async def photo(request: Request) -> Response:
         data = demo_photo(samples_dir, request.path_params["name"])
         return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
-    return [
-        Route("/", page, methods=["GET"]),
-        Route("/demo/photos/{name}", photo, methods=["GET"]),
-    ]
+    return Starlette(
+        routes=[
+            Route("/", page, methods=["GET"]),
+            Route("/photos/{name}", photo, methods=["GET"], name="photo"),
+        ]
+    )

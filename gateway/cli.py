@@ -25,8 +25,8 @@ import uvicorn
 from gateway.app import create_app
 from gateway.background import Background
 from gateway.config import ConfigError, GatewayConfig
-from gateway.money.payments import Payments
-from gateway.store.database import create_database_engine, migrate, session_factory
+from gateway.services import Services
+from gateway.store.database import create_database_engine, migrate
 from shared.logs import configure_service_logging
 
 
@@ -124,9 +124,7 @@ def _serve_one(host: str, port: int, access_log: bool) -> None:
 
 
 def _run_background(config: GatewayConfig) -> int:
-    engine = create_database_engine(config.database_url)
-    if engine.dialect.name == "sqlite":
-        migrate(engine)
+    services = Services.open(config)
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -134,6 +132,6 @@ def _run_background(config: GatewayConfig) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    Background.start(config, session_factory(engine), Payments(config.stripe)).wait(stop)
-    engine.dispose()
+    Background.start(services).wait(stop)
+    services.close()
     return 0

@@ -95,7 +95,6 @@ class GatewayConfig:
     download_secret: str
     download_ttl_s: int
     storefront_origins: tuple[str, ...] = ()
-    demo_storefront: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> GatewayConfig:
@@ -209,7 +208,6 @@ class GatewayConfig:
             download_secret=download_secret,
             download_ttl_s=int(env.number("DOWNLOAD_TTL_HOURS", 7 * 24, minimum=0.01) * 3600),
             storefront_origins=storefront_origins,
-            demo_storefront=env.flag("DEMO_STOREFRONT", False),
         )
         if env.problems:
             raise ConfigError(env.problems)

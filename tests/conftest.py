@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.money.fulfilment import fulfil_checkout
 from gateway.store.lifecycle import NewJob, create_job
 from shared.broker import Broker
+from shared.images import decode_image
 from shared.messages import UpscaleRequest
 from shared.topology import ALL_QUEUES, UPSCALE_QUEUE
-from upscaler.images import decode_image
 from upscaler.registry import PROJECT_MODELS_DIR, ModelRegistry
 from upscaler.weights import import_ncnn_weights
 

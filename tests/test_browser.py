@@ -22,7 +22,7 @@ from system import BIN, System, running_system
 
 from conftest import RABBITMQ_URL, postgres_database, purge_queues
 from servers import free_port, wait_for
-from upscaler.images import decode_image
+from shared.images import decode_image
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -157,9 +157,12 @@ def test_a_failed_job_shows_the_refund(system, page):
 
 
 def test_the_demo_command_runs_the_whole_shop(browser, tmp_path):
-    port, emulator_port = free_port(), free_port()
+    port, gateway_port, emulator_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMI_")}
-    command = [BIN / "smi-demo", "--port", str(port), "--emulator-port", str(emulator_port)]
+    command = [BIN / "smi-demo", "--port", str(port), "--gateway-port", str(gateway_port)]
+    command += ["--emulator-port", str(emulator_port)]
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "left-over.sqlite3").write_text("an older run's data")
     demo = subprocess.Popen(
         [*command, "--data-dir", str(tmp_path / "demo")],
         env=env,
@@ -175,7 +178,10 @@ def test_the_demo_command_runs_the_whole_shop(browser, tmp_path):
             assert line, f"smi-demo ended early:\n{banner}"
             banner += line
         shop_url = f"http://127.0.0.1:{port}/"
-        assert f"open {shop_url}" in banner
+        assert f"open the demo shop at {shop_url}" in banner  # its own origin
+        assert f"gateway:              http://127.0.0.1:{gateway_port}/" in banner
+        assert "Starting from an empty" in banner
+        assert not (tmp_path / "demo" / "left-over.sqlite3").exists()
 
         context = browser.new_context(locale="en-US")
         page = context.new_page()
@@ -202,3 +208,6 @@ def test_the_demo_command_runs_the_whole_shop(browser, tmp_path):
         output, _ = demo.communicate(timeout=90)
     assert demo.returncode == 0, output
     assert "Stopped." in output
+    # The worker stopped first and said so; the gateway was still there for its report.
+    worker_log = (tmp_path / "demo" / "logs" / "worker.log").read_text()
+    assert "stopping after the jobs in hand" in worker_log

@@ -80,6 +80,11 @@ class Stack:
     def status(self, job_id: str, **params: str) -> dict:
         return httpx.get(f"{self.gateway}/api/jobs/{job_id}", params=params, timeout=30).json()
 
+    def came_back(self, job_id: str, session_id: str) -> httpx.Response:
+        return httpx.post(
+            f"{self.gateway}/api/jobs/{job_id}/return", json={"session_id": session_id}, timeout=30
+        )
+
     def pay(self, checkout_url: str, card: str) -> dict:
         session_id = checkout_url.rsplit("/", 1)[1]
         return httpx.post(
@@ -236,12 +241,21 @@ def test_returning_customer_is_fulfilled_before_the_webhook(database_url, tmp_pa
         query = parse_qs(urlsplit(redirect).query)
         assert query["smi_payment"] == ["success"] and query["job_id"] == [body["job_id"]]
         assert stack.status(body["job_id"])["status"] == "awaiting_payment"  # no webhook
-        status = stack.status(body["job_id"], session_id=query["session_id"][0])
-        assert status["status"] == "pending"
-        assert (
-            stack.status(body["job_id"], session_id=query["session_id"][0])["status"] == "pending"
+        # Looking is only looking: a GET never fulfils, whatever it carries.
+        assert stack.status(body["job_id"], session_id=query["session_id"][0])["status"] == (
+            "awaiting_payment"
         )
+        status = stack.came_back(body["job_id"], query["session_id"][0])
+        assert status.status_code == 200 and status.json()["status"] == "pending"
+        assert stack.came_back(body["job_id"], query["session_id"][0]).json()["status"] == "pending"
         assert outbox_kinds(stack, body["job_id"]).count("upscale") == 1
+        # Another job's session, or none, fulfils nothing and says what is wrong.
+        other = stack.checkout().json()
+        assert stack.came_back(other["job_id"], query["session_id"][0]).json()["status"] == (
+            "awaiting_payment"
+        )
+        assert stack.came_back(other["job_id"], "").status_code == 400
+        assert stack.came_back("job_nope", query["session_id"][0]).status_code == 404
 
 
 def test_five_simultaneous_deliveries_to_two_gateways_take_effect_once(database_url, tmp_path):

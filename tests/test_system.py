@@ -22,9 +22,9 @@ from system import BIN, System, running_system
 from conftest import RABBITMQ_URL, postgres_database, purge_queues
 from servers import wait_for
 from shared.broker import Broker
+from shared.images import decode_image
 from shared.messages import EventKind, JobEvent
 from shared.topology import EVENTS_QUEUE
-from upscaler.images import decode_image
 
 pytestmark = pytest.mark.timeout(600)
 

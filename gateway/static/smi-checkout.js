@@ -10,7 +10,8 @@
  * (POST /api/checkout), shows the price and sizes, and goes to the payment
  * page when the customer confirms. Back on this page, the smi_payment,
  * job_id and session_id parameters open a modal that follows the job
- * (GET /api/jobs/{id}, polled with backoff) until it is final.
+ * (POST /api/jobs/{id}/return once, then GET /api/jobs/{id} polled with
+ * backoff) until it is final.
  *
  * The gateway is the origin this script was loaded from, or the value of
  * data-smi-gateway on the script tag. No framework, no build step.
@@ -303,11 +304,21 @@
     });
     show("loading", "Your order", "Checking your payment…");
 
+    var jobUrl = GATEWAY + "/api/jobs/" + encodeURIComponent(jobId);
+
     function poll() {
       if (stopped) return;
-      var url = GATEWAY + "/api/jobs/" + encodeURIComponent(jobId) +
-        (sessionId ? "?session_id=" + encodeURIComponent(sessionId) : "");
-      fetch(url, { headers: { Accept: "application/json" }, cache: "no-store" })
+      // Back from paying: the first look tells the gateway so (it asks Stripe if the
+      // webhook has not come yet); later looks only read.
+      var request = sessionId
+        ? fetch(jobUrl + "/return", {
+          method: "POST",
+          headers: { Accept: "application/json", "Content-Type": "application/json" },
+          body: JSON.stringify({ session_id: sessionId }),
+          cache: "no-store"
+        })
+        : fetch(jobUrl, { headers: { Accept: "application/json" }, cache: "no-store" });
+      request
         .then(function (response) {
           if (response.status === 404) throw new Error("We cannot find this order.");
           if (!response.ok) throw { retry: true };
@@ -315,6 +326,7 @@
         })
         .then(function (job) {
           if (stopped) return;
+          sessionId = null;
           render(job);
           var waitingForDecline = job.status === "awaiting_payment" && job.decline_code;
           if (FINAL.indexOf(job.status) >= 0 || waitingForDecline) return;

@@ -1,0 +1,119 @@
+"""The customer's API, called by ``smi-checkout.js`` from the shop's page.
+
+POST /api/checkout               {"image_url", "return_url"?} -> 201 {"job_id", "checkout_url", ...}
+GET  /api/jobs/{job_id}          the job as the customer sees it (a pure read)
+POST /api/jobs/{job_id}/return   {"session_id"}: back from paying; fulfils the job if
+                                 Stripe says it is paid and the webhook has not come yet
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.delivery.links import DownloadLinks
+from gateway.errors import NotFoundError, RequestError
+from gateway.http.requests import read_json, services_of
+from gateway.money.checkout import parse_checkout_request, start_checkout
+from gateway.money.fulfilment import fulfil_on_return
+from gateway.services import Services
+from gateway.store.lifecycle import UnknownJobError, get_job
+from gateway.store.tables import Job
+from shared.jobs import JobStatus
+
+BODY_LIMIT = 16 * 1024
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+async def checkout(request: Request) -> Response:
+    services = services_of(request)
+    body = await read_json(request, BODY_LIMIT)
+    image_url, return_url = parse_checkout_request(body, f"{services.config.public_url}/")
+    started = await run_in_threadpool(
+        start_checkout,
+        services.config,
+        services.sessions,
+        services.payments,
+        services.storage,
+        image_url,
+        return_url,
+    )
+    return JSONResponse(vars(started), status_code=201)
+
+
+async def job_status(request: Request) -> Response:
+    services = services_of(request)
+    body = await run_in_threadpool(read_status, services, request.path_params["job_id"])
+    return JSONResponse(body, headers=NO_STORE)
+
+
+async def returned(request: Request) -> Response:
+    services = services_of(request)
+    job_id = request.path_params["job_id"]
+    body = await read_json(request, BODY_LIMIT)
+    session_id = body.get("session_id") if isinstance(body, dict) else None
+    if not isinstance(session_id, str) or not session_id:
+        raise RequestError("session_id is required")
+
+    def work() -> dict[str, Any]:
+        try:
+            fulfil_on_return(services.sessions, services.payments, job_id, session_id)
+        except UnknownJobError as exc:
+            raise NotFoundError("no such job") from exc
+        return read_status(services, job_id)
+
+    return JSONResponse(await run_in_threadpool(work), headers=NO_STORE)
+
+
+def read_status(services: Services, job_id: str) -> dict[str, Any]:
+    try:
+        with services.sessions() as session:
+            return status_of(get_job(session, job_id), services.links)
+    except UnknownJobError as exc:
+        raise NotFoundError("no such job") from exc
+
+
+def status_of(job: Job, links: DownloadLinks) -> dict[str, Any]:
+    """What the customer's page shows about a job."""
+
+    def stamp(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "job_id": job.id,
+        "status": job.status,
+        "message": job.customer_message,
+        "decline_code": job.decline_code,
+        "progress": job.progress,
+        "amount_cents": job.amount_cents,
+        "currency": job.currency,
+        "width": job.width,
+        "height": job.height,
+        "created_at": stamp(job.created_at),
+        "updated_at": stamp(job.updated_at),
+        "paid_at": stamp(job.paid_at),
+        "finished_at": stamp(job.finished_at),
+        **download_link(job, links),
+        # A customer whose card was declined pays again on the same session.
+        **({"checkout_url": job.checkout_url} if job.status == JobStatus.AWAITING_PAYMENT else {}),
+    }
+
+
+def download_link(job: Job, links: DownloadLinks) -> dict[str, Any]:
+    """A fresh signed link for a completed job, and when it stops working."""
+    if job.status != JobStatus.COMPLETED or not job.result_key:
+        return {}
+    token, expires = links.issue(job.id)
+    return {"download_url": links.url(token), "download_expires_at": expires.isoformat()}
+
+
+ROUTES = [
+    Route("/api/checkout", checkout, methods=["POST"]),
+    Route("/api/jobs/{job_id}", job_status, methods=["GET"]),
+    Route("/api/jobs/{job_id}/return", returned, methods=["POST"]),
+]

@@ -1,0 +1,79 @@
+"""Domain errors as HTTP answers: the one place a ``GatewayError`` gets a status.
+
+Every error body is ``{"error": {"type", "message"}}``; nothing else answers
+with a trace. An error type not listed here inherits its nearest listed
+ancestor's answer; a ``GatewayError`` nobody listed is a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.errors import (
+    ConflictError,
+    DownloadExpiredError,
+    DownloadForbiddenError,
+    GatewayError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PaymentProviderRejected,
+    PaymentProviderUnavailable,
+    RequestError,
+    SourceImageError,
+    UnauthorizedError,
+    WebhookSignatureError,
+)
+
+log = logging.getLogger(__name__)
+
+# status, type
+ANSWERS: dict[type[GatewayError], tuple[int, str]] = {
+    GatewayError: (500, "internal_error"),
+    RequestError: (400, "invalid_request"),
+    PayloadTooLargeError: (413, "payload_too_large"),
+    SourceImageError: (422, "unusable_image"),
+    NotFoundError: (404, "not_found"),
+    ConflictError: (409, "conflict"),
+    UnauthorizedError: (401, "unauthorized"),
+    DownloadForbiddenError: (403, "forbidden"),
+    DownloadExpiredError: (410, "link_expired"),
+    WebhookSignatureError: (400, "invalid_signature"),
+    PaymentProviderUnavailable: (503, "payment_provider_unavailable"),
+    PaymentProviderRejected: (502, "payment_provider_rejected"),
+}
+
+
+def answer_for(error: GatewayError) -> tuple[int, str]:
+    """The status and type of ``error``: its own class's, or its nearest ancestor's."""
+    for cls in type(error).__mro__:
+        if cls in ANSWERS:
+            return ANSWERS[cls]
+    return ANSWERS[GatewayError]
+
+
+def error_response(error: GatewayError) -> JSONResponse:
+    status, kind = answer_for(error)
+    headers = {}
+    if isinstance(error, PaymentProviderUnavailable):
+        headers["Retry-After"] = str(error.retry_after_s)
+    if isinstance(error, UnauthorizedError):
+        headers["WWW-Authenticate"] = 'Bearer realm="smi-admin"'
+    return JSONResponse(
+        {"error": {"type": kind, "message": str(error)}}, status_code=status, headers=headers
+    )
+
+
+async def gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(GatewayError("something went wrong on our side"))
+
+
+HANDLERS = {GatewayError: gateway_error, Exception: unexpected_error}

@@ -1,0 +1,41 @@
+"""What handlers read from a request: the process's services and a bounded body."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+
+from gateway.errors import PayloadTooLargeError, RequestError
+from gateway.services import Services
+
+
+def services_of(request: Request) -> Services:
+    """The services of the app that is answering ``request``."""
+    services: Services = request.app.state.services
+    return services
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing (413) anything over ``limit`` bytes without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"the body is over {limit:,} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLargeError(f"the body is over {limit:,} bytes")
+    return bytes(body)
+
+
+async def read_json(request: Request, limit: int, *, empty: Any = None) -> Any:
+    """The body parsed as JSON (``empty`` when there is none); ``RequestError`` if it is not."""
+    body = await read_body(request, limit)
+    if not body.strip() and empty is not None:
+        return empty
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, too deep, too many digits
+        raise RequestError("the body is not valid JSON") from exc

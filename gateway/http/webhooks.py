@@ -1,0 +1,26 @@
+"""``POST /webhooks/stripe``: Stripe's events, signature checked on the raw body."""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.http.requests import read_body, services_of
+from gateway.money.stripe_events import apply_event, verify_event
+
+BODY_LIMIT = 1024 * 1024
+
+
+async def stripe_webhook(request: Request) -> Response:
+    services = services_of(request)
+    payload = await read_body(request, BODY_LIMIT)
+    event = verify_event(
+        payload, request.headers.get("stripe-signature"), services.config.stripe.webhook_secret
+    )
+    result = await run_in_threadpool(apply_event, services.sessions, event)
+    return JSONResponse({"received": True, "result": result})
+
+
+ROUTES = [Route("/webhooks/stripe", stripe_webhook, methods=["POST"])]

@@ -229,15 +229,20 @@ def test_lanes_are_configured_for_the_cpu_and_refused_for_cuda(storage, registry
         WorkerConfig.from_env({**base, "SMI_WORKER_DEVICE": "cuda", "SMI_WORKER_LANES": "2"})
 
 
+def submit_photos(broker_url: str, storage: Storage, prefix: str, count: int, **kw) -> None:
+    """``count`` jobs named ``{prefix}0``... of small photo crops, queued in order."""
+    size = kw.pop("size", 24)
+    for index in range(count):
+        job = f"{prefix}{index}"
+        photo(storage, f"jobs/{job}/source.png", size=size)
+        request = UpscaleRequest(job, f"jobs/{job}/source.png", f"jobs/{job}/result.png", **kw)
+        submit(broker_url, request.to_json(), message_id=job)
+
+
 def test_pipelined_jobs_overlap_and_each_completes_once(storage, registry):
     """While one job is on the device, the next is already being prepared."""
     purge_queues()
-    for index in range(3):
-        photo(storage, f"jobs/p{index}/source.png", size=32)
-        request = UpscaleRequest(
-            f"p{index}", f"jobs/p{index}/source.png", f"jobs/p{index}/result.png"
-        )
-        submit(RABBITMQ_URL, request.to_json(), message_id=f"p{index}")
+    submit_photos(RABBITMQ_URL, storage, "p", 3, size=32)
     run_worker(RABBITMQ_URL, storage, registry, jobs=3, tile=16, overlap=4)
     events = events_of(RABBITMQ_URL, None)  # one connection: RabbitMQ keeps their order
     order = [(e.kind, e.job_id) for e in events if e.kind != EventKind.PROGRESS]
@@ -257,12 +262,7 @@ def test_pipelined_jobs_overlap_and_each_completes_once(storage, registry):
 
 def test_one_job_at_a_time_when_not_pipelined(storage, registry, tmp_path):
     broker_url = f"filesystem://{tmp_path / 'broker'}"
-    for index in range(2):
-        photo(storage, f"jobs/s{index}/source.png", size=16)
-        request = UpscaleRequest(
-            f"s{index}", f"jobs/s{index}/source.png", f"jobs/s{index}/result.png", model=FAST_MODEL
-        )
-        submit(broker_url, request.to_json(), message_id=f"s{index}")
+    submit_photos(broker_url, storage, "s", 2, size=16, model=FAST_MODEL)
     worker = run_worker(broker_url, storage, registry, jobs=2, pipeline=False)
     assert worker.jobs_done == 2
     assert all(storage.exists(f"jobs/s{index}/result.png") for index in range(2))
@@ -271,12 +271,7 @@ def test_one_job_at_a_time_when_not_pipelined(storage, registry, tmp_path):
 def test_a_stopping_worker_hands_back_what_it_has_not_started(storage, registry):
     """Stopped after one job with more prefetched: each job is done once or still queued."""
     purge_queues()
-    for index in range(4):
-        photo(storage, f"jobs/h{index}/source.png", size=24)
-        request = UpscaleRequest(
-            f"h{index}", f"jobs/h{index}/source.png", f"jobs/h{index}/result.png"
-        )
-        submit(RABBITMQ_URL, request.to_json(), message_id=f"h{index}")
+    submit_photos(RABBITMQ_URL, storage, "h", 4)
     run_worker(RABBITMQ_URL, storage, registry, jobs=1)
     events = events_of(RABBITMQ_URL, None)
     completed = [e.job_id for e in events if e.kind == EventKind.COMPLETED]

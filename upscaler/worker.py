@@ -136,6 +136,7 @@ class UpscaleWorker:
         self._ready: queue.Queue[Job | None] = queue.Queue(maxsize=1)
         self._upscaled: queue.Queue[Job | None] = queue.Queue(maxsize=1)
         self._ahead = threading.Semaphore(1)
+        self._finished = threading.Event()
         self._in_hand: dict[int, Job] = {}
         self._lock = threading.Lock()
 
@@ -176,6 +177,8 @@ class UpscaleWorker:
             self._inbox.put(None)  # each stage passes the end on to the next
             for thread in stages:
                 thread.join()
+            self._finished.set()
+            reporter.join()
 
     def _on_delivery(self, delivery: Delivery) -> None:
         try:
@@ -343,8 +346,7 @@ class UpscaleWorker:
         """Progress as it moves, and a heartbeat for every job in hand."""
         interval = max(self.config.progress_interval_s, REPORT_POLL_S)
         last_beat = time.monotonic()
-        while True:
-            time.sleep(interval)
+        while not self._finished.wait(interval):
             beat = time.monotonic() - last_beat >= self.config.heartbeat_s
             last_beat = time.monotonic() if beat else last_beat
             with self._lock:

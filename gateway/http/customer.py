@@ -9,8 +9,10 @@ POST /api/jobs/{job_id}/return   {"session_id"}: back from paying; fulfils the j
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from typing import Any
 
+import anyio
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -27,6 +29,9 @@ from gateway.store.tables import Job
 from shared.jobs import JobStatus
 
 BODY_LIMIT = 16 * 1024
+# Checkouts at once per process; the rest wait their turn without holding a thread.
+# anyio's default pool (40 threads) keeps the others for webhooks, polls and admins.
+CHECKOUT_THREADS = 16
 NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -34,16 +39,31 @@ async def checkout(request: Request) -> Response:
     services = services_of(request)
     body = await read_json(request, BODY_LIMIT)
     image_url, return_url = parse_checkout_request(body, f"{services.config.public_url}/")
-    started = await run_in_threadpool(
-        start_checkout,
-        services.config,
-        services.sessions,
-        services.payments,
-        services.storage,
-        image_url,
-        return_url,
+    # Checkouts fetch from other servers, which may be slow on purpose: they take
+    # threads from a limiter of their own, never from the pool webhooks and
+    # status polls use.
+    started = await anyio.to_thread.run_sync(
+        partial(
+            start_checkout,
+            services.config,
+            services.sessions,
+            services.payments,
+            services.storage,
+            image_url,
+            return_url,
+        ),
+        limiter=checkout_limiter(request),
     )
     return JSONResponse(vars(started), status_code=201)
+
+
+def checkout_limiter(request: Request) -> anyio.CapacityLimiter:
+    """The app's limiter for checkout threads, made on first use (inside the event loop)."""
+    state = request.app.state
+    if getattr(state, "checkout_limiter", None) is None:
+        state.checkout_limiter = anyio.CapacityLimiter(CHECKOUT_THREADS)
+    limiter: anyio.CapacityLimiter = state.checkout_limiter
+    return limiter
 
 
 async def job_status(request: Request) -> Response:

@@ -315,11 +315,19 @@ class TestBadInput:
         [
             ({"secret": "whsec_wrong"}, "signature"),
             ({"timestamp": int(time.time()) - 400}, "signature"),
+            ({"timestamp": int(time.time()) + 4000}, "in the future"),
+            ({"livemode": True}, "live-mode event at a test-mode gateway"),
+            ({"object": [1, 2]}, "not a Stripe event"),
         ],
     )
     def test_bad_signatures_change_nothing(self, paid_event, signing, fragment):
         stack, case = paid_event
-        response = post_event(stack, case["event"], **signing)
+        event, signing = dict(case["event"]), dict(signing)
+        if "livemode" in signing:
+            event["livemode"] = signing.pop("livemode")
+        if "object" in signing:
+            event["data"] = {"object": signing.pop("object")}
+        response = post_event(stack, event, **signing)
         assert response.status_code == 400 and fragment in response.json()["error"]["message"]
         assert stack.status(case["job_id"])["status"] == "awaiting_payment"
 
@@ -358,6 +366,21 @@ class TestBadInput:
             (b"[]", 400, "JSON object"),
             (b"{}", 400, "image_url is required"),
             (json.dumps({"image_url": "x", "amount_cents": 1}).encode(), 400, "computed by"),
+            (b"\xff\xfe{}", 400, "not valid JSON"),  # not UTF-8
+            (b"[" * 5000 + b"]" * 5000, 400, "not valid JSON"),  # too deep
+            (b'{"image_url": ' + b"9" * 5000 + b"}", 400, "not valid JSON"),  # too many digits
+            (b'{"image_url": "http://a/\\ud800.jpg"}', 422, "not a usable URL"),  # lone surrogate
+            (b'{"image_url": "http://a/\\u0000.jpg"}', 422, "not a usable URL"),  # control char
+            (b'{"image_url": "http://a:99999/x.jpg"}', 422, "not a usable URL"),
+            (b'{"image_url": "http://a:-1/x.jpg"}', 422, "not a usable URL"),
+            (b'{"image_url": "http://a:abc/x.jpg"}', 422, "not a usable URL"),
+            (b'{"image_url": "http://[::1/x.jpg"}', 422, "not a usable URL"),  # bracket open
+            (
+                b'{"image_url": "http://a/x.jpg", "return_url": "http://a:99999/"}',
+                400,
+                "return_url",
+            ),
+            (b'{"image_url": "http://a/x.jpg", "return_url": 5}', 400, "return_url"),
         ],
     )
     def test_malformed_checkout_requests(self, stack, body, status, fragment):

@@ -16,8 +16,12 @@ BODY_LIMIT = 1024 * 1024
 async def stripe_webhook(request: Request) -> Response:
     services = services_of(request)
     payload = await read_body(request, BODY_LIMIT)
+    stripe = services.config.stripe
     event = verify_event(
-        payload, request.headers.get("stripe-signature"), services.config.stripe.webhook_secret
+        payload,
+        request.headers.get("stripe-signature"),
+        stripe.webhook_secret,
+        live=stripe.mode == "live",
     )
     result = await run_in_threadpool(apply_event, services.sessions, event)
     return JSONResponse({"received": True, "result": result})

@@ -42,9 +42,19 @@ def parse_checkout_request(body: Any, default_return_url: str) -> tuple[str, str
     if not isinstance(image_url, str) or not image_url.strip():
         raise RequestError("image_url is required")
     return_url = body.get("return_url", default_return_url)
-    if not isinstance(return_url, str) or urlsplit(return_url).scheme not in ("http", "https"):
+    if not isinstance(return_url, str) or not _is_http_url(return_url):
         raise RequestError("return_url must be an http(s) URL")
     return image_url.strip(), return_url
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for ports that are not numbers in range
+        url.encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and url.isprintable()
 
 
 def start_checkout(

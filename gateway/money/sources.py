@@ -36,6 +36,7 @@ from shared.images import ImageError, ImageTooLargeError, decode_image
 
 MAX_REDIRECTS = 3
 TOO_SLOW = "the image took too long to download"
+MAX_URL_LENGTH = 2048
 # zlib's window bits for each Content-Encoding we decode: gzip's header, zlib's.
 WINDOW_BITS = {
     "gzip": 16 + zlib.MAX_WBITS,
@@ -104,11 +105,17 @@ def fetch_source(url: str, policy: SourcePolicy) -> SourceImage:
 
 def check_url(url: str, hosts: tuple[str, ...]) -> None:
     """Raise ``SourceImageError`` unless ``url`` is http(s) on an allowed, safe host."""
-    parts = urlsplit(url)
+    if len(url) > MAX_URL_LENGTH or not url.isprintable() or (not url.isascii() and not _utf8(url)):
+        raise SourceImageError("image_url is not a usable URL")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for 99999, -1 or letters
+    except ValueError as exc:
+        raise SourceImageError(f"image_url is not a usable URL: {exc}") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SourceImageError("image_url must be an http or https URL")
     host = parts.hostname.lower()
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    port = port or (443 if parts.scheme == "https" else 80)
     listed = [entry for entry in hosts if _entry_matches(entry, host, port)]
     if not listed:
         raise SourceImageError(f"images from {host} are not accepted here")
@@ -122,6 +129,15 @@ def check_url(url: str, hosts: tuple[str, ...]) -> None:
         ip = ipaddress.ip_address(str(address).split("%")[0])
         if not ip.is_global:
             raise SourceImageError(f"{host} resolves to a non-public address ({ip})")
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` can be sent at all (a lone surrogate cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _entry_matches(entry: str, host: str, port: int) -> bool:

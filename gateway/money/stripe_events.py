@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,10 +42,21 @@ HANDLERS: dict[str, Callable[[Session, dict[str, Any], str], bool]] = {
 }
 
 
-def verify_event(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
-    """The event in ``payload`` if ``signature`` is Stripe's for it, made within 300 s."""
+def verify_event(
+    payload: bytes, signature: str | None, secret: str, *, live: bool = False
+) -> dict[str, Any]:
+    """The event in ``payload`` if ``signature`` is Stripe's for it, made within 300 s.
+
+    Refused too: a signature dated more than 300 s in the future (the SDK
+    only checks the past), and an event of the other mode (a live event
+    at a test gateway, or the reverse).
+    """
     if not signature:
         raise WebhookSignatureError("missing Stripe-Signature header")
+    stamps = [part.strip()[2:] for part in signature.split(",") if part.strip().startswith("t=")]
+    dated = int(stamps[0]) if stamps and stamps[0].isdigit() else 0
+    if dated > time.time() + SIGNATURE_TOLERANCE_S:
+        raise WebhookSignatureError("webhook signature is dated in the future")
     try:
         # The SDK's check (HMAC-SHA256 of "t.payload", constant-time compare,
         # timestamp tolerance); the body is then plain JSON, no object graph.
@@ -66,6 +78,9 @@ def verify_event(payload: bytes, signature: str | None, secret: str) -> dict[str
         or not isinstance(data.get("object"), dict)
     ):
         raise RequestError("webhook body is not a Stripe event")
+    if bool(event.get("livemode")) != live:
+        mode = "live" if event.get("livemode") else "test"
+        raise RequestError(f"a {mode}-mode event at a {'live' if live else 'test'}-mode gateway")
     return event
 
 

@@ -29,6 +29,10 @@ class PayloadTooLargeError(RequestError):
     """Raised when a request body exceeds the size limit."""
 
 
+class UnsupportedMediaTypeError(RequestError):
+    """Raised when a JSON endpoint gets a body without ``Content-Type: application/json``."""
+
+
 class SourceImageError(RequestError):
     """Raised when the image to sell is off the allowed hosts, unreachable, or not an image."""
 

@@ -117,6 +117,7 @@ def start_stack(
                 "SMI_PUBLIC_URL": f"http://127.0.0.1:{gateway_port}",
                 "SMI_DATA_DIR": str(tmp_path),
                 "SMI_BROKER_URL": broker_url or f"filesystem://{tmp_path / 'broker'}",
+                "SMI_STOREFRONT_ORIGINS": "http://shop.test",
                 **settings,
             }
         )
@@ -350,7 +351,11 @@ class TestBadInput:
             headers={"Stripe-Signature": sign_payload(huge, SECRET)},
         )
         assert response.status_code == 413
-        response = httpx.post(f"{stack.gateway}/api/checkout", content=b"{" + b" " * 20000)
+        response = httpx.post(
+            f"{stack.gateway}/api/checkout",
+            content=b"{" + b" " * 20000,
+            headers={"Content-Type": "application/json"},
+        )
         assert response.status_code == 413
 
     def test_unhandled_event_types_are_acknowledged(self, stack):
@@ -381,11 +386,26 @@ class TestBadInput:
                 "return_url",
             ),
             (b'{"image_url": "http://a/x.jpg", "return_url": 5}', 400, "return_url"),
+            (
+                b'{"image_url": "http://a/x.jpg", "return_url": "https://evil.example/"}',
+                400,
+                "the shop's own site",
+            ),
         ],
     )
     def test_malformed_checkout_requests(self, stack, body, status, fragment):
-        response = httpx.post(f"{stack.gateway}/api/checkout", content=body)
+        json_body = {"Content-Type": "application/json"}
+        response = httpx.post(f"{stack.gateway}/api/checkout", content=body, headers=json_body)
         assert response.status_code == status and fragment in response.json()["error"]["message"]
+
+    def test_a_body_that_does_not_say_json_is_refused(self, stack):
+        """A cross-site form or text/plain post needs no preflight: it must not create anything."""
+        body = json.dumps({"image_url": f"{stack.images}/photo.jpg"})
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+            headers = {"Content-Type": content_type} if content_type else {}
+            response = httpx.post(f"{stack.gateway}/api/checkout", content=body, headers=headers)
+            assert response.status_code == 415, content_type
+        assert stack.stripe.v1.checkout.sessions.list().data == []
 
     @pytest.mark.parametrize(
         ("path", "fragment"),

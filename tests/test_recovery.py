@@ -264,6 +264,24 @@ def test_emails_go_to_smtp_with_retries_and_each_once(loop):
     assert link in completed.get_body(("plain",)).get_content()
 
 
+def test_an_email_that_cannot_be_made_is_given_up_and_the_others_go(loop):
+    """An address with a line break cannot be sent: recorded once, never retried, not blocking."""
+    bad, good = loop.buy(), loop.buy()
+    with loop.sessions.begin() as session:
+        session.get_one(Job, bad).customer_email = "buyer@example.com\r\nBcc: all@example.com"
+    with MailSink() as sink:
+        relay = loop.email_relay(sink.url)
+        assert relay.send_due() == 2
+        assert relay.send_due() == 0  # the bad one is not tried again
+    assert [m["X-SMI-Job"] for m in sink.messages] == [good]
+    with loop.sessions() as session:
+        row = session.scalars(select(OutboxMessage).where(OutboxMessage.job_id == bad)).all()
+        (email,) = [r for r in row if r.kind.startswith("email:")]
+        assert email.published_at is None and "cannot be sent" in (email.last_error or "")
+    details = loop.admin("GET", f"/admin/jobs/{bad}").json()  # an admin sees why
+    assert any("cannot be sent" in (m["last_error"] or "") for m in details["outbox"])
+
+
 def test_without_smtp_emails_are_written_as_eml_files(loop, tmp_path):
     loop.buy()
     assert loop.email_relay(None).send_due() == 1

@@ -36,6 +36,7 @@ MAX_SEND_ATTEMPTS = 8
 SEND_BACKOFF_S = 5.0
 SEND_LEASE_S = 120.0
 SMTP_TIMEOUT_S = 30.0
+SENT, RETRY, GAVE_UP = "sent", "retry", "gave up"
 
 
 class Mailer:
@@ -117,7 +118,11 @@ class EmailRelay:
             lease_s=SEND_LEASE_S,
         )
         for row_id in claimed:
-            self._send(row_id)
+            try:
+                self._send(row_id)
+            except Exception as exc:  # one row's surprise must not hold up the others
+                log.exception("email could not be handled; given up", extra={"row": row_id})
+                self._mark(row_id, error=f"{type(exc).__name__}: {exc}", outcome=GAVE_UP)
         return len(claimed)
 
     def _send(self, row_id: int) -> None:
@@ -128,7 +133,7 @@ class EmailRelay:
         context = {"job_id": job.id, "email": kind}
         if not job.customer_email:
             log.warning("no address to email", extra=context)
-            self._mark(row_id, error="the customer left no email address")
+            self._mark(row_id, error="the customer left no email address", outcome=GAVE_UP)
             return
         extra = {}
         if kind == "completed":
@@ -138,21 +143,31 @@ class EmailRelay:
                 "download_expires": expires.strftime("%Y-%m-%d %H:%M UTC"),
             }
         try:
-            self.mailer.send(render_email(job, kind, self.settings, **extra))
+            message = render_email(job, kind, self.settings, **extra)
+        except ValueError as exc:  # an address or header no mail server would take
+            log.error("email cannot be made; given up: %s", exc, extra=context)
+            self._mark(row_id, error=f"cannot be sent: {exc}", outcome=GAVE_UP)
+            return
+        try:
+            self.mailer.send(message)
         except (OSError, smtplib.SMTPException) as exc:
             log.warning("email not sent, will retry: %s", exc, extra=context)
-            self._mark(row_id, error=str(exc), sent=False)
+            self._mark(row_id, error=str(exc), outcome=RETRY)
             return
         log.info("email sent", extra=context)
-        self._mark(row_id)
+        self._mark(row_id, outcome=SENT)
 
-    def _mark(self, row_id: int, error: str | None = None, sent: bool = True) -> None:
+    def _mark(self, row_id: int, *, outcome: str, error: str | None = None) -> None:
+        """Count the attempt; sent, to be tried again later, or given up (kept for admins)."""
         with self.sessions.begin() as session:
             row = session.get_one(OutboxMessage, row_id)
             row.publish_attempts += 1
             row.last_error = error[:500] if error else None
-            if sent:
+            if outcome == SENT:
                 row.published_at = utcnow()
+                row.next_attempt_at = None
+            elif outcome == GAVE_UP or row.publish_attempts >= MAX_SEND_ATTEMPTS:
+                row.publish_attempts = max(row.publish_attempts, MAX_SEND_ATTEMPTS)
                 row.next_attempt_at = None
             else:
                 delay = backoff_s(SEND_BACKOFF_S, row.publish_attempts)

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from gateway.delivery.links import DownloadLinks
 from gateway.errors import NotFoundError, RequestError
 from gateway.http.requests import read_json, services_of
-from gateway.money.checkout import parse_checkout_request, start_checkout
+from gateway.money.checkout import origin_of, parse_checkout_request, start_checkout
 from gateway.money.fulfilment import fulfil_on_return
 from gateway.services import Services
 from gateway.store.lifecycle import UnknownJobError, get_job
@@ -38,14 +38,16 @@ NO_STORE = {"Cache-Control": "no-store"}
 async def checkout(request: Request) -> Response:
     services = services_of(request)
     body = await read_json(request, BODY_LIMIT)
-    image_url, return_url = parse_checkout_request(body, f"{services.config.public_url}/")
+    config = services.config
+    origins = tuple(origin_of(url) for url in (*config.storefront_origins, config.public_url))
+    image_url, return_url = parse_checkout_request(body, f"{config.public_url}/", origins)
     # Checkouts fetch from other servers, which may be slow on purpose: they take
     # threads from a limiter of their own, never from the pool webhooks and
     # status polls use.
     started = await anyio.to_thread.run_sync(
         partial(
             start_checkout,
-            services.config,
+            config,
             services.sessions,
             services.payments,
             services.storage,

@@ -24,6 +24,7 @@ from gateway.errors import (
     RequestError,
     SourceImageError,
     UnauthorizedError,
+    UnsupportedMediaTypeError,
     WebhookSignatureError,
 )
 
@@ -34,6 +35,7 @@ ANSWERS: dict[type[GatewayError], tuple[int, str]] = {
     GatewayError: (500, "internal_error"),
     RequestError: (400, "invalid_request"),
     PayloadTooLargeError: (413, "payload_too_large"),
+    UnsupportedMediaTypeError: (415, "unsupported_media_type"),
     SourceImageError: (422, "unusable_image"),
     NotFoundError: (404, "not_found"),
     ConflictError: (409, "conflict"),

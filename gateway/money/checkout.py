@@ -32,8 +32,15 @@ class CheckoutStarted:
     height: int
 
 
-def parse_checkout_request(body: Any, default_return_url: str) -> tuple[str, str]:
-    """``(image_url, return_url)`` from the JSON body, or ``RequestError``."""
+def parse_checkout_request(
+    body: Any, default_return_url: str, return_origins: tuple[str, ...] = ()
+) -> tuple[str, str]:
+    """``(image_url, return_url)`` from the JSON body, or ``RequestError``.
+
+    The customer comes back to ``return_url`` after paying, so it must be on
+    one of ``return_origins`` (the shops and the gateway itself): anything
+    else would make the payment page an open redirect.
+    """
     if not isinstance(body, dict):
         raise RequestError("the body must be a JSON object")
     if "price" in body or "amount" in body or "amount_cents" in body:
@@ -44,7 +51,15 @@ def parse_checkout_request(body: Any, default_return_url: str) -> tuple[str, str
     return_url = body.get("return_url", default_return_url)
     if not isinstance(return_url, str) or not _is_http_url(return_url):
         raise RequestError("return_url must be an http(s) URL")
+    if return_origins and origin_of(return_url) not in return_origins:
+        raise RequestError("return_url must be on the shop's own site")
     return image_url.strip(), return_url
+
+
+def origin_of(url: str) -> str:
+    """``https://shop.example`` of ``https://shop.example/a/b?c``, lower-cased."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 def _is_http_url(url: str) -> bool:

@@ -52,7 +52,8 @@ REFUNDED_MESSAGE = "We could not upscale your image, so your payment has been re
 REFUNDED_BY_HAND_MESSAGE = "Your payment has been refunded in full."
 REFUND_FAILED_MESSAGE = (
     "We could not upscale your image and the automatic refund did not go through. "
-    "Our support team has been alerted and will refund you."
+    "It needs a person now: please write to our support (the address is in your "
+    "payment email) and we will refund you."
 )
 RETRY_MESSAGE = "We are trying your image again."
 

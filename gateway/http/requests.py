@@ -33,16 +33,16 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def read_json(request: Request, limit: int, *, empty: Any = None) -> Any:
     """The body parsed as JSON (``empty`` when there is none); ``RequestError`` if it is not.
 
-    It must say ``Content-Type: application/json``: a browser sends that
+    A body must say ``Content-Type: application/json``: a browser sends that
     from another site only after a CORS preflight, which refuses origins
     we do not serve (a form or ``text/plain`` post needs none).
     """
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "application/json":
-        raise UnsupportedMediaTypeError("send the body as JSON with Content-Type: application/json")
     body = await read_body(request, limit)
     if not body.strip() and empty is not None:
         return empty
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaTypeError("send the body as JSON with Content-Type: application/json")
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, too deep, too many digits

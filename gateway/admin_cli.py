@@ -3,6 +3,7 @@
     smi-admin jobs [--status failed] [--search buyer@example.com]
     smi-admin show JOB_ID                 the job, its audit trail, refunds and outbox
     smi-admin retry JOB_ID
+    smi-admin fulfil JOB_ID               a job awaiting payment: ask Stripe, fulfil if paid
     smi-admin refund JOB_ID --reason "customer complaint"
     smi-admin report [--format csv|json] [--since 2026-11-01] [--until 2026-11-30]
     smi-admin reconcile                   exits 1 when Stripe and our records disagree
@@ -34,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs.add_argument("--limit", type=int, default=50)
     commands.add_parser("show", help="one job with its audit trail").add_argument("job_id")
     commands.add_parser("retry", help="publish a failed job again").add_argument("job_id")
+    commands.add_parser(
+        "fulfil", help="ask Stripe about a job awaiting payment; fulfil it if paid"
+    ).add_argument("job_id")
     refund = commands.add_parser("refund", help="refund a job by hand")
     refund.add_argument("job_id")
     refund.add_argument("--reason", required=True)
@@ -93,9 +97,9 @@ def _run(client: httpx.Client, args: argparse.Namespace) -> int:
         body = _call(client, "GET", f"/admin/jobs/{args.job_id}").json()
         _print(args, body, _job_details)
         return 0
-    if args.command == "retry":
-        body = _call(client, "POST", f"/admin/jobs/{args.job_id}/retry").json()
-        _print(args, body, lambda b: f"{b['job']['job_id']}: {b['job']['status']} (retrying)")
+    if args.command in ("retry", "fulfil"):
+        body = _call(client, "POST", f"/admin/jobs/{args.job_id}/{args.command}").json()
+        _print(args, body, lambda b: f"{b['job']['job_id']}: {b['job']['status']}")
         return 0
     if args.command == "refund":
         body = _call(

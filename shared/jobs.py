@@ -7,6 +7,7 @@
 
     completed ──admin refund──▶ refunding;  failed / refund_failed ──admin retry──▶ pending
     any paid state ──refunded at Stripe (the Dashboard)──▶ refunded
+    awaiting_payment / expired ──paid another amount, or too late──▶ refunding
 
 Every status change goes through ``check_transition``, so an event that
 arrives twice, late or out of order cannot move a job backwards (an
@@ -47,7 +48,11 @@ FINAL_STATES = frozenset(
 _REFUNDED_AT_STRIPE = frozenset({JobStatus.REFUNDED})
 
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.AWAITING_PAYMENT: frozenset({JobStatus.PENDING, JobStatus.EXPIRED}),
+    # A payment we cannot fulfil (another amount than the price, or after the job
+    # expired) goes straight back: refunding.
+    JobStatus.AWAITING_PAYMENT: frozenset(
+        {JobStatus.PENDING, JobStatus.EXPIRED, JobStatus.REFUNDING}
+    ),
     JobStatus.PENDING: frozenset({JobStatus.PROCESSING, JobStatus.COMPLETED, JobStatus.FAILED})
     | _REFUNDED_AT_STRIPE,
     # processing -> processing records progress and heartbeats.
@@ -63,7 +68,7 @@ ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     # Only an admin refunds a delivered job (a customer complaint), or Stripe reports
     # that someone did in its Dashboard; no worker event does.
     JobStatus.COMPLETED: frozenset({JobStatus.REFUNDING}) | _REFUNDED_AT_STRIPE,
-    JobStatus.EXPIRED: frozenset(),
+    JobStatus.EXPIRED: frozenset({JobStatus.REFUNDING}),
     JobStatus.REFUNDED: frozenset(),
 }
 

@@ -27,6 +27,7 @@ import pytest
 from sqlalchemy import select, update
 from test_gateway_app import Stack, start_stack
 
+from gateway.background.catch_up import StripeCatchUp
 from gateway.background.job_events import apply_job_event
 from gateway.background.watchdog import Watchdog
 from gateway.delivery.emails import EmailSettings
@@ -35,7 +36,7 @@ from gateway.delivery.mailer import EmailRelay, Mailer
 from gateway.errors import DownloadExpiredError, DownloadForbiddenError
 from gateway.money.payments import Payments
 from gateway.money.refunds import Refunder
-from gateway.store.lifecycle import audit_trail
+from gateway.store.lifecycle import audit_trail, expire
 from gateway.store.tables import AuditEntry, Job, OutboxMessage, Refund, utcnow
 from servers import MailSink, free_port, wait_for
 from shared.messages import EventKind, JobEvent, UpscaleRequest
@@ -459,3 +460,66 @@ def test_smi_admin_lists_shows_refunds_and_reports(loop):
         timeout=60,
     )
     assert no_token.returncode == 2 and "SMI_ADMIN_TOKEN" in no_token.stderr
+
+
+@pytest.fixture
+def no_webhooks(database_url, tmp_path) -> Iterator[Loop]:
+    """A gateway whose webhooks never arrive, its background work driven by hand."""
+    settings = {"SMI_BACKGROUND_IN_PROCESS": "false", "SMI_ADMIN_TOKEN": TOKEN}
+    with start_stack(database_url, tmp_path, webhooks=False, **settings) as stack:
+        yield Loop(stack, stack.sessions())
+
+
+def pay_without_webhook(loop: Loop) -> str:
+    body = loop.stack.checkout().json()
+    assert loop.stack.pay(body["checkout_url"], "4242424242424242")["outcome"] == "paid"
+    return str(body["job_id"])
+
+
+def test_lost_webhooks_are_caught_up_once_from_stripes_event_list(no_webhooks):
+    loop = no_webhooks
+    jobs = [pay_without_webhook(loop) for _ in range(3)]
+    assert {loop.job(job).status for job in jobs} == {"awaiting_payment"}
+    catch_up = StripeCatchUp(loop.sessions, Payments(loop.stack.config.stripe))
+    assert catch_up.check() == 3
+    assert catch_up.check() == 0  # already applied: duplicates change nothing
+    for job in jobs:
+        assert loop.job(job).status == "pending"
+        assert loop.outbox(job) == ["email:payment_confirmation:1", "upscale:1"]
+    # A fresh process (a restarted gateway) looks a day back and finds nothing new.
+    assert StripeCatchUp(loop.sessions, Payments(loop.stack.config.stripe)).check() == 0
+
+
+def test_a_payment_that_cannot_be_used_is_refunded_never_kept(no_webhooks):
+    """Another amount than the price, or a payment after the job expired: money goes back."""
+    loop = no_webhooks
+    repriced = loop.stack.checkout().json()
+    with loop.sessions.begin() as session:  # the price changed between checkout and payment
+        session.get_one(Job, repriced["job_id"]).amount_cents = 75
+    expired = loop.stack.checkout().json()
+    with loop.sessions.begin() as session:  # our side gave up on it; Stripe's did not
+        expire(session, session.get_one(Job, expired["job_id"]), "test", "test", "Expired.")
+    for body in (repriced, expired):
+        assert loop.stack.pay(body["checkout_url"], "4242424242424242")["outcome"] == "paid"
+    assert StripeCatchUp(loop.sessions, Payments(loop.stack.config.stripe)).check() == 2
+    for body, why in ((repriced, "paid 50 usd, the price is 75 usd"), (expired, "expired")):
+        job = loop.job(body["job_id"])
+        assert job.status == "refunding" and why in (job.failure_reason or "")
+        assert "upscale:1" not in loop.outbox(job.id)  # nothing to upscale for that money
+    assert loop.refunder().refund_due() == 2
+    for body in (repriced, expired):
+        (refund,) = loop.refunds(body["job_id"])
+        assert refund.status == "succeeded" and refund.amount_cents == 50
+        assert loop.job(body["job_id"]).status == "refunded"
+
+
+def test_an_admin_settles_a_job_whose_webhook_never_came(no_webhooks):
+    loop = no_webhooks
+    paid = pay_without_webhook(loop)
+    unpaid = loop.stack.checkout().json()["job_id"]
+    answer = loop.admin("POST", f"/admin/jobs/{paid}/fulfil")
+    assert answer.status_code == 202 and answer.json()["job"]["status"] == "pending"
+    assert loop.admin("POST", f"/admin/jobs/{paid}/fulfil").status_code == 409  # done already
+    refused = loop.admin("POST", f"/admin/jobs/{unpaid}/fulfil")
+    assert refused.status_code == 409 and "unpaid" in refused.json()["error"]["message"]
+    assert loop.outbox(paid).count("upscale:1") == 1

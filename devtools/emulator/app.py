@@ -177,9 +177,13 @@ def create_emulator_app(settings: EmulatorSettings) -> Starlette:
         return _list_body(refunds, request, "/v1/refunds")
 
     async def list_events(request: Request, params: dict[str, Any]) -> Any:
-        return _list_body(
-            state.list_events(request.query_params.get("type")), request, "/v1/events"
-        )
+        query = request.query_params
+        types = [value for key, value in query.multi_items() if key.startswith("types[")]
+        if query.get("type"):
+            types.append(query["type"])
+        since = query.get("created[gte]")
+        events = state.list_events(types or None, int(since) if since else None)
+        return _list_body(events, request, "/v1/events")
 
     async def hosted_page(request: Request) -> Response:
         session_id = request.path_params["session_id"]

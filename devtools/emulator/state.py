@@ -329,9 +329,17 @@ class EmulatorState:
         self._emit(event)
         return event
 
-    def list_events(self, event_type: str | None = None) -> list[dict[str, Any]]:
+    def list_events(
+        self, types: list[str] | None = None, created_since: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first; of ``types`` only, created at or after ``created_since``, when given."""
         with self._lock:
-            return [e for e in reversed(self.events) if event_type in (None, e["type"])]
+            return [
+                e
+                for e in reversed(self.events)
+                if (types is None or e["type"] in types)
+                and (created_since is None or e["created"] >= created_since)
+            ]
 
     # -- helpers -------------------------------------------------------------
 

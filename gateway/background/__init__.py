@@ -7,7 +7,8 @@
 - job events: worker reports applied to jobs (``gateway.background.job_events``);
 - emails: queued customer emails sent (``gateway.delivery.mailer``);
 - refunds: due refunds sent to Stripe (``gateway.money.refunds``);
-- watchdog: stalled jobs published again or refunded (``gateway.background.watchdog``).
+- watchdog: stalled jobs published again or refunded (``gateway.background.watchdog``);
+- Stripe catch-up: events whose webhook never came (``gateway.background.catch_up``).
 
 Each may run in any number of gateway processes at once: rows are claimed
 with ``SKIP LOCKED`` or leases, effects are guarded by unique keys.
@@ -19,6 +20,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
+from gateway.background.catch_up import StripeCatchUp
 from gateway.background.job_events import consume_job_events
 from gateway.background.loops import Periodic
 from gateway.background.relay import OutboxRelay
@@ -49,6 +51,12 @@ class Background:
                 "watchdog",
                 Watchdog(sessions, config.recovery).check,
                 interval_s=config.recovery.watchdog_interval_s,
+            ),
+            Periodic(
+                "stripe-catch-up",
+                StripeCatchUp(sessions, services.payments).check,
+                interval_s=config.recovery.stripe_catch_up_s,
+                max_backoff_s=max(config.recovery.stripe_catch_up_s, 300.0),
             ),
         ]
         background = cls()

@@ -3,6 +3,7 @@
     GET  /admin/jobs?status=&q=&limit=     list and search jobs (newest first)
     GET  /admin/jobs/{id}                  one job, its audit trail, refunds and outbox
     POST /admin/jobs/{id}/retry            publish a failed job again
+    POST /admin/jobs/{id}/fulfil           a job awaiting payment: ask Stripe, fulfil if paid
     POST /admin/jobs/{id}/refund           {"reason"}: refund a job by hand
     GET  /admin/reports/revenue?format=json|csv&since=&until=
     GET  /admin/reconciliation             Stripe's sessions and refunds against our records
@@ -28,12 +29,13 @@ from starlette.routing import Route
 
 from gateway.errors import NotFoundError, RequestError, UnauthorizedError
 from gateway.http.requests import read_json, services_of
-from gateway.money.fulfilment import retry_job
+from gateway.money.fulfilment import retry_job, settle_from_stripe
 from gateway.money.reconciliation import reconcile
 from gateway.money.refunds import refund_job
 from gateway.money.reports import as_csv, as_json, revenue_by_day
 from gateway.store.lifecycle import UnknownJobError
 from gateway.store.queries import job_details, job_record, list_jobs
+from gateway.store.tables import Job
 
 BODY_LIMIT = 16 * 1024
 Handler = Callable[[Request], Awaitable[Response]]
@@ -96,6 +98,20 @@ async def retry(request: Request) -> Response:
 
 
 @admin_only
+async def fulfil(request: Request) -> Response:
+    services = services_of(request)
+    job_id = request.path_params["job_id"]
+
+    def work() -> Job:
+        try:
+            return settle_from_stripe(services.sessions, services.payments, job_id)
+        except UnknownJobError as exc:
+            raise NotFoundError("no such job") from exc
+
+    return JSONResponse({"job": job_record(await run_in_threadpool(work))}, status_code=202)
+
+
+@admin_only
 async def refund(request: Request) -> Response:
     job_id = request.path_params["job_id"]
     body = await read_json(request, BODY_LIMIT, empty={})
@@ -126,6 +142,7 @@ ROUTES = [
     Route("/admin/jobs", jobs, methods=["GET"]),
     Route("/admin/jobs/{job_id}", job, methods=["GET"]),
     Route("/admin/jobs/{job_id}/retry", retry, methods=["POST"]),
+    Route("/admin/jobs/{job_id}/fulfil", fulfil, methods=["POST"]),
     Route("/admin/jobs/{job_id}/refund", refund, methods=["POST"]),
     Route("/admin/reports/revenue", revenue, methods=["GET"]),
     Route("/admin/reconciliation", reconciliation, methods=["GET"]),

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.delivery.emails import email_row
 from gateway.errors import ConflictError
 from gateway.money.payments import Payments
+from gateway.money.refunds import start_refund
 from gateway.store.lifecycle import (
     EXPIRED_MESSAGE,
     RETRY_MESSAGE,
@@ -28,6 +29,7 @@ from gateway.store.lifecycle import (
     mark_paid,
     queue_again,
     record_decline,
+    record_payment_to_return,
 )
 from gateway.store.tables import Job
 from shared.jobs import JobStatus
@@ -58,8 +60,10 @@ def job_id_of(stripe_object: Mapping[str, Any]) -> str | None:
 def fulfil_checkout(session: Session, checkout: Mapping[str, Any], source: str) -> bool:
     """Mark a paid checkout's job ``pending`` and queue its work; ``False`` if nothing to do.
 
-    Refuses (logs, changes nothing) when the session is not paid, belongs to
-    another job, or charged another amount than the job's price.
+    A payment the job cannot be fulfilled with (another amount or currency
+    than its price, or one that came after the job expired) is refunded
+    instead: money is never kept for nothing. A session that is not the
+    job's changes nothing (logged; reconciliation lists it).
     """
     job_id = job_id_of(checkout)
     if not job_id or checkout.get("payment_status") != "paid":
@@ -69,25 +73,29 @@ def fulfil_checkout(session: Session, checkout: Mapping[str, Any], source: str) 
     if locked.stripe_session_id and locked.stripe_session_id != checkout.get("id"):
         log.warning("checkout session does not belong to this job", extra=context)
         return False
-    paid = (checkout.get("amount_total"), checkout.get("currency"))
-    if paid != (locked.amount_cents, locked.currency):
-        log.error("paid amount differs from the job's price", extra=context)
-        return False
-    if locked.status != JobStatus.AWAITING_PAYMENT:
-        return False  # already fulfilled (or expired: that case is logged by the guard)
+    if locked.status not in (JobStatus.AWAITING_PAYMENT, JobStatus.EXPIRED):
+        return False  # already fulfilled, or already being refunded
     details = checkout.get("customer_details") or {}
-    mark_paid(
-        session,
-        job_id,
-        locked,
-        Paid(
-            session_id=str(checkout["id"]),
-            payment_intent_id=str(checkout.get("payment_intent") or "") or None,
-            customer_email=details.get("email") or checkout.get("customer_email"),
-        ),
-        source,
-        emails=[email_row(job_id, "payment_confirmation")],
+    paid = Paid(
+        session_id=str(checkout["id"]),
+        payment_intent_id=str(checkout.get("payment_intent") or "") or None,
+        customer_email=details.get("email") or checkout.get("customer_email"),
     )
+    amount, currency = checkout.get("amount_total"), checkout.get("currency")
+    problem = None
+    if (amount, currency) != (locked.amount_cents, locked.currency):
+        problem = f"paid {amount} {currency}, the price is {locked.amount_cents} {locked.currency}"
+    elif locked.status == JobStatus.EXPIRED:
+        problem = "paid after the checkout had expired"
+    if problem is not None:
+        log.error("payment refunded: %s", problem, extra=context)
+        job = get_job(session, job_id, lock=True)
+        paid_amount = amount if isinstance(amount, int) else 0
+        paid_currency = str(currency or locked.currency)
+        record_payment_to_return(session, job, paid, paid_amount, paid_currency, problem, source)
+        start_refund(session, job, problem, source, paid_amount, paid_currency)
+        return True
+    mark_paid(session, job_id, locked, paid, source, [email_row(job_id, "payment_confirmation")])
     log.info("checkout fulfilled", extra=context)
     return True
 
@@ -107,6 +115,30 @@ def fulfil_on_return(
     checkout = payments.retrieve_checkout_session(session_id)
     with sessions.begin() as session:
         return fulfil_checkout(session, checkout.to_dict(), "return")
+
+
+def settle_from_stripe(sessions: sessionmaker[Session], payments: Payments, job_id: str) -> Job:
+    """An admin's "fulfil": ask Stripe about a job still awaiting payment and apply the answer.
+
+    For a job whose webhook never came: paid at Stripe, it is fulfilled (or
+    refunded, if the payment cannot be used) through ``fulfil_checkout``;
+    not paid, ``ConflictError``.
+    """
+    with sessions() as session:
+        job = get_job(session, job_id)
+    if job.status not in (JobStatus.AWAITING_PAYMENT, JobStatus.EXPIRED):
+        raise ConflictError(
+            f"only jobs awaiting payment are settled from Stripe; this is {job.status}"
+        )
+    if not job.stripe_session_id:
+        raise ConflictError("this job never got a Checkout Session")
+    checkout = payments.retrieve_checkout_session(job.stripe_session_id).to_dict()
+    if checkout.get("payment_status") != "paid":
+        raise ConflictError(f"Stripe says this checkout is {checkout.get('payment_status')}")
+    with sessions.begin() as session:
+        fulfil_checkout(session, checkout, "admin")
+    with sessions() as session:
+        return get_job(session, job_id)
 
 
 def decline_checkout(session: Session, intent: Mapping[str, Any], source: str) -> bool:

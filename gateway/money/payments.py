@@ -134,6 +134,13 @@ class Payments:
             lambda: [r.to_dict() for r in self.client.v1.refunds.list(params).auto_paging_iter()]
         )
 
+    def list_events(self, types: list[str], created_since: int) -> list[dict[str, Any]]:
+        """Events of ``types`` created at or after ``created_since`` (Unix time), newest first."""
+        params: Any = {"types": types, "created": {"gte": created_since}, "limit": 100}
+        return self._call(
+            lambda: [e.to_dict() for e in self.client.v1.events.list(params).auto_paging_iter()]
+        )
+
     def list_checkout_sessions(self) -> list[dict[str, Any]]:
         """Every Checkout Session of the account, newest first."""
         return self._call(

@@ -57,8 +57,19 @@ def refund_job(session: Session, job_id: str, reason: str, admin: str) -> Job:
     return job
 
 
-def start_refund(session: Session, job: Job, reason: str, source: str) -> Refund:
-    """``refunding`` and a new refund row (a new round, with its own key); call under lock."""
+def start_refund(
+    session: Session,
+    job: Job,
+    reason: str,
+    source: str,
+    amount_cents: int | None = None,
+    currency: str | None = None,
+) -> Refund:
+    """``refunding`` and a new refund row (a new round, with its own key); call under lock.
+
+    Stripe refunds the whole payment; ``amount_cents`` and ``currency`` say
+    what it was when that is not the job's price.
+    """
     lifecycle.start_refunding(session, job, reason, source)
     rounds = session.scalar(select(func.count()).where(Refund.job_id == job.id)) or 0
     refund = Refund(
@@ -66,8 +77,8 @@ def start_refund(session: Session, job: Job, reason: str, source: str) -> Refund
         idempotency_key=f"refund-{job.id}-{rounds + 1}",
         reason=reason,
         status=RefundStatus.PENDING,
-        amount_cents=job.amount_cents,
-        currency=job.currency,
+        amount_cents=job.amount_cents if amount_cents is None else amount_cents,
+        currency=currency or job.currency,
         attempts=0,
         next_attempt_at=utcnow(),
     )

@@ -226,6 +226,28 @@ def mark_paid(
     _forget_loaded(session, job_id)
 
 
+def record_payment_to_return(
+    session: Session, job: Job, paid: Paid, amount: int, currency: str, reason: str, source: str
+) -> None:
+    """A payment the job cannot be fulfilled with: kept on record, for a refund to follow."""
+    job.stripe_session_id = paid.session_id
+    job.stripe_payment_intent_id = paid.payment_intent_id
+    job.customer_email = paid.customer_email or job.customer_email
+    job.paid_at = utcnow()
+    job.failure_reason = reason
+    if paid.payment_intent_id:
+        session.add(
+            Payment(
+                job_id=job.id,
+                stripe_payment_intent_id=paid.payment_intent_id,
+                stripe_session_id=paid.session_id,
+                amount_cents=amount,
+                currency=currency,
+            )
+        )
+    record_audit(session, job, f"paid {amount} {currency}, to be returned: {reason}", source)
+
+
 def record_decline(session: Session, job: Job, code: str, message: str) -> bool:
     """Remember why a payment failed; the job stays payable. ``False`` once it was paid."""
     if job.status != JobStatus.AWAITING_PAYMENT:

@@ -33,6 +33,11 @@ settings.register_profile("local", deadline=None)
 settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI") else "local")
 
+# No test may ever talk to Stripe itself: every gateway a test starts, in this
+# process or as a command, gets an API address of loopback's discard port unless
+# the test points it at its emulator.
+os.environ["SMI_STRIPE_API_BASE"] = "http://127.0.0.1:9"
+
 SAMPLES = PROJECT_MODELS_DIR.parent / "samples"
 FAST_MODEL = "realesr-animevideov3"  # 18 convolutions: for tests about plumbing, not pixels
 

@@ -30,6 +30,7 @@ from gateway.background import Background
 from gateway.config import GatewayConfig
 from gateway.http import admin, customer, downloads, health, webhooks
 from gateway.http.errors import HANDLERS
+from gateway.http.limits import CheckoutLimits
 from gateway.services import Services
 
 
@@ -48,7 +49,7 @@ def create_app(config: GatewayConfig) -> Starlette:
                 await run_in_threadpool(background.stop)
             services.close()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             *customer.ROUTES,
             *webhooks.ROUTES,
@@ -70,3 +71,5 @@ def create_app(config: GatewayConfig) -> Starlette:
             )
         ],
     )
+    app.state.checkout_limits = CheckoutLimits(**vars(config.checkout_limits))
+    return app

@@ -74,6 +74,15 @@ class RecoveryConfig:
 
 
 @dataclass(frozen=True)
+class CheckoutLimitsConfig:
+    """How fast checkouts may start, per client address and for everyone together."""
+
+    per_client_per_minute: float = 20.0
+    burst: int = 5
+    global_per_minute: float = 600.0
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """Everything the gateway process needs, validated."""
 
@@ -96,6 +105,7 @@ class GatewayConfig:
     download_secret: str
     download_ttl_s: int
     storefront_origins: tuple[str, ...] = ()
+    checkout_limits: CheckoutLimitsConfig = CheckoutLimitsConfig()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> GatewayConfig:
@@ -210,6 +220,11 @@ class GatewayConfig:
             download_secret=download_secret,
             download_ttl_s=int(env.number("DOWNLOAD_TTL_HOURS", 7 * 24, minimum=0.01) * 3600),
             storefront_origins=storefront_origins,
+            checkout_limits=CheckoutLimitsConfig(
+                per_client_per_minute=env.number("CHECKOUT_PER_CLIENT_PER_MINUTE", 20, minimum=0.1),
+                burst=int(env.number("CHECKOUT_BURST", 5, minimum=1)),
+                global_per_minute=env.number("CHECKOUT_GLOBAL_PER_MINUTE", 600, minimum=0.1),
+            ),
         )
         if env.problems:
             raise ConfigError(env.problems)

@@ -37,6 +37,14 @@ class SourceImageError(RequestError):
     """Raised when the image to sell is off the allowed hosts, unreachable, or not an image."""
 
 
+class RateLimitedError(GatewayError):
+    """Raised when a client, or everyone together, starts checkouts faster than allowed."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class NotFoundError(GatewayError):
     """Raised when a job id matches no job."""
 

@@ -201,6 +201,8 @@ def running_system(
             **os.environ,
             "SMI_STRIPE_TEST_SECRET_KEY": API_KEY,
             "SMI_STRIPE_TEST_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "SMI_CHECKOUT_PER_CLIENT_PER_MINUTE": "100000",
+            "SMI_CHECKOUT_BURST": "1000",
             "SMI_STRIPE_API_BASE": f"http://127.0.0.1:{emulator_port}",
             "SMI_DATABASE_URL": database_url,
             "SMI_BROKER_URL": broker_url,

@@ -27,7 +27,8 @@ from devtools.emulator.app import EmulatorSettings, create_emulator_app
 from devtools.emulator.webhooks import Faults, sign_payload
 from gateway.app import create_app
 from gateway.config import GatewayConfig
-from gateway.errors import PaymentProviderRejected, SourceImageError
+from gateway.errors import PaymentProviderRejected, RateLimitedError, SourceImageError
+from gateway.http.limits import CheckoutLimits
 from gateway.money.payments import Payments
 from gateway.money.sources import check_url
 from gateway.store.database import create_database_engine, session_factory
@@ -118,6 +119,9 @@ def start_stack(
                 "SMI_DATA_DIR": str(tmp_path),
                 "SMI_BROKER_URL": broker_url or f"filesystem://{tmp_path / 'broker'}",
                 "SMI_STOREFRONT_ORIGINS": "http://shop.test",
+                # Tests buy from one address far faster than any customer.
+                "SMI_CHECKOUT_PER_CLIENT_PER_MINUTE": "100000",
+                "SMI_CHECKOUT_BURST": "1000",
                 **settings,
             }
         )
@@ -458,6 +462,37 @@ def test_size_and_time_limits_on_the_source(database_url, tmp_path):
         assert too_big.status_code == 422 and "larger than 2,000 bytes" in too_big.text
         too_slow = stack.checkout(image_url=f"{stack.images}/slow.jpg")
         assert too_slow.status_code == 422 and "too long" in too_slow.text
+
+
+def test_checkouts_are_rate_limited_per_client_with_retry_after(database_url, tmp_path):
+    limits = {"SMI_CHECKOUT_PER_CLIENT_PER_MINUTE": "6", "SMI_CHECKOUT_BURST": "2"}
+    with start_stack(database_url, tmp_path, **limits) as stack:
+        assert [stack.checkout().status_code for _ in range(2)] == [201, 201]
+        refused = stack.checkout()
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "10"
+        assert "try again in 10 s" in refused.json()["error"]["message"]
+        assert len(stack.stripe.v1.checkout.sessions.list().data) == 2  # nothing more made
+
+
+def test_rate_limit_buckets_refill_and_protect_everyone():
+    now = [0.0]
+    limits = CheckoutLimits(
+        per_client_per_minute=60, burst=2, global_per_minute=60, clock=lambda: now[0]
+    )
+    limits.take("a")
+    limits.take("a")
+    with pytest.raises(RateLimitedError) as raised:
+        limits.take("a")
+    assert raised.value.retry_after_s == 1
+    now[0] = 1.0  # one second later: one more
+    limits.take("a")
+    # Everyone's bucket holds 10 s at 1/s: 10 - 2 at 0 s, + 1 by 1 s, - 1 for "a" = 8 more.
+    for client in "bcdefghi":
+        limits.take(client)
+    with pytest.raises(RateLimitedError, match="very busy"):
+        limits.take("z")
+    now[0] = 3.0
+    limits.take("z")  # refilled
 
 
 def test_names_resolving_to_private_addresses_are_refused():

@@ -37,6 +37,7 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 async def checkout(request: Request) -> Response:
     services = services_of(request)
+    request.app.state.checkout_limits.take(request.client.host if request.client else "")
     body = await read_json(request, BODY_LIMIT)
     config = services.config
     origins = tuple(origin_of(url) for url in (*config.storefront_origins, config.public_url))

@@ -21,6 +21,7 @@ from gateway.errors import (
     PayloadTooLargeError,
     PaymentProviderRejected,
     PaymentProviderUnavailable,
+    RateLimitedError,
     RequestError,
     SourceImageError,
     UnauthorizedError,
@@ -38,6 +39,7 @@ ANSWERS: dict[type[GatewayError], tuple[int, str]] = {
     UnsupportedMediaTypeError: (415, "unsupported_media_type"),
     SourceImageError: (422, "unusable_image"),
     NotFoundError: (404, "not_found"),
+    RateLimitedError: (429, "rate_limited"),
     ConflictError: (409, "conflict"),
     UnauthorizedError: (401, "unauthorized"),
     DownloadForbiddenError: (403, "forbidden"),
@@ -59,7 +61,7 @@ def answer_for(error: GatewayError) -> tuple[int, str]:
 def error_response(error: GatewayError) -> JSONResponse:
     status, kind = answer_for(error)
     headers = {}
-    if isinstance(error, PaymentProviderUnavailable):
+    if isinstance(error, PaymentProviderUnavailable | RateLimitedError):
         headers["Retry-After"] = str(error.retry_after_s)
     if isinstance(error, UnauthorizedError):
         headers["WWW-Authenticate"] = 'Bearer realm="smi-admin"'

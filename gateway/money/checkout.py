@@ -13,7 +13,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, RequestError
 from gateway.money.payments import Payments
 from gateway.money.pricing import quote_price
-from gateway.money.sources import SourcePolicy, fetch_source
+from gateway.money.sources import SourcePolicy, fetch_source, split_url
 from gateway.store.lifecycle import NewJob, create_job, expire, get_job, new_job_id
 from shared.storage import Storage, source_key_for
 
@@ -49,7 +49,8 @@ def parse_checkout_request(
     if not isinstance(image_url, str) or not image_url.strip():
         raise RequestError("image_url is required")
     return_url = body.get("return_url", default_return_url)
-    if not isinstance(return_url, str) or not _is_http_url(return_url):
+    parts = split_url(return_url) if isinstance(return_url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
         raise RequestError("return_url must be an http(s) URL")
     if return_origins and origin_of(return_url) not in return_origins:
         raise RequestError("return_url must be on the shop's own site")
@@ -60,16 +61,6 @@ def origin_of(url: str) -> str:
     """``https://shop.example`` of ``https://shop.example/a/b?c``, lower-cased."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}".lower()
-
-
-def _is_http_url(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises for ports that are not numbers in range
-        url.encode("utf-8")
-    except (ValueError, UnicodeEncodeError):
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.netloc) and url.isprintable()
 
 
 def start_checkout(

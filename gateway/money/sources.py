@@ -27,7 +27,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import httpx
 
@@ -103,19 +103,33 @@ def fetch_source(url: str, policy: SourcePolicy) -> SourceImage:
         client.close()
 
 
+def split_url(url: str) -> SplitResult | None:
+    """``url`` split into its parts if it can be sent at all, else ``None``.
+
+    Refused: over ``MAX_URL_LENGTH``, control characters, what UTF-8 cannot
+    hold (a lone surrogate), a port that is no port (99999, -1, letters), a
+    bracket left open. The scheme is the caller's to check.
+    """
+    if len(url) > MAX_URL_LENGTH or not url.isprintable():
+        return None
+    try:
+        url.encode("utf-8")
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - reading it is the check
+    except (ValueError, UnicodeEncodeError):
+        return None
+    return parts
+
+
 def check_url(url: str, hosts: tuple[str, ...]) -> None:
     """Raise ``SourceImageError`` unless ``url`` is http(s) on an allowed, safe host."""
-    if len(url) > MAX_URL_LENGTH or not url.isprintable() or (not url.isascii() and not _utf8(url)):
+    parts = split_url(url)
+    if parts is None:
         raise SourceImageError("image_url is not a usable URL")
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises for 99999, -1 or letters
-    except ValueError as exc:
-        raise SourceImageError(f"image_url is not a usable URL: {exc}") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SourceImageError("image_url must be an http or https URL")
     host = parts.hostname.lower()
-    port = port or (443 if parts.scheme == "https" else 80)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     listed = [entry for entry in hosts if _entry_matches(entry, host, port)]
     if not listed:
         raise SourceImageError(f"images from {host} are not accepted here")
@@ -129,15 +143,6 @@ def check_url(url: str, hosts: tuple[str, ...]) -> None:
         ip = ipaddress.ip_address(str(address).split("%")[0])
         if not ip.is_global:
             raise SourceImageError(f"{host} resolves to a non-public address ({ip})")
-
-
-def _utf8(text: str) -> bool:
-    """Whether ``text`` can be sent at all (a lone surrogate cannot)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _entry_matches(entry: str, host: str, port: int) -> bool:

@@ -380,11 +380,12 @@ class UpscaleWorker:
 
 
 class HostBuffers:
-    """Reusable host arrays for images in flight; page-locked when a GPU copies them.
+    """Host arrays for images in flight; on a GPU worker page-locked and reused.
 
     Allocating and page-locking 192 MB for every 8000x8000 output costs more
-    than the copy it speeds up, so arrays are handed back after use and
-    handed out again for the next image of the same shape.
+    than the copy it speeds up, so page-locked arrays are handed back after
+    use and handed out again for the next image of the same shape. On the
+    CPU they are plain arrays, made as needed.
     """
 
     KEEP = 4  # arrays kept for reuse; more in flight are simply allocated
@@ -413,6 +414,10 @@ class HostBuffers:
         return buffer
 
     def give(self, array: np.ndarray) -> None:
+        """Done with ``array``: keep it for the next image of its shape (page-locked ones only;
+        plain arrays cost nothing to make again and would only hold memory)."""
+        if not self.pinned:
+            return
         with self._lock:
             if len(self._free) >= self.KEEP:
                 self._free.pop(0)

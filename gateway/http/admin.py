@@ -22,20 +22,17 @@ from datetime import date
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from gateway.errors import NotFoundError, RequestError, UnauthorizedError
-from gateway.http.requests import read_json, services_of
+from gateway.errors import RequestError, UnauthorizedError
+from gateway.http.requests import in_session, off_loop, read_json, services_of
 from gateway.money.fulfilment import retry_job, settle_from_stripe
 from gateway.money.reconciliation import reconcile
 from gateway.money.refunds import refund_job
 from gateway.money.reports import as_csv, as_json, revenue_by_day
-from gateway.store.lifecycle import UnknownJobError
 from gateway.store.queries import job_details, job_record, list_jobs
-from gateway.store.tables import Job
 
 BODY_LIMIT = 16 * 1024
 Handler = Callable[[Request], Awaitable[Response]]
@@ -56,20 +53,6 @@ def admin_only(handler: Handler) -> Handler:
         return await handler(request)
 
     return checked
-
-
-async def in_session(request: Request, work: Callable[[Session], T], *, write: bool = False) -> T:
-    """``work`` in a session (a transaction when ``write``), off the event loop; 404 for no job."""
-    sessions = services_of(request).sessions
-
-    def run() -> T:
-        try:
-            with sessions.begin() if write else sessions() as session:
-                return work(session)
-        except UnknownJobError as exc:
-            raise NotFoundError("no such job") from exc
-
-    return await run_in_threadpool(run)
 
 
 @admin_only
@@ -101,14 +84,8 @@ async def retry(request: Request) -> Response:
 async def fulfil(request: Request) -> Response:
     services = services_of(request)
     job_id = request.path_params["job_id"]
-
-    def work() -> Job:
-        try:
-            return settle_from_stripe(services.sessions, services.payments, job_id)
-        except UnknownJobError as exc:
-            raise NotFoundError("no such job") from exc
-
-    return JSONResponse({"job": job_record(await run_in_threadpool(work))}, status_code=202)
+    done = await off_loop(lambda: settle_from_stripe(services.sessions, services.payments, job_id))
+    return JSONResponse({"job": job_record(done)}, status_code=202)
 
 
 @admin_only

@@ -13,18 +13,16 @@ from functools import partial
 from typing import Any
 
 import anyio
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.delivery.links import DownloadLinks
-from gateway.errors import NotFoundError, RequestError
-from gateway.http.requests import read_json, services_of
+from gateway.errors import RequestError
+from gateway.http.requests import in_session, off_loop, read_json, services_of
 from gateway.money.checkout import origin_of, parse_checkout_request, start_checkout
 from gateway.money.fulfilment import fulfil_on_return
-from gateway.services import Services
-from gateway.store.lifecycle import UnknownJobError, get_job
+from gateway.store.lifecycle import get_job
 from gateway.store.tables import Job
 from shared.jobs import JobStatus
 
@@ -70,9 +68,7 @@ def checkout_limiter(request: Request) -> anyio.CapacityLimiter:
 
 
 async def job_status(request: Request) -> Response:
-    services = services_of(request)
-    body = await run_in_threadpool(read_status, services, request.path_params["job_id"])
-    return JSONResponse(body, headers=NO_STORE)
+    return JSONResponse(await read_status(request), headers=NO_STORE)
 
 
 async def returned(request: Request) -> Response:
@@ -83,22 +79,16 @@ async def returned(request: Request) -> Response:
     if not isinstance(session_id, str) or not session_id:
         raise RequestError("session_id is required")
 
-    def work() -> dict[str, Any]:
-        try:
-            fulfil_on_return(services.sessions, services.payments, job_id, session_id)
-        except UnknownJobError as exc:
-            raise NotFoundError("no such job") from exc
-        return read_status(services, job_id)
-
-    return JSONResponse(await run_in_threadpool(work), headers=NO_STORE)
+    await off_loop(
+        lambda: fulfil_on_return(services.sessions, services.payments, job_id, session_id)
+    )
+    return JSONResponse(await read_status(request), headers=NO_STORE)
 
 
-def read_status(services: Services, job_id: str) -> dict[str, Any]:
-    try:
-        with services.sessions() as session:
-            return status_of(get_job(session, job_id), services.links)
-    except UnknownJobError as exc:
-        raise NotFoundError("no such job") from exc
+async def read_status(request: Request) -> dict[str, Any]:
+    """The job of the request's path, as ``status_of`` shows it."""
+    job_id, links = request.path_params["job_id"], services_of(request).links
+    return await in_session(request, lambda session: status_of(get_job(session, job_id), links))
 
 
 def status_of(job: Job, links: DownloadLinks) -> dict[str, Any]:

@@ -1,14 +1,25 @@
-"""What handlers read from a request: the process's services and a bounded body."""
+"""What handlers share: the process's services, a bounded body, blocking work off the loop."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from gateway.errors import PayloadTooLargeError, RequestError, UnsupportedMediaTypeError
+from gateway.errors import (
+    NotFoundError,
+    PayloadTooLargeError,
+    RequestError,
+    UnsupportedMediaTypeError,
+)
 from gateway.services import Services
+from gateway.store.lifecycle import UnknownJobError
+
+T = TypeVar("T")
 
 
 def services_of(request: Request) -> Services:
@@ -47,3 +58,26 @@ async def read_json(request: Request, limit: int, *, empty: Any = None) -> Any:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, too deep, too many digits
         raise RequestError("the body is not valid JSON") from exc
+
+
+async def off_loop(work: Callable[[], T]) -> T:
+    """``work`` in a worker thread, off the event loop; a job id that matches no job is a 404."""
+
+    def run() -> T:
+        try:
+            return work()
+        except UnknownJobError as exc:
+            raise NotFoundError("no such job") from exc
+
+    return await run_in_threadpool(run)
+
+
+async def in_session(request: Request, work: Callable[[Session], T], *, write: bool = False) -> T:
+    """``work`` in a database session (a transaction when ``write``), via ``off_loop``."""
+    sessions = services_of(request).sessions
+
+    def run() -> T:
+        with sessions.begin() if write else sessions() as session:
+            return work(session)
+
+    return await off_loop(run)

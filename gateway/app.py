@@ -66,7 +66,7 @@ def create_app(config: GatewayConfig) -> Starlette:
                 CORSMiddleware,
                 allow_origins=list(config.storefront_origins),
                 allow_methods=["GET", "POST"],
-                allow_headers=["Content-Type"],
+                allow_headers=["Content-Type", customer.SESSION_HEADER],
                 max_age=600,
             )
         ],

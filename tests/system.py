@@ -83,6 +83,8 @@ class System:
     stripe: stripe.StripeClient
     gateways: list[str] = field(default_factory=list)
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    # Each job's Checkout session id: what only its buyer knows, and shows for the download.
+    checkout_sessions: dict[str, str] = field(default_factory=dict)
 
     @property
     def gateway(self) -> str:
@@ -140,7 +142,9 @@ class System:
             timeout=30,
         )
         assert response.status_code == 201, response.text
-        return dict(response.json())
+        body = dict(response.json())
+        self.checkout_sessions[body["job_id"]] = body["checkout_url"].rsplit("/", 1)[1]
+        return body
 
     def pay(self, checkout: dict[str, Any], card: str = SUCCESS_CARD) -> dict[str, Any]:
         session_id = checkout["checkout_url"].rsplit("/", 1)[1]
@@ -160,7 +164,12 @@ class System:
         return str(checkout["job_id"])
 
     def status(self, job_id: str, gateway: int = 0) -> dict[str, Any]:
-        response = httpx.get(f"{self.gateways[gateway]}/api/jobs/{job_id}", timeout=30)
+        session_id = self.checkout_sessions.get(job_id)
+        response = httpx.get(
+            f"{self.gateways[gateway]}/api/jobs/{job_id}",
+            headers={"X-Checkout-Session": session_id} if session_id else {},
+            timeout=30,
+        )
         assert response.status_code == 200, response.text
         return dict(response.json())
 

@@ -33,7 +33,7 @@ from gateway.money.payments import Payments
 from gateway.money.sources import check_url
 from gateway.store.database import create_database_engine, session_factory
 from gateway.store.lifecycle import audit_trail
-from gateway.store.tables import OutboxMessage
+from gateway.store.tables import Job, OutboxMessage
 from servers import free_port, serve, wait_for
 from upscaler.images import encode_image
 
@@ -78,8 +78,14 @@ class Stack:
         body = {"image_url": f"{self.images}/photo.jpg", **body}
         return httpx.post(f"{self.gateway}/api/checkout", json=body, timeout=30)
 
-    def status(self, job_id: str, **params: str) -> dict:
-        return httpx.get(f"{self.gateway}/api/jobs/{job_id}", params=params, timeout=30).json()
+    def status(self, job_id: str, as_buyer: bool = False) -> dict:
+        """The job as its page sees it; ``as_buyer`` shows the Checkout session id as the buyer."""
+        headers = {"X-Checkout-Session": self.session_of(job_id)} if as_buyer else {}
+        return httpx.get(f"{self.gateway}/api/jobs/{job_id}", headers=headers, timeout=30).json()
+
+    def session_of(self, job_id: str) -> str:
+        with self.sessions()() as session:
+            return str(session.get_one(Job, job_id).stripe_session_id)
 
     def came_back(self, job_id: str, session_id: str) -> httpx.Response:
         return httpx.post(
@@ -247,9 +253,7 @@ def test_returning_customer_is_fulfilled_before_the_webhook(database_url, tmp_pa
         assert query["smi_payment"] == ["success"] and query["job_id"] == [body["job_id"]]
         assert stack.status(body["job_id"])["status"] == "awaiting_payment"  # no webhook
         # Looking is only looking: a GET never fulfils, whatever it carries.
-        assert stack.status(body["job_id"], session_id=query["session_id"][0])["status"] == (
-            "awaiting_payment"
-        )
+        assert stack.status(body["job_id"], as_buyer=True)["status"] == "awaiting_payment"
         status = stack.came_back(body["job_id"], query["session_id"][0])
         assert status.status_code == 200 and status.json()["status"] == "pending"
         assert stack.came_back(body["job_id"], query["session_id"][0]).json()["status"] == "pending"

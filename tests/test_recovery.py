@@ -296,9 +296,18 @@ def test_download_links_are_signed_and_expire(loop):
     job_id = loop.buy()
     result = b"\x89PNG result bytes"
     Storage(loop.stack.config.storage_url).put(f"jobs/{job_id}/result.png", result)
-    assert loop.stack.status(job_id).get("download_url") is None  # not completed yet
+    assert loop.stack.status(job_id, as_buyer=True).get("download_url") is None  # not done yet
     loop.event(job_id, EventKind.COMPLETED, result_key=f"jobs/{job_id}/result.png")
-    url = loop.stack.status(job_id)["download_url"]
+    # The job id is no credential: it shows the status, never a link.
+    anyone = loop.stack.status(job_id)
+    assert anyone["status"] == "completed" and "download_url" not in anyone
+    forged = httpx.get(
+        f"{loop.stack.gateway}/api/jobs/{job_id}",
+        headers={"X-Checkout-Session": "cs_guessed"},
+        timeout=30,
+    ).json()
+    assert "download_url" not in forged
+    url = loop.stack.status(job_id, as_buyer=True)["download_url"]
     good = httpx.get(url, timeout=30)
     assert good.status_code == 200 and good.content == result
     tampered = url[:-2] + ("AA" if not url.endswith("AA") else "BB")
@@ -320,7 +329,7 @@ def test_a_refund_made_at_stripe_ends_the_job_once_and_our_own_echo_changes_noth
     job_id = loop.buy()
     Storage(loop.stack.config.storage_url).put(f"jobs/{job_id}/result.png", b"\x89PNG result")
     loop.event(job_id, EventKind.COMPLETED, result_key=f"jobs/{job_id}/result.png")
-    url = loop.stack.status(job_id)["download_url"]
+    url = loop.stack.status(job_id, as_buyer=True)["download_url"]
     intent = loop.job(job_id).stripe_payment_intent_id
     stripe = loop.stack.stripe
     stripe.v1.refunds.create({"payment_intent": intent, "amount": 20})  # a part, by hand

@@ -4,10 +4,19 @@ POST /api/checkout               {"image_url", "return_url"?} -> 201 {"job_id", 
 GET  /api/jobs/{job_id}          the job as the customer sees it (a pure read)
 POST /api/jobs/{job_id}/return   {"session_id"}: back from paying; fulfils the job if
                                  Stripe says it is paid and the webhook has not come yet
+
+A job id alone opens its status, progress, price, image size and times,
+never a download: the id travels in the success URL (history, Referer,
+analytics). The download link is minted only for whoever shows the job's
+Checkout session id, which Stripe gives to the payer alone (in the redirect
+back, which the script strips from the address bar at once), sent in the
+``X-Checkout-Session`` header or in the return call's body; the emailed
+link is the other way in.
 """
 
 from __future__ import annotations
 
+import hmac
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -31,6 +40,7 @@ BODY_LIMIT = 16 * 1024
 # anyio's default pool (40 threads) keeps the others for webhooks, polls and admins.
 CHECKOUT_THREADS = 16
 NO_STORE = {"Cache-Control": "no-store"}
+SESSION_HEADER = "X-Checkout-Session"
 
 
 async def checkout(request: Request) -> Response:
@@ -68,7 +78,8 @@ def checkout_limiter(request: Request) -> anyio.CapacityLimiter:
 
 
 async def job_status(request: Request) -> Response:
-    return JSONResponse(await read_status(request), headers=NO_STORE)
+    session_id = request.headers.get(SESSION_HEADER)
+    return JSONResponse(await read_status(request, session_id), headers=NO_STORE)
 
 
 async def returned(request: Request) -> Response:
@@ -82,17 +93,26 @@ async def returned(request: Request) -> Response:
     await off_loop(
         lambda: fulfil_on_return(services.sessions, services.payments, job_id, session_id)
     )
-    return JSONResponse(await read_status(request), headers=NO_STORE)
+    return JSONResponse(await read_status(request, session_id), headers=NO_STORE)
 
 
-async def read_status(request: Request) -> dict[str, Any]:
-    """The job of the request's path, as ``status_of`` shows it."""
+async def read_status(request: Request, session_id: str | None) -> dict[str, Any]:
+    """The job of the request's path, as ``status_of`` shows it to ``session_id``'s holder."""
     job_id, links = request.path_params["job_id"], services_of(request).links
-    return await in_session(request, lambda session: status_of(get_job(session, job_id), links))
+    return await in_session(
+        request, lambda session: status_of(get_job(session, job_id), links, session_id)
+    )
 
 
-def status_of(job: Job, links: DownloadLinks) -> dict[str, Any]:
-    """What the customer's page shows about a job."""
+def paid_by(job: Job, session_id: str | None) -> bool:
+    """Whether ``session_id`` is the job's Checkout session: the buyer's proof."""
+    if not session_id or not job.stripe_session_id:
+        return False
+    return hmac.compare_digest(session_id.encode(), job.stripe_session_id.encode())
+
+
+def status_of(job: Job, links: DownloadLinks, session_id: str | None = None) -> dict[str, Any]:
+    """What the customer's page shows about a job; the download only to its buyer."""
 
     def stamp(value: datetime | None) -> str | None:
         return value.isoformat() if value else None
@@ -111,7 +131,7 @@ def status_of(job: Job, links: DownloadLinks) -> dict[str, Any]:
         "updated_at": stamp(job.updated_at),
         "paid_at": stamp(job.paid_at),
         "finished_at": stamp(job.finished_at),
-        **download_link(job, links),
+        **(download_link(job, links) if paid_by(job, session_id) else {}),
         # A customer whose card was declined pays again on the same session.
         **({"checkout_url": job.checkout_url} if job.status == JobStatus.AWAITING_PAYMENT else {}),
     }

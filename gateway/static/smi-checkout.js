@@ -271,11 +271,16 @@
         Math.round(job.progress * 100) + "% done.", [closeAction()], job.progress);
       return;
     }
-    if (status === "completed") {
+    if (status === "completed" && job.download_url) {
       show("completed", "Your image is ready", job.message, [
         { label: "Download 4x image", href: job.download_url, download: true },
         closeAction(),
       ]);
+      return;
+    }
+    if (status === "completed") {
+      show("completed", "Your image is ready",
+        "The download link is in the email we sent you.", [closeAction()]);
       return;
     }
     if (status === "refunded" || status === "refunding" || status === "failed") {
@@ -305,19 +310,24 @@
     show("loading", "Your order", "Checking your payment…");
 
     var jobUrl = GATEWAY + "/api/jobs/" + encodeURIComponent(jobId);
+    var returning = Boolean(sessionId);
 
     function poll() {
       if (stopped) return;
       // Back from paying: the first look tells the gateway so (it asks Stripe if the
       // webhook has not come yet); later looks only read.
-      var request = sessionId
+      // The session id is the buyer's proof of payment: only with it does the
+      // gateway hand out the download link (a job id alone does not).
+      var headers = { Accept: "application/json" };
+      if (sessionId) headers["X-Checkout-Session"] = sessionId;
+      var request = returning
         ? fetch(jobUrl + "/return", {
           method: "POST",
           headers: { Accept: "application/json", "Content-Type": "application/json" },
           body: JSON.stringify({ session_id: sessionId }),
           cache: "no-store"
         })
-        : fetch(jobUrl, { headers: { Accept: "application/json" }, cache: "no-store" });
+        : fetch(jobUrl, { headers: headers, cache: "no-store" });
       request
         .then(function (response) {
           if (response.status === 404) throw new Error("We cannot find this order.");
@@ -326,7 +336,7 @@
         })
         .then(function (job) {
           if (stopped) return;
-          sessionId = null;
+          returning = false;
           render(job);
           var waitingForDecline = job.status === "awaiting_payment" && job.decline_code;
           if (FINAL.indexOf(job.status) >= 0 || waitingForDecline) return;

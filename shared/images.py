@@ -10,6 +10,9 @@ Pixels are numpy arrays in RGB order: HxW (L), HxWx2 (LA), HxWx3 (RGB) or
 HxWx4 (RGBA), uint8 or uint16 (16-bit PNG). The size is read from the
 header and checked against the pixel limit before any pixel is decoded;
 EXIF orientation is applied, so the array is the picture as people see it.
+A JPEG must hold every pixel its header claims: libjpeg pads a short scan
+with grey and calls it a warning, which would let a 3 KB file be priced and
+upscaled as 4000x4000; here libjpeg-turbo's warnings are errors.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
@@ -126,6 +130,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
             pixels = _decode_png16(data)
         else:
             pixels = _decode_8bit(image)
+    if info.format == "jpeg":
+        _check_jpeg_complete(data)
     if pixels.shape[:2] != (info.height, info.width):
         raise CorruptImageError(
             f"decoded {pixels.shape[1]}x{pixels.shape[0]}, header says {info.width}x{info.height}"
@@ -170,6 +176,20 @@ def _orientation(image: Image.Image) -> int:
     except (OSError, ValueError, TypeError, SyntaxError):
         return 1  # an unreadable EXIF block is no reason to refuse the picture
     return value if 1 <= value <= 8 else 1
+
+
+def _check_jpeg_complete(data: bytes) -> None:
+    """Raise ``CorruptImageError`` if libjpeg-turbo finds the data short or damaged.
+
+    Pillow decodes with libjpeg too, but lets its warnings pass ("premature
+    end of data segment", "corrupt JPEG data"): a file whose header claims
+    more pixels than its scan holds decodes as grey padding. Decoding once
+    more in strict mode (fast DCT: only the warnings matter) refuses it.
+    """
+    try:
+        simplejpeg.decode_jpeg(data, strict=True, fastdct=True, fastupsample=True)
+    except ValueError as exc:
+        raise CorruptImageError(f"damaged or truncated JPEG data: {exc}") from exc
 
 
 def _png_bit_depth(data: bytes) -> int:

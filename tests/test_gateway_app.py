@@ -53,6 +53,11 @@ def image_server() -> Starlette:
             return Response(png_claiming(5000, 5000), media_type="image/png")
         if name == "notes.txt":
             return Response(b"not an image", media_type="text/plain")
+        if name == "short.jpg":  # a 4000x4000 header over 80x120 of scan data
+            short = bytearray(photo)
+            frame = short.find(b"\xff\xc0")
+            short[frame + 5 : frame + 9] = bytes.fromhex("0fa00fa0")
+            return Response(bytes(short), media_type="image/jpeg")
         if name == "hop":
             return RedirectResponse("/photo.jpg")
         if name == "away":  # same machine, but a host that is not on the list
@@ -420,6 +425,7 @@ class TestBadInput:
         [
             ("/notes.txt", "not a usable image"),
             ("/huge.png", "too large"),
+            ("/short.jpg", "not a usable image"),
             ("/away", "not accepted"),
             ("/missing", "HTTP 404"),
         ],

@@ -125,6 +125,26 @@ def test_truncated_files_are_corrupt(fmt):
         decode_image(data[: len(data) // 2])
 
 
+def jpeg_claiming(width: int, height: int, pixels: np.ndarray, **options) -> bytes:
+    """A whole JPEG (SOI to EOI) of ``pixels`` whose frame header claims another size."""
+    data = bytearray(pillow_bytes(Image.fromarray(pixels), "JPEG", **options))
+    frame = next(data.find(marker) for marker in (b"\xff\xc0", b"\xff\xc2") if marker in data)
+    data[frame + 5 : frame + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_jpeg_holding_fewer_pixels_than_its_header_claims_is_corrupt(progressive):
+    # 80x120 of scan data under a 4000x4000 header: libjpeg pads the rest with grey
+    # and only warns, so the file would be priced and upscaled as 16 megapixels.
+    data = jpeg_claiming(4000, 4000, random_pixels((120, 80, 3)), progressive=progressive)
+    assert probe_image(data).width == 4000  # the header alone cannot tell
+    with pytest.raises(CorruptImageError, match="JPEG data"):
+        decode_image(data)
+    honest = jpeg_claiming(80, 120, random_pixels((120, 80, 3)), progressive=progressive)
+    assert decode_image(honest).pixels.shape == (120, 80, 3)
+
+
 def test_truncated_16_bit_png_is_corrupt():
     data = encode_image(random_pixels((64, 64, 3), np.uint16), "png")
     with pytest.raises(CorruptImageError):

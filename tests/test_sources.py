@@ -173,3 +173,30 @@ def test_slow_sources_do_not_hold_up_webhooks_or_status_polls(database_url, tmp_
     assert polled.status_code == 404 and waited < 1.0, waited
     assert hooked.status_code == 400  # unsigned: refused, but answered at once
     assert set(statuses) <= {422, 503}
+
+
+def test_the_connection_goes_to_the_address_that_was_checked(monkeypatch):
+    """DNS rebinding: a name that answers a public address to the check, then loopback."""
+    seen: list[bytes] = []
+
+    def record(connection: socket.socket) -> None:
+        seen.append(b"request")
+        respond(PHOTO)(connection)
+
+    real = socket.getaddrinfo
+    answers = iter(["93.184.215.14"])  # public, and unreachable from here: refused or silent
+
+    def rebinding(host, port, *args, **kwargs):
+        if host != "rebind.test":
+            return real(host, port, *args, **kwargs)
+        address = next(answers, "127.0.0.1")  # the second answer: our own machine
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    with raw_server(record) as local:
+        port = local.rsplit(":", 1)[1]
+        with pytest.raises(SourceImageError):
+            fetch_source(
+                f"http://rebind.test:{port}/a.jpg", policy(f"rebind.test:{port}", timeout_s=1)
+            )
+    assert seen == []  # the loopback server was never reached

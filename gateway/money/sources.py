@@ -9,6 +9,9 @@ Rules:
 - a name that resolves to a private, loopback, link-local or reserved
   address is refused, unless the listed entry is that IP address itself
   or ``localhost`` (so a public name cannot be pointed at our network);
+  the connection goes to the address that was checked, not to a second
+  answer from the resolver (a name whose answer changes in between, DNS
+  rebinding, cannot reach a private address); TLS still checks the name;
 - at most ``max_bytes`` are read, counted after decompression as they
   arrive (a 5 KB body that would inflate to gigabytes stops at the limit;
   a body compressed twice is refused), in at most ``timeout_s`` seconds
@@ -76,12 +79,15 @@ def fetch_source(url: str, policy: SourcePolicy) -> SourceImage:
     watchdog.start()
     try:
         for _ in range(MAX_REDIRECTS + 1):
-            check_url(url, policy.hosts)
+            address = check_url(url, policy.hosts)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise SourceImageError(TOO_SLOW)
+            target, headers, extensions = _pinned(url, address)
             try:
-                with client.stream("GET", url, timeout=remaining) as response:
+                with client.stream(
+                    "GET", target, headers=headers, extensions=extensions, timeout=remaining
+                ) as response:
                     if response.is_redirect:
                         url = urljoin(url, response.headers.get("location", ""))
                         continue
@@ -121,8 +127,13 @@ def split_url(url: str) -> SplitResult | None:
     return parts
 
 
-def check_url(url: str, hosts: tuple[str, ...]) -> None:
-    """Raise ``SourceImageError`` unless ``url`` is http(s) on an allowed, safe host."""
+def check_url(url: str, hosts: tuple[str, ...]) -> str | None:
+    """Raise ``SourceImageError`` unless ``url`` is http(s) on an allowed, safe host.
+
+    Returns the public address the host's name resolved to, the one to
+    connect to; ``None`` when the URL names its host by address or is
+    ``localhost`` (listed explicitly: there is nothing to resolve twice).
+    """
     parts = split_url(url)
     if parts is None:
         raise SourceImageError("image_url is not a usable URL")
@@ -134,15 +145,31 @@ def check_url(url: str, hosts: tuple[str, ...]) -> None:
     if not listed:
         raise SourceImageError(f"images from {host} are not accepted here")
     if host == "localhost" or _is_ip(host):
-        return  # listed explicitly by address: the operator meant it
+        return None  # listed explicitly by address: the operator meant it
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+        answers = [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
     except OSError as exc:
         raise SourceImageError(f"cannot resolve {host}") from exc
-    for address in addresses:
+    if not answers:
+        raise SourceImageError(f"cannot resolve {host}")
+    for address in answers:
         ip = ipaddress.ip_address(str(address).split("%")[0])
         if not ip.is_global:
             raise SourceImageError(f"{host} resolves to a non-public address ({ip})")
+    return str(answers[0])
+
+
+def _pinned(url: str, address: str | None) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """``url`` aimed at ``address``, with the Host header and TLS name of the original."""
+    if address is None:
+        return url, {}, {}
+    parts = urlsplit(url)
+    ip = ipaddress.ip_address(address)
+    literal = f"[{ip}]" if ip.version == 6 else str(ip)
+    port = f":{parts.port}" if parts.port else ""
+    target = parts._replace(netloc=f"{literal}{port}").geturl()
+    host = str(parts.hostname)
+    return target, {"Host": f"{host}{port}"}, {"sni_hostname": host}
 
 
 def _entry_matches(entry: str, host: str, port: int) -> bool:

@@ -70,6 +70,7 @@ class RecoveryConfig:
     max_job_attempts: int  # publications of one job before it fails and is refunded
     refund_max_attempts: int
     refund_backoff_s: float
+    refund_lease_s: float  # a claimed refund left by a process that died is retried after this
     stripe_catch_up_s: float  # how often Stripe's events are listed for ones never delivered
 
 
@@ -214,6 +215,7 @@ class GatewayConfig:
                     env.number("REFUND_MAX_ATTEMPTS", 6, minimum=1, maximum=50)
                 ),
                 refund_backoff_s=env.number("REFUND_BACKOFF_S", 10, minimum=0),
+                refund_lease_s=env.number("REFUND_LEASE_S", 120, minimum=1),
                 stripe_catch_up_s=env.number("STRIPE_CATCH_UP_S", 60, minimum=1),
             ),
             admin_token=admin_token or None,

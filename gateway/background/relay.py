@@ -22,6 +22,7 @@ from gateway.background.loops import Periodic
 from gateway.store.lifecycle import UPSCALE_KIND
 from gateway.store.tables import OutboxMessage, utcnow
 from shared.broker import Broker, BrokerError
+from shared.failpoints import failpoint
 from shared.topology import UPSCALE_QUEUE
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class OutboxRelay:
                     message_id=f"{row.job_id}:{row.kind}:{row.attempt}",
                     headers={"job_id": row.job_id},
                 )
+                failpoint("relay.published")
                 row.published_at = utcnow()
                 row.last_error = None
                 log.info("published", extra={"job_id": row.job_id, "kind": row.kind})

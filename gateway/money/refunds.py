@@ -32,12 +32,12 @@ from gateway.store import lifecycle
 from gateway.store.leases import backoff_s, claim_due
 from gateway.store.lifecycle import get_job, job_paid_by, record_audit
 from gateway.store.tables import Job, Refund, RefundStatus, utcnow
+from shared.failpoints import failpoint
 from shared.jobs import JobStatus
 
 log = logging.getLogger(__name__)
 
 REFUNDABLE = frozenset({JobStatus.FAILED, JobStatus.COMPLETED, JobStatus.REFUND_FAILED})
-CLAIM_LEASE_S = 120.0
 
 
 def fail_job(session: Session, job: Job, reason: str, source: str) -> bool:
@@ -127,7 +127,10 @@ class Refunder:
     def refund_due(self) -> int:
         """Try every due refund once; returns how many were tried."""
         claimed = claim_due(
-            self.sessions, Refund, [Refund.status == RefundStatus.PENDING], lease_s=CLAIM_LEASE_S
+            self.sessions,
+            Refund,
+            [Refund.status == RefundStatus.PENDING],
+            lease_s=self.config.refund_lease_s,
         )
         for refund_id in claimed:
             self._attempt(refund_id)
@@ -159,6 +162,7 @@ class Refunder:
             log.error("refund refused: %s", exc, extra=context)
             self._give_up(refund_id, str(exc))
             return
+        failpoint("refund.sent")
         if stripe_refund.get("status") not in LIVE_REFUND_STATUSES:
             self._give_up(refund_id, f"Stripe reports the refund {stripe_refund.get('status')}")
             return

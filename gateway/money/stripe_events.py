@@ -27,6 +27,7 @@ from gateway.money.fulfilment import (
 )
 from gateway.money.refunds import refunded_at_stripe
 from gateway.store.lifecycle import DuplicateEventError, UnknownJobError, claim_event
+from shared.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ def apply_event(sessions: sessionmaker[Session], event: dict[str, Any]) -> str:
         with sessions.begin() as session:
             claim_event(session, str(event["id"]), str(event["type"]), job_id)
             changed = handler(session, stripe_object, f"stripe:{event['id']}")
+            failpoint("webhook.applied")
+        failpoint("webhook.committed")
     except DuplicateEventError:
         return "duplicate"
     except UnknownJobError:

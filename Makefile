@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS := models/weights/RealESRGAN_x4plus.ncnn.pth
 
-.PHONY: setup weights browser demo compare test lint bench gpu-bundle gpu-rehearsal gpu-bench clean
+.PHONY: setup weights browser demo compare test test-fast lint bench gpu-bundle gpu-rehearsal gpu-bench clean
 
 setup: $(STAMP) $(WEIGHTS)
 
@@ -47,6 +47,10 @@ lint: $(STAMP)
 
 test: setup browser lint
 	$(BIN)/pytest
+
+# For development: everything but the tests marked slow (the fault suite, whole-system runs).
+test-fast: setup lint
+	$(BIN)/pytest -m "not slow"
 
 BENCH := $(BIN)/smi-bench --input-size 128 --tile 64 --overlap 10 --baseline --no-seams --warmup 1 --repeat 15
 

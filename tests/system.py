@@ -113,6 +113,22 @@ class System:
         self.gateways.append(url)
         return url
 
+    def process(self, name: str) -> subprocess.Popen[bytes]:
+        """The newest process started under ``name``."""
+        return next(process for known, process in reversed(self.processes) if known == name)
+
+    def restart_gateway(self, index: int = 0, kill: bool = False, **extra_env: str) -> None:
+        """Stop gateway ``index`` (SIGKILL if ``kill``; it may be dead already), start it
+        again on its own address with ``extra_env``, and wait until it answers."""
+        name, url = f"gateway-{index + 1}", self.gateways[index]
+        process = self.process(name)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        process.wait(timeout=30)
+        port = url.rsplit(":", 1)[1]
+        self.spawn(name, BIN / "smi-gateway", "--port", port, SMI_PUBLIC_URL=url, **extra_env)
+        wait_for(lambda: _healthy(url), timeout=60)
+
     def start_worker(self, name: str = "worker", **extra_env: str) -> subprocess.Popen[bytes]:
         return self.spawn(name, BIN / "smi-worker", SMI_WORKER_NAME=name, **extra_env)
 
@@ -199,9 +215,17 @@ class System:
 
 @contextmanager
 def running_system(
-    tmp: Path, database_url: str, broker_url: str, gateways: int = 1, **settings: str
+    tmp: Path,
+    database_url: str,
+    broker_url: str,
+    gateways: int = 1,
+    webhooks: bool = True,
+    **settings: str,
 ) -> Iterator[System]:
-    """Emulator, image host, SMTP sink and ``gateways`` gateway processes (no worker yet)."""
+    """Emulator, image host, SMTP sink and ``gateways`` gateway processes (no worker yet).
+
+    Without ``webhooks`` the emulator delivers nothing: the test delivers events itself.
+    """
     emulator_port = free_port()
     with ExitStack() as stack:
         images = stack.enter_context(serve(image_host()))
@@ -247,13 +271,13 @@ def running_system(
         # The emulator delivers each event to the first gateway; a second gateway
         # shares the database and the broker, and works the queues beside it.
         first_port = free_port()
+        deliveries = ["--webhook-url", f"http://127.0.0.1:{first_port}/webhooks/stripe"]
         system.spawn(
             "emulator",
             BIN / "smi-stripe-emulator",
             "--port",
             str(emulator_port),
-            "--webhook-url",
-            f"http://127.0.0.1:{first_port}/webhooks/stripe",
+            *(deliveries if webhooks else []),
             "--webhook-secret",
             WEBHOOK_SECRET,
         )

@@ -37,6 +37,14 @@ _TEMPLATES = Environment(
     loader=PackageLoader("devtools", "templates"), autoescape=select_autoescape()
 )
 
+# A framed picture: the shop's tab icon.
+ICON = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    b'<rect x="1" y="2" width="14" height="12" rx="2" fill="#1d1d1f"/>'
+    b'<path d="M3 12l3.5-4 2.5 3 1.5-1.5L13 12z" fill="#fafafa"/>'
+    b'<circle cx="11" cy="5.5" r="1.3" fill="#fafafa"/></svg>'
+)
+
 
 @functools.cache
 def demo_photo(samples_dir: Path, name: str) -> bytes:
@@ -66,9 +74,17 @@ def create_shop_app(gateway: str, samples_dir: Path = SAMPLES_DIR) -> Starlette:
         data = demo_photo(samples_dir, request.path_params["name"])
         return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
+    async def icon(request: Request) -> Response:
+        return Response(
+            ICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"}
+        )
+
     return Starlette(
         routes=[
             Route("/", page, methods=["GET"]),
             Route("/photos/{name}", photo, methods=["GET"], name="photo"),
+            # Browsers ask for /favicon.ico whatever the page says: both get the icon.
+            Route("/favicon.svg", icon, methods=["GET"]),
+            Route("/favicon.ico", icon, methods=["GET"]),
         ]
     )

@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from system import BIN, System, running_system
@@ -182,6 +183,8 @@ def test_the_demo_command_runs_the_whole_shop(browser, tmp_path):
         assert f"gateway:              http://127.0.0.1:{gateway_port}/" in banner
         assert "Starting from an empty" in banner
         assert not (tmp_path / "demo" / "left-over.sqlite3").exists()
+        icon = httpx.get(f"{shop_url}favicon.ico", timeout=10)  # browsers ask, page or not
+        assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
 
         context = browser.new_context(locale="en-US")
         page = context.new_page()

@@ -24,6 +24,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from gateway.languages import LANGUAGES, choose
+
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 # name -> (file, caption, longest side in pixels)
 PHOTOS = {
@@ -67,7 +69,11 @@ def create_shop_app(gateway: str, samples_dir: Path = SAMPLES_DIR) -> Starlette:
             {"url": str(request.url_for("photo", name=name)), "caption": caption}
             for name, (_, caption, _) in PHOTOS.items()
         ]
-        html = _TEMPLATES.get_template("shop.html").render(photos=photos, gateway=gateway)
+        # ?lang=ja shows the page (and so the buttons, modal and emails) in another language.
+        lang = choose(request.query_params.get("lang"))
+        html = _TEMPLATES.get_template("shop.html").render(
+            photos=photos, gateway=gateway, lang=lang, languages=LANGUAGES
+        )
         return HTMLResponse(html)
 
     async def photo(request: Request) -> Response:

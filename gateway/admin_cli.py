@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 
+from gateway.money.currencies import format_money
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smi-admin", description=__doc__.splitlines()[0])
@@ -119,7 +121,7 @@ def _print(args: argparse.Namespace, body: Any, render: Any) -> None:
 def _jobs_table(body: dict[str, Any]) -> str:
     lines = [f"{'job':<30} {'status':<17} {'amount':>9} {'created':<20} email"]
     for job in body["jobs"]:
-        amount = f"{job['amount_cents'] / 100:.2f}"
+        amount = format_money(job["amount_cents"], job["currency"])
         lines.append(
             f"{job['job_id']:<30} {job['status']:<17} {amount:>9} "
             f"{(job['created_at'] or '')[:19]:<20} {job['customer_email'] or ''}"

@@ -67,6 +67,8 @@ def create_app(config: GatewayConfig) -> Starlette:
                 allow_origins=list(config.storefront_origins),
                 allow_methods=["GET", "POST"],
                 allow_headers=["Content-Type", customer.SESSION_HEADER],
+                # A shop's script reads how long to wait after a 429.
+                expose_headers=["Retry-After"],
                 max_age=600,
             )
         ],

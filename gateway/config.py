@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from gateway.money.currencies import CurrencyError, check_currency, minimum_charge
 from shared.broker import default_broker_url
 from shared.env import ConfigError, EnvReader
 from shared.storage import default_storage_url
@@ -42,7 +43,8 @@ class StripeConfig:
 
 @dataclass(frozen=True)
 class PricingConfig:
-    """Output megapixels x price x markup, in the smallest currency unit."""
+    """Output megapixels x price x markup, in the currency's smallest unit (Stripe's amounts:
+    cents, yen, fils); never below ``minimum_cents`` of it."""
 
     price_per_megapixel_cents: float
     markup: float
@@ -175,13 +177,29 @@ class GatewayConfig:
                     f"SMI_STOREFRONT_ORIGINS takes origins (https://shop.example), not {origin!r}"
                 )
 
+        currency = env.text("CURRENCY", "usd").lower()
+        known = True
+        try:
+            check_currency(currency)
+        except CurrencyError as exc:
+            env.problem(f"SMI_CURRENCY: {exc}")
+            known = False
+        # Stripe's minimum for the currency; where it converts instead, the operator says.
+        minimum = minimum_charge(currency)
+        given = env.text("MINIMUM_CHARGE", "")
+        if given:
+            minimum = int(env.number("MINIMUM_CHARGE", 0, minimum=1))
+        elif minimum is None and known:
+            env.problem(
+                f"SMI_MINIMUM_CHARGE: Stripe has no fixed minimum charge in {currency.upper()}; "
+                "set the smallest amount to charge, in its minor units"
+            )
         pricing = PricingConfig(
             price_per_megapixel_cents=env.number("PRICE_PER_MEGAPIXEL_CENTS", 2.0, minimum=0),
             markup=env.number("MARKUP", 1.5, minimum=1.0),
-            currency=env.text("CURRENCY", "usd").lower(),
+            currency=currency,
+            minimum_cents=minimum or STRIPE_MINIMUM_CENTS,
         )
-        if len(pricing.currency) != 3 or not pricing.currency.isalpha():
-            env.problem(f"SMI_CURRENCY must be a 3-letter ISO code, not {pricing.currency!r}")
 
         config = cls(
             stripe=StripeConfig(mode, secret_key, webhook_secret, api_base),  # type: ignore[arg-type]

@@ -56,15 +56,17 @@ def image_host() -> Starlette:
         return Response(data, media_type="image/png")
 
     async def shop(request: Request) -> Response:
-        # A shop on its own origin; the gateway (another origin) is given as ?gateway=.
+        # A shop on its own origin; the gateway (another origin) is given as ?gateway=,
+        # the page's language as ?lang=.
         gateway = html.escape(request.query_params["gateway"])
+        lang = html.escape(request.query_params.get("lang", "en"))
         figures = "".join(
             f'<figure><img src="/{name}" alt="{name}" data-smi-image="/{name}" width="128">'
             f"<figcaption>{name}</figcaption></figure>"
             for name in images
         )
         page = (
-            "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Shop</title>"
+            f"<!doctype html><html lang='{lang}'><head><meta charset='utf-8'><title>Shop</title>"
             f"</head><body><h1>A shop</h1>{figures}"
             f'<script src="{gateway}/static/smi-checkout.js" defer></script></body></html>'
         )

@@ -214,3 +214,51 @@ def test_the_demo_command_runs_the_whole_shop(browser, tmp_path):
     # The worker stopped first and said so; the gateway was still there for its report.
     worker_log = (tmp_path / "demo" / "logs" / "worker.log").read_text()
     assert "stopping after the jobs in hand" in worker_log
+
+
+def test_a_yen_shop_shows_yen_from_the_button_to_the_payment_page(browser, tmp_path):
+    database, broker = f"sqlite:///{tmp_path / 'gateway.sqlite3'}", f"filesystem://{tmp_path / 'b'}"
+    with running_system(tmp_path, database, broker, SMI_CURRENCY="jpy") as system:
+        context = browser.new_context(locale="en-US")
+        page = context.new_page()
+        shop(system, page)
+        with page.expect_response(re.compile(r"/api/checkout$")) as answer:
+            page.get_by_role("button", name="Buy high-res: photo.png").click()
+        checkout = answer.value.json()
+        # Yen have no minor unit: Stripe's amount 50 is ¥50, not ¥0.50.
+        assert (checkout["amount_cents"], checkout["currency_exponent"]) == (50, 0)
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_contain_text("costs ¥50")
+        expect(dialog.get_by_role("button", name="Pay ¥50")).to_be_visible()
+        pay_on_hosted_page(system, page, "4242 4242 4242 4242")
+        expect(modal_state(page, "queued")).to_be_visible(timeout=30_000)
+        job_id = checkout["job_id"]
+        confirmation = wait_for(lambda: system.mail.of_kind("payment_confirmation", job_id))
+        assert "¥50" in confirmation[0].get_body(("plain",)).get_content()
+        context.close()
+
+
+def test_a_japanese_page_speaks_japanese_and_says_when_checkouts_are_limited(browser, tmp_path):
+    database, broker = f"sqlite:///{tmp_path / 'gateway.sqlite3'}", f"filesystem://{tmp_path / 'b'}"
+    limits = {"SMI_CHECKOUT_BURST": "1", "SMI_CHECKOUT_PER_CLIENT_PER_MINUTE": "1"}
+    with running_system(tmp_path, database, broker, **limits) as system:
+        context = browser.new_context(locale="en-US")  # the page's lang wins over the browser's
+        page = context.new_page()
+        page.goto(f"{system.images}/shop.html?gateway={system.gateway}&lang=ja")
+        page.get_by_role("button", name="高解像度で購入：photo.png").click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_have_attribute("data-smi-state", "quote")
+        expect(dialog).to_contain_text("この画像の4倍拡大（32×24 → 128×96 ピクセル）は$0.50です。")
+        expect(dialog.get_by_role("button", name="$0.50を支払う")).to_be_visible()
+        dialog.get_by_role("button", name="キャンセル").click()
+
+        # A second click within the minute: the gateway answers 429, the modal says when.
+        with page.expect_response(re.compile(r"/api/checkout$")) as answer:
+            page.get_by_role("button", name="高解像度で購入：photo.png").click()
+        assert answer.value.status == 429 and int(answer.value.headers["retry-after"]) > 0
+        expect(dialog).to_have_attribute("data-smi-state", "error")
+        expect(dialog).to_contain_text("ただいまお支払いが混み合っています。")
+        expect(dialog).to_contain_text(f"{answer.value.headers['retry-after']}秒後")
+        page.screenshot(path=SCREENSHOTS / "japanese-rate-limited.png")
+        dialog.get_by_role("button", name="閉じる").first.click()
+        context.close()

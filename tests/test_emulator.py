@@ -252,7 +252,7 @@ def test_the_hosted_page_takes_a_card_and_redirects(emulator):
     session = emulator.client.v1.checkout.sessions.create(session_params())
     page = httpx.get(session.url)
     assert page.status_code == 200
-    assert "High-Resolution Image (4x)" in page.text and "1.92 USD" in page.text
+    assert "High-Resolution Image (4x)" in page.text and "$1.92" in page.text
     declined = httpx.post(session.url, data={"card": "4000 0000 0000 0002"})
     assert declined.status_code == 402 and "Your card was declined." in declined.text
     paid = httpx.post(session.url, data={"card": "4242 4242 4242 4242"})
@@ -270,3 +270,32 @@ def test_events_are_listed_newest_first(emulator):
         "payment_intent.succeeded",
     ]
     assert json.loads(json.dumps(events.data[0].to_dict()))["data"]["object"]["id"] == session.id
+
+
+def in_currency(currency: str, amount: int) -> dict[str, Any]:
+    params = session_params(amount=amount)
+    params["line_items"][0]["price_data"]["currency"] = currency
+    return params
+
+
+@pytest.mark.parametrize(
+    ("currency", "too_small", "enough", "shown"),
+    [("usd", 49, 50, "$0.50"), ("jpy", 49, 50, "¥50"), ("gbp", 29, 30, "£0.30")],
+)
+def test_each_currency_has_stripes_minimum(emulator, currency, too_small, enough, shown):
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        emulator.client.v1.checkout.sessions.create(in_currency(currency, too_small))
+    assert refused.value.code == "amount_too_small" and shown in str(refused.value)
+    session = emulator.client.v1.checkout.sessions.create(in_currency(currency, enough))
+    assert (session.amount_total, session.currency) == (enough, currency)
+    assert shown in httpx.get(session.url).text  # the hosted page shows it as people read it
+
+
+def test_three_decimal_and_whole_krona_amounts_follow_stripes_special_cases(emulator):
+    for currency, amount in (("kwd", 5125), ("isk", 19250)):
+        with pytest.raises(stripe.InvalidRequestError) as refused:
+            emulator.client.v1.checkout.sessions.create(in_currency(currency, amount))
+        assert refused.value.code == "invalid_charge_amount_no_decimal_compatible"
+    assert emulator.client.v1.checkout.sessions.create(in_currency("kwd", 5130)).amount_total == (
+        5130
+    )

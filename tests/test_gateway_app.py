@@ -542,3 +542,17 @@ def test_only_configured_storefront_origins_may_call_from_browsers(tmp_path):
         assert "access-control-allow-origin" not in other.headers
         script = httpx.get(f"{stack.gateway}/static/smi-checkout.js")
         assert script.status_code == 200 and "data-smi-image" in script.text
+
+
+def test_the_buyer_s_language_reaches_the_job_and_stripe_s_page(stack):
+    body = stack.checkout(language="ja-JP").json()
+    session = stack.stripe.v1.checkout.sessions.retrieve(stack.session_of(body["job_id"]))
+    assert session.locale == "ja"
+    status = stack.status(body["job_id"])
+    assert status["language"] == "ja" and status["message_key"] == "message.awaiting_payment"
+    assert 'lang="ja"' in httpx.get(body["checkout_url"], timeout=30).text
+    other = stack.checkout(language="pt-BR").json()  # one we do not speak: English
+    assert stack.status(other["job_id"])["language"] == "en"
+    assert stack.stripe.v1.checkout.sessions.retrieve(stack.session_of(other["job_id"])).locale == (
+        "en"
+    )

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.config import ConfigError, GatewayConfig, PricingConfig
+from gateway.money.currencies import format_money, minimum_charge, step
 from gateway.money.pricing import quote_price
 
 TEST_ENV = {
@@ -57,7 +58,7 @@ def test_every_problem_is_listed_at_once():
         "refused in live mode",
         "must be https:// in live mode",
         "SMI_MARKUP must be a number",
-        "SMI_CURRENCY must be a 3-letter",
+        "SMI_CURRENCY: a currency is a 3-letter",
         "SMI_CHECKOUT_EXPIRES_MINUTES must be within",
     ):
         assert fragment in problems
@@ -108,3 +109,51 @@ def test_price_never_falls_below_the_minimum_and_grows_with_size(width, height):
 def test_empty_images_have_no_price():
     with pytest.raises(ValueError):
         quote_price(0, 10, PRICING)
+
+
+@pytest.mark.parametrize(
+    ("currency", "amount", "shown"),
+    [
+        ("usd", 192, "$1.92"),  # cents
+        ("eur", 192, "€1.92"),
+        ("jpy", 192, "¥192"),  # zero-decimal: Stripe's amount is yen
+        ("krw", 192, "₩192"),
+        ("kwd", 1920, "KWD1.920"),  # three decimals, rounded to ten fils
+        ("isk", 19200, "ISK192"),  # two-decimal in the API, whole krónur only
+    ],
+)
+def test_a_2000_pixel_square_in_each_kind_of_currency(currency, amount, shown):
+    pricing = PricingConfig(2.0, 1.5, currency, minimum_charge(currency) or 1)
+    if currency in ("kwd", "isk"):  # the same price in their smallest units
+        pricing = PricingConfig(2.0 * amount / 192, 1.5, currency, 1)
+    quote = quote_price(2000, 2000, pricing)
+    assert quote.amount_cents == amount
+    assert quote.amount_cents % step(currency) == 0
+    assert format_money(quote.amount_cents, currency) == shown
+
+
+def test_amounts_are_rounded_up_to_what_stripe_takes():
+    assert quote_price(10, 10, PricingConfig(2.0, 1.5, "kwd", 101)).amount_cents == 110
+    assert quote_price(10, 10, PricingConfig(2.0, 1.5, "isk", 1)).amount_cents == 100
+    assert quote_price(10, 10, PricingConfig(2.0, 1.5, "jpy", 50)).amount_cents == 50
+
+
+def test_each_currency_gets_stripes_minimum_or_must_be_given_one():
+    assert GatewayConfig.from_env({**TEST_ENV, "SMI_CURRENCY": "JPY"}).pricing.minimum_cents == 50
+    assert GatewayConfig.from_env({**TEST_ENV, "SMI_CURRENCY": "gbp"}).pricing.minimum_cents == 30
+    assert GatewayConfig.from_env({**TEST_ENV, "SMI_CURRENCY": "huf"}).pricing.minimum_cents == (
+        17500
+    )
+    with pytest.raises(ConfigError, match="SMI_MINIMUM_CHARGE: Stripe has no fixed minimum"):
+        GatewayConfig.from_env({**TEST_ENV, "SMI_CURRENCY": "php"})
+    given = {**TEST_ENV, "SMI_CURRENCY": "php", "SMI_MINIMUM_CHARGE": "3000"}
+    assert GatewayConfig.from_env(given).pricing.minimum_cents == 3000
+    with pytest.raises(ConfigError, match="unknown currency"):
+        GatewayConfig.from_env({**TEST_ENV, "SMI_CURRENCY": "xyz"})
+
+
+def test_amounts_read_as_each_language_writes_them():
+    assert format_money(192, "jpy", "ja") == "￥192"
+    assert format_money(192, "usd", "fr") == "1,92\xa0$US"
+    assert format_money(123456, "eur", "de") == "1.234,56\xa0€"
+    assert format_money(192, "usd", "no-such-locale") == "$1.92"

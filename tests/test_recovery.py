@@ -289,7 +289,7 @@ def test_without_smtp_emails_are_written_as_eml_files(loop, tmp_path):
     (path,) = (tmp_path / "mail").glob("*.eml")
     message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
     assert message["X-SMI-Email"] == "payment_confirmation"
-    assert "0.50 USD" in message.get_body(("plain",)).get_content()
+    assert "$0.50" in message.get_body(("plain",)).get_content()
 
 
 def test_download_links_are_signed_and_expire(loop):
@@ -422,13 +422,16 @@ class TestAdmin:
                 "refunds": 1,
                 "refunded_cents": 50,
                 "net_cents": 50,
+                "gross": "$1.00",
+                "refunded": "$0.50",
+                "net": "$0.50",
             }
         ]
         csv = loop.admin("GET", "/admin/reports/revenue", params={"format": "csv"})
         assert csv.headers["content-type"].startswith("text/csv")
         assert csv.text.splitlines() == [
-            "day,currency,payments,gross_cents,refunds,refunded_cents,net_cents",
-            f"{today},usd,2,100,1,50,50",
+            "day,currency,payments,gross_cents,refunds,refunded_cents,net_cents,gross,refunded,net",
+            f"{today},usd,2,100,1,50,50,$1.00,$0.50,$0.50",
         ]
         empty = loop.admin("GET", "/admin/reports/revenue", params={"since": "2099-01-01"})
         assert empty.json()["days"] == []

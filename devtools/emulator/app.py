@@ -26,6 +26,7 @@ from starlette.routing import Route
 from devtools.emulator.forms import FormError, parse_form
 from devtools.emulator.state import EmulatorState, PaymentOutcome, StripeError
 from devtools.emulator.webhooks import Faults, WebhookSender
+from gateway.money.currencies import format_money
 
 Handler = Callable[[Request, dict[str, Any]], Awaitable[Any]]
 
@@ -284,9 +285,9 @@ def _api_key(request: Request) -> str:
     return key
 
 
-def _page(title: str, body: str) -> str:
+def _page(title: str, body: str, lang: str = "en") -> str:
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<html lang="{html.escape(lang)}"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
  body {{ font-family: system-ui, sans-serif; background: #f6f9fc; color: #1a1f36; }}
@@ -303,7 +304,11 @@ def _page(title: str, body: str) -> str:
 def _checkout_page(
     session: dict[str, Any], items: list[dict[str, Any]], outcome: PaymentOutcome | None
 ) -> str:
-    amount = f"{session['amount_total'] / 100:.2f} {str(session['currency']).upper()}"
+    locale = str(session.get("locale") or "en")
+    lang = "en" if locale == "auto" else locale
+    amount = format_money(
+        int(session["amount_total"]), str(session["currency"]), lang.replace("-", "_")
+    )
     lines = "".join(
         f"<p><strong>{html.escape(str(item['price_data']['product_data'].get('name', '')))}"
         f"</strong><br><span class='muted'>"
@@ -333,4 +338,5 @@ def _checkout_page(
 <p><a id="cancel" href="{cancel}">Cancel and return</a></p>
 <p class="muted">4242 4242 4242 4242 succeeds; 4000 0000 0000 0002 is declined;
 4000 0000 0000 9995 has insufficient funds.</p>""",
+        lang,
     )

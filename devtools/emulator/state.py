@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.money.currencies import format_money, minimum_charge, step
+
 SUCCESS_CARD = "4242424242424242"
 DECLINE_CARDS = {
     "4000000000000002": ("generic_decline", "Your card was declined."),
@@ -22,6 +24,13 @@ DECLINE_CARDS = {
 REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 API_VERSION = "2025-09-30.clover"
 MIN_EXPIRY_S, MAX_EXPIRY_S = 30 * 60, 24 * 60 * 60
+
+# The languages Stripe's hosted Checkout page speaks (the ``locale`` parameter).
+CHECKOUT_LOCALES = frozenset(
+    {"auto", "bg", "cs", "da", "de", "el", "en", "en-GB", "es", "es-419", "et", "fi", "fil",
+     "fr", "fr-CA", "hr", "hu", "id", "it", "ja", "ko", "lt", "lv", "ms", "mt", "nb", "nl",
+     "pl", "pt", "pt-BR", "ro", "ru", "sk", "sl", "sv", "th", "tr", "vi", "zh", "zh-HK", "zh-TW"}
+)  # fmt: skip
 
 
 class StripeError(Exception):
@@ -97,11 +106,20 @@ class EmulatorState:
                 raise StripeError("All line items must share one currency.")
             currency = item_currency
             amount += unit_amount * quantity
-        if currency == "usd" and amount < 50:
+        minimum = minimum_charge(currency or "usd")
+        if minimum is not None and amount < minimum:
             raise StripeError(
-                "The Checkout Session's total amount due must add up to at least $0.50 usd",
+                "The Checkout Session's total amount due must add up to at least "
+                f"{format_money(minimum, currency or 'usd')} {currency}",
                 param="line_items",
                 code="amount_too_small",
+            )
+        if amount % step(currency or "usd"):
+            raise StripeError(
+                f"Invalid amount: {currency} amounts must be a multiple of "
+                f"{step(currency or 'usd')} (https://docs.stripe.com/currencies#special-cases).",
+                param="line_items",
+                code="invalid_charge_amount_no_decimal_compatible",
             )
         now = int(time.time())
         expires_at = _integer(params, "expires_at", "expires_at", default=now + MAX_EXPIRY_S)
@@ -110,6 +128,12 @@ class EmulatorState:
                 "The `expires_at` timestamp must be between 30 minutes and "
                 "24 hours from Checkout Session creation.",
                 param="expires_at",
+            )
+        locale = params.get("locale")
+        if locale is not None and locale not in CHECKOUT_LOCALES:
+            raise StripeError(
+                f"Invalid locale: must be one of {', '.join(sorted(CHECKOUT_LOCALES))}",
+                param="locale",
             )
         session_id = new_id("cs_test")
         session = {
@@ -125,6 +149,7 @@ class EmulatorState:
             "customer_email": params.get("customer_email"),
             "expires_at": expires_at,
             "livemode": False,
+            "locale": locale,
             "metadata": dict(params.get("metadata") or {}),
             "mode": mode,
             "payment_intent": None,

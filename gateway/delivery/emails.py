@@ -7,34 +7,37 @@ Each kind is queued at most once per job (the outbox's unique key, checked
 first so the caller's transaction goes on), so duplicate events never send
 a second copy. Templates live in ``gateway/templates/emails/``: ``KIND.txt``
 and ``KIND.html``, both extending a base that carries the support contact.
+Their words come from the buyer's language catalogue (``gateway.languages``),
+amounts and dates are written as that language writes them.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC
 from email.message import EmailMessage
+from functools import partial
 from typing import Any
 
+from babel.dates import format_date, format_time
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from gateway.languages import choose, translate
+from gateway.money.currencies import format_money
 from gateway.store.lifecycle import add_outbox_message
 from gateway.store.tables import Job, OutboxMessage
 
 EMAIL_PREFIX = "email:"
-SUBJECTS = {
-    "payment_confirmation": "Payment received: your 4x image is on its way",
-    "processing": "We are upscaling your image",
-    "completed": "Your 4x image is ready to download",
-    "refunded": "Your payment has been refunded",
-}
+KINDS = ("payment_confirmation", "processing", "completed", "refunded")
+SCALE = 4
 
 
 def email_kind(kind: str) -> str:
     """The outbox kind for an email kind (``completed`` -> ``email:completed``)."""
-    if kind not in SUBJECTS:
+    if kind not in KINDS:
         raise ValueError(f"unknown email {kind!r}")
     return EMAIL_PREFIX + kind
 
@@ -76,18 +79,28 @@ def render_email(job: Job, kind: str, settings: EmailSettings, **context: Any) -
     """The plain-text and HTML email of ``kind`` about ``job``, addressed to its customer."""
     if not job.customer_email:
         raise ValueError(f"job {job.id} has no customer email address")
+    language = choose(job.language)
+    expires = context.pop("download_expires", None)
     values = {
         "job": job,
-        "amount": format_amount(job.amount_cents, job.currency),
+        "language": language,
+        "t": partial(translate, language),
+        "scale": SCALE,
+        "amount": format_money(job.amount_cents, job.currency, language),
         "support_email": settings.support_email,
-        "size_in": f"{job.width}x{job.height}",
-        "size_out": f"{job.width * 4}x{job.height * 4}",
+        "size_in": f"{job.width}×{job.height}",
+        "size_out": f"{job.width * SCALE}×{job.height * SCALE}",
         "download_url": None,
-        "download_expires": None,
+        "download_expires": (
+            f"{format_date(expires, 'medium', locale=language)} "
+            f"{format_time(expires, 'short', tzinfo=UTC, locale=language)} UTC"
+            if expires
+            else None
+        ),
         **context,
     }
     message = EmailMessage()
-    message["Subject"] = SUBJECTS[kind]
+    message["Subject"] = translate(language, f"email.subject.{kind}", scale=SCALE)
     message["From"] = settings.sender
     message["To"] = job.customer_email
     message["Reply-To"] = settings.support_email
@@ -98,8 +111,3 @@ def render_email(job: Job, kind: str, settings: EmailSettings, **context: Any) -
     message.set_content(_TEMPLATES.get_template(f"{kind}.txt").render(values))
     message.add_alternative(_TEMPLATES.get_template(f"{kind}.html").render(values), subtype="html")
     return message
-
-
-def format_amount(cents: int, currency: str) -> str:
-    """``1234, "usd"`` -> ``"12.34 USD"``."""
-    return f"{cents / 100:.2f} {currency.upper()}"

@@ -140,7 +140,7 @@ class EmailRelay:
             token, expires = self.links.issue(job.id)
             extra = {
                 "download_url": self.links.url(token),
-                "download_expires": expires.strftime("%Y-%m-%d %H:%M UTC"),
+                "download_expires": expires,
             }
         try:
             message = render_email(job, kind, self.settings, **extra)

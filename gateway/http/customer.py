@@ -30,8 +30,9 @@ from gateway.delivery.links import DownloadLinks
 from gateway.errors import RequestError
 from gateway.http.requests import in_session, off_loop, read_json, services_of
 from gateway.money.checkout import origin_of, parse_checkout_request, start_checkout
+from gateway.money.currencies import exponent
 from gateway.money.fulfilment import fulfil_on_return
-from gateway.store.lifecycle import get_job
+from gateway.store.lifecycle import MESSAGE_KEYS, get_job
 from gateway.store.tables import Job
 from shared.jobs import JobStatus
 
@@ -49,7 +50,7 @@ async def checkout(request: Request) -> Response:
     body = await read_json(request, BODY_LIMIT)
     config = services.config
     origins = tuple(origin_of(url) for url in (*config.storefront_origins, config.public_url))
-    image_url, return_url = parse_checkout_request(body, f"{config.public_url}/", origins)
+    wanted = parse_checkout_request(body, f"{config.public_url}/", origins)
     # Checkouts fetch from other servers, which may be slow on purpose: they take
     # threads from a limiter of their own, never from the pool webhooks and
     # status polls use.
@@ -60,8 +61,7 @@ async def checkout(request: Request) -> Response:
             services.sessions,
             services.payments,
             services.storage,
-            image_url,
-            return_url,
+            wanted,
         ),
         limiter=checkout_limiter(request),
     )
@@ -121,10 +121,13 @@ def status_of(job: Job, links: DownloadLinks, session_id: str | None = None) -> 
         "job_id": job.id,
         "status": job.status,
         "message": job.customer_message,
+        "message_key": MESSAGE_KEYS.get(job.customer_message),
+        "language": job.language,
         "decline_code": job.decline_code,
         "progress": job.progress,
         "amount_cents": job.amount_cents,
         "currency": job.currency,
+        "currency_exponent": exponent(job.currency),
         "width": job.width,
         "height": job.height,
         "created_at": stamp(job.created_at),

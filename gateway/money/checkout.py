@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, RequestError
+from gateway.languages import choose
+from gateway.money.currencies import exponent
 from gateway.money.payments import Payments
 from gateway.money.pricing import quote_price
 from gateway.money.sources import SourcePolicy, fetch_source, split_url
@@ -26,20 +28,31 @@ EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 class CheckoutStarted:
     job_id: str
     checkout_url: str
-    amount_cents: int
+    amount_cents: int  # in the currency's smallest unit (Stripe's amount)
     currency: str
     width: int
     height: int
+    currency_exponent: int  # digits after the point: amount / 10**exponent is the price
+
+
+@dataclass(frozen=True)
+class CheckoutRequest:
+    """What the buyer's click asks for."""
+
+    image_url: str
+    return_url: str
+    language: str  # one of ``languages.LANGUAGES``: emails and Stripe's page in it
 
 
 def parse_checkout_request(
     body: Any, default_return_url: str, return_origins: tuple[str, ...] = ()
-) -> tuple[str, str]:
-    """``(image_url, return_url)`` from the JSON body, or ``RequestError``.
+) -> CheckoutRequest:
+    """The checkout the JSON body asks for, or ``RequestError``.
 
     The customer comes back to ``return_url`` after paying, so it must be on
     one of ``return_origins`` (the shops and the gateway itself): anything
-    else would make the payment page an open redirect.
+    else would make the payment page an open redirect. ``language`` is the
+    page's (a BCP 47 tag); one we do not have becomes English.
     """
     if not isinstance(body, dict):
         raise RequestError("the body must be a JSON object")
@@ -54,7 +67,7 @@ def parse_checkout_request(
         raise RequestError("return_url must be an http(s) URL")
     if return_origins and origin_of(return_url) not in return_origins:
         raise RequestError("return_url must be on the shop's own site")
-    return image_url.strip(), return_url
+    return CheckoutRequest(image_url.strip(), return_url, choose(body.get("language")))
 
 
 def origin_of(url: str) -> str:
@@ -68,10 +81,10 @@ def start_checkout(
     sessions: sessionmaker[Session],
     payments: Payments,
     storage: Storage,
-    image_url: str,
-    return_url: str,
+    request: CheckoutRequest,
 ) -> CheckoutStarted:
     """Fetch and store the image, create the job, then the Checkout Session."""
+    image_url, return_url = request.image_url, request.return_url
     policy = SourcePolicy(
         config.source_hosts,
         config.max_source_bytes,
@@ -94,12 +107,13 @@ def start_checkout(
                 quote.amount_cents,
                 quote.currency,
                 return_url,
+                request.language,
             ),
             job_id,
         )
     try:
         checkout = payments.create_checkout_session(
-            job_id, quote, return_url, config.checkout_expires_minutes
+            job_id, quote, return_url, config.checkout_expires_minutes, request.language
         )
     except GatewayError as exc:
         with sessions.begin() as session:
@@ -123,4 +137,5 @@ def start_checkout(
         quote.currency,
         source.width,
         source.height,
+        exponent(quote.currency),
     )

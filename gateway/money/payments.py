@@ -53,7 +53,12 @@ class Payments:
         )
 
     def create_checkout_session(
-        self, job_id: str, quote: Quote, return_url: str, expires_minutes: int
+        self,
+        job_id: str,
+        quote: Quote,
+        return_url: str,
+        expires_minutes: int,
+        language: str = "en",
     ) -> Any:
         """The spec's session for one job; its idempotency key is derived from the job."""
         params: Any = {
@@ -78,6 +83,8 @@ class Payments:
             # Payment intent events (declines) carry the job id too.
             "payment_intent_data": {"metadata": {"job_id": job_id, "plugin": PLUGIN}},
             "client_reference_id": job_id,
+            # Stripe's page in the buyer's language (ours are all Checkout locales).
+            "locale": language,
             "expires_at": int(time.time()) + expires_minutes * 60,
         }
         return self._call(

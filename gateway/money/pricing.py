@@ -10,9 +10,10 @@ The browser never sends a price: it names an image, the gateway measures it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 
 from gateway.config import PricingConfig
+from gateway.money.currencies import round_to_currency
 
 SCALE = 4
 
@@ -35,9 +36,9 @@ class Quote:
 
 
 def quote_price(width: int, height: int, pricing: PricingConfig) -> Quote:
-    """Output megapixels x price per megapixel x markup, rounded up to a whole cent.
-
-    Never below Stripe's minimum charge; ``ValueError`` for an empty image.
+    """Output megapixels x price per megapixel x markup, rounded up to an amount Stripe takes
+    in the currency (a whole cent, yen, or ten fils). Never below the minimum charge;
+    ``ValueError`` for an empty image.
     """
     if width < 1 or height < 1:
         raise ValueError(f"an image has a positive size, not {width}x{height}")
@@ -46,12 +47,13 @@ def quote_price(width: int, height: int, pricing: PricingConfig) -> Quote:
         output_megapixels
         * Decimal(str(pricing.price_per_megapixel_cents))
         * Decimal(str(pricing.markup))
-    ).to_integral_value(rounding=ROUND_CEILING)
+    )
+    currency = pricing.currency
     return Quote(
         width=width,
         height=height,
         output_width=width * SCALE,
         output_height=height * SCALE,
-        amount_cents=max(int(amount), pricing.minimum_cents),
-        currency=pricing.currency,
+        amount_cents=round_to_currency(max(amount, Decimal(pricing.minimum_cents)), currency),
+        currency=currency,
     )

@@ -14,6 +14,7 @@ from datetime import date, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from gateway.money.currencies import format_money
 from gateway.store.tables import Payment, Refund, RefundStatus
 
 
@@ -56,14 +57,25 @@ def revenue_by_day(
     return [totals[key] for key in sorted(totals)]
 
 
+DISPLAYED = ("gross", "refunded", "net")
+
+
 def as_csv(rows: list[DayTotals]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=[f.name for f in fields(DayTotals)])
+    writer = csv.DictWriter(out, fieldnames=[*(f.name for f in fields(DayTotals)), *DISPLAYED])
     writer.writeheader()
     for item in rows:
-        writer.writerow(asdict(item))
+        writer.writerow(_with_display(item))
     return out.getvalue()
 
 
 def as_json(rows: list[DayTotals]) -> list[dict[str, object]]:
-    return [asdict(item) for item in rows]
+    return [_with_display(item) for item in rows]
+
+
+def _with_display(item: DayTotals) -> dict[str, object]:
+    """The row, its amounts (minor units: cents, yen, fils) also as people read them."""
+    row: dict[str, object] = asdict(item)
+    for name in DISPLAYED:
+        row[name] = format_money(int(row[f"{name}_cents"]), item.currency)  # type: ignore[call-overload]
+    return row

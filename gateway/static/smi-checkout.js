@@ -14,7 +14,10 @@
  * backoff) until it is final.
  *
  * The gateway is the origin this script was loaded from, or the value of
- * data-smi-gateway on the script tag. No framework, no build step.
+ * data-smi-gateway on the script tag. Its words come from the gateway's
+ * catalogue (/static/i18n/LANG.json) for the page's <html lang>, else the
+ * browser's languages, else English; prices are written by Intl in that
+ * language. No framework, no build step.
  */
 (function () {
   "use strict";
@@ -28,6 +31,35 @@
   var POLL_FIRST_MS = 1000;
   var POLL_MAX_MS = 4000;
   var PARAMS = ["smi_payment", "job_id", "session_id"];
+  var SCALE = 4;
+  var LANGUAGES = ["en", "fr", "de", "es", "ja"];
+  // The page's language (<html lang>), else the first of the browser's we speak.
+  var LANGUAGE = pickLanguage(
+    [document.documentElement.lang].concat(navigator.languages || [navigator.language])
+  );
+  var strings = {}; // the catalogue: /static/i18n/LANGUAGE.json from the gateway
+
+  function pickLanguage(tags) {
+    for (var i = 0; i < tags.length; i++) {
+      var base = String(tags[i] || "").toLowerCase().split(/[-_]/)[0];
+      if (LANGUAGES.indexOf(base) >= 0) return base;
+    }
+    return "en";
+  }
+
+  // The catalogue's string for key, with {name} placeholders filled from params.
+  function t(key, params) {
+    var text = strings[key] || key;
+    return text.replace(/\{(\w+)\}/g, function (whole, name) {
+      return params && name in params ? String(params[name]) : whole;
+    });
+  }
+
+  function loadStrings() {
+    return fetch(GATEWAY + "/static/i18n/" + LANGUAGE + ".json")
+      .then(function (response) { return response.json(); })
+      .then(function (loaded) { strings = loaded; });
+  }
 
   // -- the modal -------------------------------------------------------------
 
@@ -68,11 +100,12 @@
     backdrop.innerHTML =
       '<div class="smi-dialog" role="dialog" aria-modal="true" aria-labelledby="smi-title" ' +
       'aria-describedby="smi-status" tabindex="-1">' +
-      '<button type="button" class="smi-close" aria-label="Close dialog">&times;</button>' +
+      '<button type="button" class="smi-close">&times;</button>' +
       '<h2 id="smi-title"></h2>' +
       '<div id="smi-status" role="status" aria-live="polite" aria-atomic="true"></div>' +
       '<div class="smi-actions"></div></div>';
     backdrop.querySelector("#smi-title").textContent = title;
+    backdrop.querySelector(".smi-close").setAttribute("aria-label", t("dialog.close_label"));
     backdrop.querySelector(".smi-close").addEventListener("click", closeModal);
     backdrop.addEventListener("click", function (event) {
       if (event.target === backdrop) closeModal();
@@ -135,7 +168,7 @@
       bar.className = "smi-progress";
       bar.max = 100;
       bar.value = Math.round(progress * 100);
-      bar.setAttribute("aria-label", "Upscaling progress");
+      bar.setAttribute("aria-label", t("progress.label"));
       bar.textContent = bar.value + "%";
       status.appendChild(bar);
     }
@@ -157,17 +190,20 @@
   }
 
   function closeAction(label) {
-    return { label: label || "Close", secondary: true, onClick: closeModal };
+    return { label: label || t("dialog.close"), secondary: true, onClick: closeModal };
   }
 
   // -- buying ------------------------------------------------------------------
 
-  function money(cents, currency) {
+  // Amounts come in the currency's smallest unit (cents, yen, fils) with the number of
+  // digits after the point; Intl writes them as the page's language does.
+  function money(amount, currency, exponent) {
+    var value = amount / Math.pow(10, exponent);
     try {
-      return new Intl.NumberFormat(undefined, { style: "currency", currency: currency.toUpperCase() })
-        .format(cents / 100);
+      return new Intl.NumberFormat(LANGUAGE, { style: "currency", currency: currency.toUpperCase() })
+        .format(value);
     } catch (error) {
-      return (cents / 100).toFixed(2) + " " + currency.toUpperCase();
+      return value.toFixed(exponent) + " " + currency.toUpperCase();
     }
   }
 
@@ -179,17 +215,20 @@
   }
 
   function errorMessage(response, body) {
+    if (response.status === 429) {
+      return t("buy.busy", { seconds: response.headers.get("Retry-After") || "60" });
+    }
     if (body && body.error && body.error.message) return body.error.message;
-    return "The shop could not start the checkout (" + response.status + "). Please try again.";
+    return t("buy.failed", { status: response.status });
   }
 
   function buy(imageUrl) {
-    openModal("Buy the high-resolution image");
-    show("preparing", "Buy the high-resolution image", "Preparing your checkout…");
+    openModal(t("buy.title"));
+    show("preparing", t("buy.title"), t("buy.preparing"));
     fetch(GATEWAY + "/api/checkout", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ image_url: imageUrl, return_url: returnUrl() }),
+      body: JSON.stringify({ image_url: imageUrl, return_url: returnUrl(), language: LANGUAGE }),
     })
       .then(function (response) {
         return response.json().catch(function () { return null; }).then(function (body) {
@@ -198,24 +237,21 @@
         });
       })
       .then(function (checkout) {
-        var sizes = checkout.width + "×" + checkout.height + " → " +
-          checkout.width * 4 + "×" + checkout.height * 4 + " pixels";
-        show(
-          "quote",
-          "Buy the high-resolution image",
-          "A 4x upscale of this image (" + sizes + ") costs " +
-            money(checkout.amount_cents, checkout.currency) + ". You pay on the next page.",
-          [
-            { label: "Pay " + money(checkout.amount_cents, checkout.currency), onClick: function () {
-              window.location.assign(checkout.checkout_url);
-            } },
-            closeAction("Cancel"),
-          ]
-        );
+        var sizes = t("buy.sizes", {
+          width: checkout.width, height: checkout.height,
+          output_width: checkout.width * SCALE, output_height: checkout.height * SCALE,
+        });
+        var price = money(checkout.amount_cents, checkout.currency, checkout.currency_exponent);
+        show("quote", t("buy.title"), t("buy.offer", { scale: SCALE, sizes: sizes, price: price }), [
+          { label: t("buy.pay", { price: price }), onClick: function () {
+            window.location.assign(checkout.checkout_url);
+          } },
+          closeAction(t("buy.cancel")),
+        ]);
         modal.querySelector(".smi-button").focus();
       })
       .catch(function (error) {
-        show("error", "Checkout not started", error.message || String(error), [closeAction()]);
+        show("error", t("buy.not_started"), error.message || String(error), [closeAction()]);
       });
   }
 
@@ -229,9 +265,9 @@
         button = document.createElement("button");
         button.type = "button";
         button.className = "smi-button smi-buy";
-        button.textContent = "Buy high-res";
+        button.textContent = t("buy.button");
         var label = element.getAttribute("alt");
-        if (label) button.setAttribute("aria-label", "Buy high-res: " + label);
+        if (label) button.setAttribute("aria-label", t("buy.button_label", { name: label }));
         element.insertAdjacentElement("afterend", button);
       }
       button.addEventListener("click", function (event) {
@@ -249,65 +285,70 @@
     window.history.replaceState(null, "", url.toString());
   }
 
+  // The job's message in the buyer's language (a declined card's reason is Stripe's own).
+  function message(job) {
+    return job.message_key ? t(job.message_key, { scale: SCALE }) : job.message;
+  }
+
   function render(job) {
     var status = job.status;
     if (status === "awaiting_payment" && job.decline_code) {
-      var retry = job.checkout_url ? [{ label: "Try again", onClick: function () {
+      var retry = job.checkout_url ? [{ label: t("declined.try_again"), onClick: function () {
         window.location.assign(job.checkout_url);
       } }] : [];
-      show("declined", "Payment declined", job.message, retry.concat([closeAction()]));
+      show("declined", t("declined.title"), job.message, retry.concat([closeAction()]));
       return;
     }
     if (status === "awaiting_payment") {
-      show("confirming", "Confirming your payment", "Waiting for the payment to be confirmed…");
+      show("confirming", t("confirming.title"), t("confirming.text"));
       return;
     }
     if (status === "pending") {
-      show("queued", "Payment received", job.message, [closeAction()]);
+      show("queued", t("queued.title"), message(job), [closeAction()]);
       return;
     }
     if (status === "processing") {
-      show("processing", "Upscaling your image", job.message + " " +
-        Math.round(job.progress * 100) + "% done.", [closeAction()], job.progress);
+      show("processing", t("processing.title"), message(job) + " " +
+        t("processing.done", { percent: Math.round(job.progress * 100) }), [closeAction()],
+        job.progress);
       return;
     }
     if (status === "completed" && job.download_url) {
-      show("completed", "Your image is ready", job.message, [
-        { label: "Download 4x image", href: job.download_url, download: true },
+      show("completed", t("completed.title"), message(job), [
+        { label: t("completed.download", { scale: SCALE }), href: job.download_url, download: true },
         closeAction(),
       ]);
       return;
     }
     if (status === "completed") {
-      show("completed", "Your image is ready",
-        "The download link is in the email we sent you.", [closeAction()]);
+      show("completed", t("completed.title"), t("completed.by_email"), [closeAction()]);
       return;
     }
     if (status === "refunded" || status === "refunding" || status === "failed") {
-      show("refunded", status === "refunded" ? "Payment refunded" : "Refund on its way",
-        job.message, [closeAction()]);
+      show("refunded", t(status === "refunded" ? "refunded.title" : "refunding.title"),
+        message(job), [closeAction()]);
       return;
     }
     if (status === "refund_failed") {
-      show("refund_failed", "We owe you a refund", job.message, [closeAction()]);
+      show("refund_failed", t("refund_failed.title"), message(job), [closeAction()]);
       return;
     }
     if (status === "expired") {
-      show("expired", "Checkout expired", job.message, [closeAction()]);
+      show("expired", t("expired.title"), message(job), [closeAction()]);
       return;
     }
-    show("unknown", "Your order", job.message || status, [closeAction()]);
+    show("unknown", t("order.title"), message(job) || status, [closeAction()]);
   }
 
   function follow(jobId, sessionId) {
     var delay = POLL_FIRST_MS;
     var stopped = false;
     var timer = null;
-    openModal("Your order", function () {
+    openModal(t("order.title"), function () {
       stopped = true;
       if (timer) clearTimeout(timer);
     });
-    show("loading", "Your order", "Checking your payment…");
+    show("loading", t("order.title"), t("order.checking"));
 
     var jobUrl = GATEWAY + "/api/jobs/" + encodeURIComponent(jobId);
     var returning = Boolean(sessionId);
@@ -330,7 +371,7 @@
         : fetch(jobUrl, { headers: headers, cache: "no-store" });
       request
         .then(function (response) {
-          if (response.status === 404) throw new Error("We cannot find this order.");
+          if (response.status === 404) throw new Error(t("order.not_found"));
           if (!response.ok) throw { retry: true };
           return response.json();
         })
@@ -346,7 +387,7 @@
           if (stopped) return;
           if (error && error.retry) { schedule(); return; }
           if (error instanceof TypeError) { schedule(); return; } // network: try again
-          show("error", "Your order", error.message || String(error), [closeAction()]);
+          show("error", t("order.title"), error.message || String(error), [closeAction()]);
         });
     }
 
@@ -360,9 +401,8 @@
 
   function cancelled(jobId) {
     var stopped = false;
-    openModal("Payment cancelled", function () { stopped = true; });
-    show("cancelled", "Payment cancelled", "You cancelled the payment. No charge was made.",
-      [closeAction()]);
+    openModal(t("cancelled.title"), function () { stopped = true; });
+    show("cancelled", t("cancelled.title"), t("cancelled.text"), [closeAction()]);
     // A customer who was declined and then came back sees why, and may try again.
     // The decline may reach the gateway a moment after the customer: look a few times.
     var looks = 0;
@@ -391,13 +431,27 @@
     else if (outcome === "cancel") cancelled(jobId);
   }
 
+  // Every word comes from the catalogue: nothing is shown before it is here.
+  var ready = null;
+
   function start() {
     injectStyles();
-    attachButtons(document);
-    onReturn();
+    ready = ready || loadStrings();
+    ready.then(function () {
+      attachButtons(document);
+      onReturn();
+    });
   }
 
-  window.SellMyImages = { attach: attachButtons, follow: follow, gateway: GATEWAY };
+  window.SellMyImages = {
+    attach: function (root) {
+      ready = ready || loadStrings();
+      ready.then(function () { attachButtons(root); });
+    },
+    follow: follow,
+    gateway: GATEWAY,
+    language: LANGUAGE,
+  };
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();
 })();

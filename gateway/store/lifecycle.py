@@ -56,6 +56,21 @@ REFUND_FAILED_MESSAGE = (
     "payment email) and we will refund you."
 )
 RETRY_MESSAGE = "We are trying your image again."
+# The key of each message in the customer catalogues (gateway/static/i18n/): the page
+# shows the buyer's language; the English text stays for admins and old pages.
+MESSAGE_KEYS = {
+    AWAITING_PAYMENT_MESSAGE: "message.awaiting_payment",
+    PAID_MESSAGE: "message.paid",
+    PROCESSING_MESSAGE: "message.processing",
+    COMPLETED_MESSAGE: "message.completed",
+    EXPIRED_MESSAGE: "message.expired",
+    FAILED_MESSAGE: "message.failed",
+    REFUNDING_MESSAGE: "message.refunding",
+    REFUNDED_MESSAGE: "message.refunded",
+    REFUNDED_BY_HAND_MESSAGE: "message.refunded_by_hand",
+    REFUND_FAILED_MESSAGE: "message.refund_failed",
+    RETRY_MESSAGE: "message.retry",
+}
 
 
 class UnknownJobError(LookupError):
@@ -86,6 +101,7 @@ class NewJob:
     amount_cents: int
     currency: str
     return_url: str | None = None
+    language: str = "en"
 
 
 def create_job(session: Session, new: NewJob, job_id: str | None = None) -> Job:
@@ -100,6 +116,7 @@ def create_job(session: Session, new: NewJob, job_id: str | None = None) -> Job:
         height=new.height,
         amount_cents=new.amount_cents,
         currency=new.currency,
+        language=new.language,
         customer_message=AWAITING_PAYMENT_MESSAGE,
         progress=0.0,
         attempts=0,

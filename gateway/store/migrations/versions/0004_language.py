@@ -1,0 +1,28 @@
+"""the buyer's language, for their emails and the payment page
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-27 10:00:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("language", sa.String(length=8), nullable=False, server_default="en")
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("language")

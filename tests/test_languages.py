@@ -1,0 +1,98 @@
+"""The buyer's language: catalogues, choice, emails, the Checkout Session's locale."""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from gateway.delivery.emails import KINDS, EmailSettings, render_email
+from gateway.languages import LANGUAGES, catalogue, choose, translate
+from gateway.money.currencies import format_money
+from gateway.store.tables import Job
+
+CATALOGUES = Path(__file__).resolve().parent.parent / "gateway" / "static" / "i18n"
+
+
+def placeholders(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+def test_there_is_a_catalogue_for_each_language_and_no_other():
+    assert sorted(path.stem for path in CATALOGUES.glob("*.json")) == sorted(LANGUAGES)
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_every_catalogue_says_everything_english_says_with_the_same_placeholders(language):
+    english, other = catalogue("en"), catalogue(language)
+    assert other.keys() == english.keys()
+    for key, text in other.items():
+        assert text.strip(), key
+        assert placeholders(text) == placeholders(english[key]), key
+    if language != "en":  # translated, not copied (the signature is a name)
+        same = [k for k in english if other[k] == english[k] and not k.endswith("signature")]
+        assert len(same) <= 1, same  # "buy.sizes" may read the same
+
+
+def test_the_script_uses_only_keys_the_catalogues_have():
+    script = (CATALOGUES.parent / "smi-checkout.js").read_text()
+    used = set(re.findall(r'\bt\(\s*"([a-z_.]+)"', script))
+    used |= {f"{prefix}.title" for prefix in ("refunded", "refunding")}
+    assert used and used <= catalogue("en").keys(), used - catalogue("en").keys()
+    assert json.loads((CATALOGUES / "en.json").read_text())  # valid JSON for the browser
+
+
+@pytest.mark.parametrize(
+    ("tag", "language"),
+    [("fr-CA", "fr"), ("de_AT", "de"), ("ES", "es"), ("ja-JP", "ja"), ("pt-BR", "en"),
+     ("", "en"), (None, "en"), (7, "en")],
+)  # fmt: skip
+def test_a_tag_chooses_a_language_we_speak_or_english(tag, language):
+    assert choose(tag) == language
+
+
+def a_job(language: str, currency: str = "jpy", amount: int = 192) -> Job:
+    return Job(
+        id="job_abc",
+        status="completed",
+        image_url="https://shop.example/cat.jpg",
+        source_key="jobs/job_abc/source.jpg",
+        width=500,
+        height=500,
+        amount_cents=amount,
+        currency=currency,
+        language=language,
+        customer_email="buyer@example.com",
+        customer_message="",
+    )
+
+
+def test_a_japanese_buyer_gets_japanese_emails_with_yen_and_a_japanese_date():
+    settings = EmailSettings("Shop <noreply@example.com>", "support@example.com")
+    expires = datetime(2026, 12, 4, 9, 30, tzinfo=UTC)
+    message = render_email(
+        a_job("ja"), "completed", settings, download_url="https://g/d/x", download_expires=expires
+    )
+    assert message["Subject"] == "4倍の画像をダウンロードできます"
+    text = message.get_body(("plain",)).get_content()
+    html = message.get_body(("html",)).get_content()
+    for body in (text, html):
+        assert "￥192" in body and "4倍の画像の準備ができました。" in body
+        assert "2026/12/04" in body and "support@example.com" in body
+    assert '<html lang="ja">' in html
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_email_renders_in_every_language(language, kind):
+    settings = EmailSettings("Shop <noreply@example.com>", "support@example.com")
+    extra = {"download_url": "https://g/d/x", "download_expires": datetime.now(UTC)}
+    message = render_email(a_job(language, "eur", 192), kind, settings, **extra)
+    assert message["Subject"] == translate(language, f"email.subject.{kind}", scale=4)
+    text = message.get_body(("plain",)).get_content()
+    assert translate(language, "email.hello") in text
+    assert format_money(192, "eur", language) in text and "{" not in text

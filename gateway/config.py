@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from gateway.money.currencies import CurrencyError, check_currency, minimum_charge
 from shared.broker import default_broker_url
 from shared.env import ConfigError, EnvReader
+from shared.models import DEFAULT_MODEL, MODELS
 from shared.storage import default_storage_url
 
 STRIPE_MINIMUM_CENTS = 50  # Stripe refuses smaller USD charges
@@ -50,6 +51,14 @@ class PricingConfig:
     markup: float
     currency: str
     minimum_cents: int = STRIPE_MINIMUM_CENTS
+    # The models buyers may choose, the first one the default; a price per megapixel
+    # of a model's output may differ from ``price_per_megapixel_cents``.
+    models: tuple[str, ...] = (DEFAULT_MODEL,)
+    model_prices: tuple[tuple[str, float], ...] = ()
+
+    def price_for(self, model: str) -> float:
+        """Price per output megapixel of ``model``, in the currency's smallest unit."""
+        return dict(self.model_prices).get(model, self.price_per_megapixel_cents)
 
 
 @dataclass(frozen=True)
@@ -194,11 +203,39 @@ class GatewayConfig:
                 f"SMI_MINIMUM_CHARGE: Stripe has no fixed minimum charge in {currency.upper()}; "
                 "set the smallest amount to charge, in its minor units"
             )
+        offered = tuple(
+            name.strip()
+            for name in env.text("OFFER_MODELS", DEFAULT_MODEL).split(",")
+            if name.strip()
+        )
+        for name in offered:
+            if name not in MODELS:
+                env.problem(
+                    f"SMI_OFFER_MODELS: unknown model {name!r} (known: {', '.join(MODELS)})"
+                )
+        model_prices: list[tuple[str, float]] = []
+        for entry in env.text("MODEL_PRICES", "").split(","):
+            if not entry.strip():
+                continue
+            name, _, value = entry.partition("=")
+            try:
+                price = float(value)
+            except ValueError:
+                price = -1.0
+            if name.strip() not in offered or price < 0:
+                env.problem(
+                    "SMI_MODEL_PRICES takes MODEL=PRICE_PER_MEGAPIXEL pairs of offered models, "
+                    f"not {entry.strip()!r}"
+                )
+                continue
+            model_prices.append((name.strip(), price))
         pricing = PricingConfig(
             price_per_megapixel_cents=env.number("PRICE_PER_MEGAPIXEL_CENTS", 2.0, minimum=0),
             markup=env.number("MARKUP", 1.5, minimum=1.0),
             currency=currency,
             minimum_cents=minimum or STRIPE_MINIMUM_CENTS,
+            models=offered or (DEFAULT_MODEL,),
+            model_prices=tuple(model_prices),
         )
 
         config = cls(

@@ -262,3 +262,34 @@ def test_a_japanese_page_speaks_japanese_and_says_when_checkouts_are_limited(bro
         page.screenshot(path=SCREENSHOTS / "japanese-rate-limited.png")
         dialog.get_by_role("button", name="閉じる").first.click()
         context.close()
+
+
+def test_the_buyer_chooses_the_illustration_model_and_gets_its_upscale(browser, tmp_path):
+    database, broker = f"sqlite:///{tmp_path / 'gateway.sqlite3'}", f"filesystem://{tmp_path / 'b'}"
+    offers = {"SMI_OFFER_MODELS": "RealESRGAN_x4plus,RealESRGAN_x4plus_anime_6B"}
+    with running_system(tmp_path, database, broker, **offers) as system:
+        system.start_worker()
+        context = browser.new_context(locale="en-US")
+        page = context.new_page()
+        shop(system, page)
+        page.get_by_role("button", name="Buy high-res: photo.png").click()
+        dialog = page.get_by_role("dialog")
+        choices = dialog.get_by_role("group", name="Choose the upscale")
+        expect(choices.get_by_role("radio")).to_have_count(2)
+        expect(choices.get_by_role("radio", name=re.compile("^Photo, 4x"))).to_be_checked()
+        choices.get_by_role("radio", name=re.compile("^Illustration, 4x")).check()
+        expect(dialog.get_by_role("radio", name=re.compile("^Illustration"))).to_be_checked()
+        with page.expect_response(re.compile(r"/api/checkout$")) as answer:
+            dialog.get_by_role("button", name=re.compile(r"^Pay ")).click()
+        assert answer.value.status == 201  # a checkout of the chosen model
+        assert answer.value.request.post_data_json["model"] == "RealESRGAN_x4plus_anime_6B"
+        page.wait_for_url(re.compile(re.escape(system.emulator) + r"/pay/"))
+        page.fill("#card", "4242 4242 4242 4242")
+        page.get_by_role("button", name=re.compile(r"^Pay ")).click()
+        expect(modal_state(page, "completed")).to_be_visible(timeout=FINISH_MS)
+        with page.expect_download() as download:
+            page.get_by_role("link", name="Download 4x image").click()
+        assert "RealESRGAN_x4plus_anime_6B-4x" in download.value.suggested_filename
+        image = decode_image(Path(download.value.path()).read_bytes())
+        assert image.pixels.shape == (96, 128, 3)
+        context.close()

@@ -35,6 +35,7 @@ from gateway.store.database import create_database_engine, session_factory
 from gateway.store.lifecycle import audit_trail
 from gateway.store.tables import Job, OutboxMessage
 from servers import free_port, serve, wait_for
+from shared.messages import UpscaleRequest
 from upscaler.images import encode_image
 
 SECRET = "whsec_gateway_tests"
@@ -175,7 +176,11 @@ class TestCheckoutToPayment:
         assert body["amount_cents"] == 50 and body["currency"] == "usd"  # 480x320 out: minimum
         session_id = body["checkout_url"].rsplit("/", 1)[1]
         session = stack.stripe.v1.checkout.sessions.retrieve(session_id)
-        assert session.metadata.to_dict() == {"job_id": body["job_id"], "plugin": "sell-my-images"}
+        assert session.metadata.to_dict() == {
+            "job_id": body["job_id"],
+            "plugin": "sell-my-images",
+            "model": "RealESRGAN_x4plus",
+        }
         assert session.client_reference_id == body["job_id"]
         assert session.payment_method_types == ["card"] and session.mode == "payment"
         success = parse_qs(urlsplit(session.success_url).query)
@@ -556,3 +561,49 @@ def test_the_buyer_s_language_reaches_the_job_and_stripe_s_page(stack):
     assert stack.stripe.v1.checkout.sessions.retrieve(stack.session_of(other["job_id"])).locale == (
         "en"
     )
+
+
+def test_the_buyer_chooses_among_the_offered_models_and_the_scale_follows(database_url, tmp_path):
+    offers = "RealESRGAN_x4plus,RealESRGAN_x4plus_anime_6B,RealESRGAN_x2plus"
+    settings = {
+        "SMI_OFFER_MODELS": offers,
+        "SMI_MODEL_PRICES": "RealESRGAN_x2plus=4000",  # a dearer megapixel, a quarter of them
+        "SMI_PRICE_PER_MEGAPIXEL_CENTS": "2000",
+    }
+    with start_stack(database_url, tmp_path, **settings) as stack:
+        first = stack.checkout().json()  # 120x80 photo
+        assert (first["model"], first["scale"]) == ("RealESRGAN_x4plus", 4)
+        assert [(o["model"], o["kind"], o["scale"], o["output_width"], o["amount_cents"])
+                for o in first["offers"]] == [
+            ("RealESRGAN_x4plus", "photo", 4, 480, 461),  # 0.1536 MP x 2000 x 1.5, rounded up
+            ("RealESRGAN_x4plus_anime_6B", "illustration", 4, 480, 461),
+            ("RealESRGAN_x2plus", "photo", 2, 240, 231),  # 0.0384 MP x 4000 x 1.5
+        ]  # fmt: skip
+
+        chosen = stack.checkout(model="RealESRGAN_x2plus").json()
+        assert (chosen["model"], chosen["scale"], chosen["amount_cents"]) == (
+            "RealESRGAN_x2plus", 2, 231
+        )  # fmt: skip
+        session_id = stack.session_of(chosen["job_id"])
+        session = stack.stripe.v1.checkout.sessions.retrieve(session_id)
+        assert session.metadata["model"] == "RealESRGAN_x2plus" and session.amount_total == 231
+        (item,) = stack.stripe.v1.checkout.sessions.line_items.list(session_id).data
+        product = item["price_data"]["product_data"]
+        assert product["name"] == "High-Resolution Image (2x)"
+        assert product["description"] == "120x80 → 240x160 pixels"
+        assert product["metadata"].to_dict() == {"model": "RealESRGAN_x2plus"}
+        status = stack.status(chosen["job_id"])
+        assert (status["model"], status["scale"]) == ("RealESRGAN_x2plus", 2)
+        assert stack.pay(chosen["checkout_url"], "4242424242424242")["outcome"] == "paid"
+        wait_for(lambda: stack.status(chosen["job_id"])["status"] == "pending")
+        with stack.sessions()() as db:
+            (message,) = db.scalars(
+                select(OutboxMessage.body).where(
+                    OutboxMessage.job_id == chosen["job_id"], OutboxMessage.kind == "upscale"
+                )
+            )
+        assert UpscaleRequest.from_json(message).model == "RealESRGAN_x2plus"
+
+        for model, why in (("realesr-general-x4v3", "not offered"), ("nope", "not offered")):
+            refused = stack.checkout(model=model)
+            assert refused.status_code == 400 and why in refused.json()["error"]["message"]

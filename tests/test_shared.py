@@ -117,3 +117,13 @@ def test_malformed_events_are_refused(fields):
 def test_work_queues_dead_letter_and_everything_is_durable():
     assert UPSCALE_QUEUE.queue_arguments["x-dead-letter-exchange"] == DEAD_LETTER_EXCHANGE.name
     assert all(queue.durable for queue in ALL_QUEUES)
+
+
+def test_the_gateway_s_models_are_the_manifest_s_with_the_same_scales():
+    from shared.models import DEFAULT_MODEL, MODELS
+    from upscaler.registry import ModelRegistry
+
+    registry = ModelRegistry.from_env({})
+    assert registry.default_name == DEFAULT_MODEL
+    for name, info in MODELS.items():
+        assert registry.get(name).scale == info.scale, name

@@ -51,7 +51,9 @@ def test_a_paid_image_is_upscaled_delivered_and_emailed(system):
     download = httpx.get(status["download_url"], timeout=30)
     assert download.status_code == 200
     assert download.headers["content-type"] == "image/png"
-    assert f'filename="{job_id}-4x.png"' in download.headers["content-disposition"]
+    assert (
+        f'filename="{job_id}-RealESRGAN_x4plus-4x.png"' in download.headers["content-disposition"]
+    )
     assert decode_image(download.content).pixels.shape == (24 * 4, 32 * 4, 3)
 
     completed = wait_for(lambda: system.mail.of_kind("completed", job_id), timeout=30)

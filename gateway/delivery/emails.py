@@ -29,10 +29,10 @@ from gateway.languages import choose, translate
 from gateway.money.currencies import format_money
 from gateway.store.lifecycle import add_outbox_message
 from gateway.store.tables import Job, OutboxMessage
+from shared.models import scale_of
 
 EMAIL_PREFIX = "email:"
 KINDS = ("payment_confirmation", "processing", "completed", "refunded")
-SCALE = 4
 
 
 def email_kind(kind: str) -> str:
@@ -80,16 +80,17 @@ def render_email(job: Job, kind: str, settings: EmailSettings, **context: Any) -
     if not job.customer_email:
         raise ValueError(f"job {job.id} has no customer email address")
     language = choose(job.language)
+    scale = scale_of(job.model)
     expires = context.pop("download_expires", None)
     values = {
         "job": job,
         "language": language,
         "t": partial(translate, language),
-        "scale": SCALE,
+        "scale": scale,
         "amount": format_money(job.amount_cents, job.currency, language),
         "support_email": settings.support_email,
         "size_in": f"{job.width}×{job.height}",
-        "size_out": f"{job.width * SCALE}×{job.height * SCALE}",
+        "size_out": f"{job.width * scale}×{job.height * scale}",
         "download_url": None,
         "download_expires": (
             f"{format_date(expires, 'medium', locale=language)} "
@@ -100,7 +101,7 @@ def render_email(job: Job, kind: str, settings: EmailSettings, **context: Any) -
         **context,
     }
     message = EmailMessage()
-    message["Subject"] = translate(language, f"email.subject.{kind}", scale=SCALE)
+    message["Subject"] = translate(language, f"email.subject.{kind}", scale=scale)
     message["From"] = settings.sender
     message["To"] = job.customer_email
     message["Reply-To"] = settings.support_email

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.errors import DownloadExpiredError, DownloadForbiddenError
 from gateway.store.lifecycle import UnknownJobError, get_job
 from shared.jobs import JobStatus
+from shared.models import scale_of
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -90,4 +91,4 @@ def open_download(
         log.error("completed job has no stored result", extra={"job_id": job.id})
         raise DownloadExpiredError("this download is no longer available") from exc
     suffix = job.result_key.rsplit(".", 1)[-1]
-    return Download(job.result_key, size, f"{job.id}-4x.{suffix}")
+    return Download(job.result_key, size, f"{job.id}-{job.model}-{scale_of(job.model)}x.{suffix}")

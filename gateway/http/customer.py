@@ -35,6 +35,7 @@ from gateway.money.fulfilment import fulfil_on_return
 from gateway.store.lifecycle import MESSAGE_KEYS, get_job
 from gateway.store.tables import Job
 from shared.jobs import JobStatus
+from shared.models import scale_of
 
 BODY_LIMIT = 16 * 1024
 # Checkouts at once per process; the rest wait their turn without holding a thread.
@@ -123,6 +124,8 @@ def status_of(job: Job, links: DownloadLinks, session_id: str | None = None) -> 
         "message": job.customer_message,
         "message_key": MESSAGE_KEYS.get(job.customer_message),
         "language": job.language,
+        "model": job.model,
+        "scale": scale_of(job.model),
         "decline_code": job.decline_code,
         "progress": job.progress,
         "amount_cents": job.amount_cents,

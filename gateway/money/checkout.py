@@ -17,6 +17,7 @@ from gateway.money.payments import Payments
 from gateway.money.pricing import quote_price
 from gateway.money.sources import SourcePolicy, fetch_source, split_url
 from gateway.store.lifecycle import NewJob, create_job, expire, get_job, new_job_id
+from shared.models import MODELS
 from shared.storage import Storage, source_key_for
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ class CheckoutStarted:
     width: int
     height: int
     currency_exponent: int  # digits after the point: amount / 10**exponent is the price
+    model: str
+    scale: int
+    # What each offered model would cost for this image: the buyer may choose another.
+    offers: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class CheckoutRequest:
     image_url: str
     return_url: str
     language: str  # one of ``languages.LANGUAGES``: emails and Stripe's page in it
+    model: str | None = None  # one of the offered models; None: the first offered
 
 
 def parse_checkout_request(
@@ -67,7 +73,10 @@ def parse_checkout_request(
         raise RequestError("return_url must be an http(s) URL")
     if return_origins and origin_of(return_url) not in return_origins:
         raise RequestError("return_url must be on the shop's own site")
-    return CheckoutRequest(image_url.strip(), return_url, choose(body.get("language")))
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise RequestError("model must be a string")
+    return CheckoutRequest(image_url.strip(), return_url, choose(body.get("language")), model)
 
 
 def origin_of(url: str) -> str:
@@ -91,8 +100,15 @@ def start_checkout(
         config.max_source_pixels,
         config.fetch_timeout_s,
     )
+    offered = config.pricing.models
+    model = request.model or offered[0]
+    if model not in offered:
+        raise RequestError(
+            f"model {model!r} is not offered here; choose one of {', '.join(offered)}"
+        )
     source = fetch_source(image_url, policy)
-    quote = quote_price(source.width, source.height, config.pricing)
+    quotes = [quote_price(source.width, source.height, config.pricing, name) for name in offered]
+    quote = next(q for q in quotes if q.model == model)
     job_id = new_job_id()
     source_key = source_key_for(job_id, EXTENSIONS[source.format])
     storage.put(source_key, source.data)
@@ -108,6 +124,7 @@ def start_checkout(
                 quote.currency,
                 return_url,
                 request.language,
+                model,
             ),
             job_id,
         )
@@ -138,4 +155,17 @@ def start_checkout(
         source.width,
         source.height,
         exponent(quote.currency),
+        model,
+        quote.scale,
+        [
+            {
+                "model": q.model,
+                "kind": MODELS[q.model].kind,
+                "scale": q.scale,
+                "amount_cents": q.amount_cents,
+                "output_width": q.output_width,
+                "output_height": q.output_height,
+            }
+            for q in quotes
+        ],
     )

@@ -21,7 +21,7 @@ from gateway.config import StripeConfig
 from gateway.errors import PaymentProviderRejected, PaymentProviderUnavailable
 from gateway.money.pricing import Quote
 
-PRODUCT_NAME = "High-Resolution Image (4x)"
+PRODUCT_NAME = "High-Resolution Image ({scale}x)"
 PLUGIN = "sell-my-images"
 REFUND_REASON = "requested_by_customer"
 # Stripe's refund statuses that mean the money is going back (not failed or canceled).
@@ -67,7 +67,11 @@ class Payments:
                 {
                     "price_data": {
                         "currency": quote.currency,
-                        "product_data": {"name": PRODUCT_NAME, "description": quote.description},
+                        "product_data": {
+                            "name": PRODUCT_NAME.format(scale=quote.scale),
+                            "description": quote.description,
+                            "metadata": {"model": quote.model},
+                        },
                         "unit_amount": quote.amount_cents,
                     },
                     "quantity": 1,
@@ -79,7 +83,7 @@ class Payments:
                 {"smi_payment": "success", "job_id": job_id, "session_id": "{CHECKOUT_SESSION_ID}"},
             ),
             "cancel_url": with_query(return_url, {"smi_payment": "cancel", "job_id": job_id}),
-            "metadata": {"job_id": job_id, "plugin": PLUGIN},
+            "metadata": {"job_id": job_id, "plugin": PLUGIN, "model": quote.model},
             # Payment intent events (declines) carry the job id too.
             "payment_intent_data": {"metadata": {"job_id": job_id, "plugin": PLUGIN}},
             "client_reference_id": job_id,

@@ -14,14 +14,15 @@ from decimal import Decimal
 
 from gateway.config import PricingConfig
 from gateway.money.currencies import round_to_currency
-
-SCALE = 4
+from shared.models import DEFAULT_MODEL, scale_of
 
 
 @dataclass(frozen=True)
 class Quote:
-    """What a 4x upscale of one image costs."""
+    """What an upscale of one image with one model costs."""
 
+    model: str
+    scale: int
     width: int
     height: int
     output_width: int
@@ -35,25 +36,28 @@ class Quote:
         return f"{self.width}x{self.height} → {self.output_width}x{self.output_height} pixels"
 
 
-def quote_price(width: int, height: int, pricing: PricingConfig) -> Quote:
+def quote_price(
+    width: int, height: int, pricing: PricingConfig, model: str = DEFAULT_MODEL
+) -> Quote:
     """Output megapixels x price per megapixel x markup, rounded up to an amount Stripe takes
     in the currency (a whole cent, yen, or ten fils). Never below the minimum charge;
     ``ValueError`` for an empty image.
     """
     if width < 1 or height < 1:
         raise ValueError(f"an image has a positive size, not {width}x{height}")
-    output_megapixels = Decimal(width * SCALE * height * SCALE) / Decimal(1_000_000)
+    scale = scale_of(model)
+    output_megapixels = Decimal(width * scale * height * scale) / Decimal(1_000_000)
     amount = (
-        output_megapixels
-        * Decimal(str(pricing.price_per_megapixel_cents))
-        * Decimal(str(pricing.markup))
+        output_megapixels * Decimal(str(pricing.price_for(model))) * Decimal(str(pricing.markup))
     )
     currency = pricing.currency
     return Quote(
+        model=model,
+        scale=scale,
         width=width,
         height=height,
-        output_width=width * SCALE,
-        output_height=height * SCALE,
+        output_width=width * scale,
+        output_height=height * scale,
         amount_cents=round_to_currency(max(amount, Decimal(pricing.minimum_cents)), currency),
         currency=currency,
     )

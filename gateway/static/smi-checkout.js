@@ -31,7 +31,6 @@
   var POLL_FIRST_MS = 1000;
   var POLL_MAX_MS = 4000;
   var PARAMS = ["smi_payment", "job_id", "session_id"];
-  var SCALE = 4;
   var LANGUAGES = ["en", "fr", "de", "es", "ja"];
   // The page's language (<html lang>), else the first of the browser's we speak.
   var LANGUAGE = pickLanguage(
@@ -86,6 +85,9 @@
       ".smi-progress{width:100%;height:.6rem;margin-top:.75rem}",
       ".smi-buy{margin:.5rem 0;display:inline-block}",
       ".smi-error{color:#b42318}",
+      ".smi-choices{border:0;padding:0;margin:.75rem 0 0}",
+      ".smi-choices legend{font-weight:600;padding:0;margin-bottom:.25rem}",
+      ".smi-choices label{display:block;padding:.2rem 0;cursor:pointer}",
     ].join("");
     document.head.appendChild(style);
   }
@@ -222,34 +224,95 @@
     return t("buy.failed", { status: response.status });
   }
 
+  function startCheckout(imageUrl, model) {
+    var body = { image_url: imageUrl, return_url: returnUrl(), language: LANGUAGE };
+    if (model) body.model = model;
+    return fetch(GATEWAY + "/api/checkout", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    }).then(function (response) {
+      return response.json().catch(function () { return null; }).then(function (answer) {
+        if (!response.ok) throw new Error(errorMessage(response, answer));
+        return answer;
+      });
+    });
+  }
+
+  function sizesOf(checkout, offer) {
+    return t("buy.sizes", {
+      width: checkout.width, height: checkout.height,
+      output_width: offer.output_width, output_height: offer.output_height,
+    });
+  }
+
+  function priceOf(checkout, offer) {
+    return money(offer.amount_cents, checkout.currency, checkout.currency_exponent);
+  }
+
+  // The quote: the price of the chosen model, and the others the shop offers to choose from.
+  // The checkout exists for the model the gateway chose first; choosing another starts
+  // that one's checkout on "Pay".
+  function quote(imageUrl, checkout) {
+    var offers = checkout.offers || [];
+    var chosen = offers.filter(function (o) { return o.model === checkout.model; })[0];
+    function describe() {
+      var price = priceOf(checkout, chosen);
+      var text = t("buy.offer", { scale: chosen.scale, sizes: sizesOf(checkout, chosen), price: price });
+      show("quote", t("buy.title"), text, [
+        { label: t("buy.pay", { price: price }), onClick: pay },
+        closeAction(t("buy.cancel")),
+      ]);
+      if (offers.length > 1) showChoices();
+      modal.querySelector(".smi-actions .smi-button").focus();
+    }
+    function showChoices() {
+      var group = document.createElement("fieldset");
+      group.className = "smi-choices";
+      var legend = document.createElement("legend");
+      legend.textContent = t("buy.choose");
+      group.appendChild(legend);
+      offers.forEach(function (offer) {
+        var label = document.createElement("label");
+        var input = document.createElement("input");
+        input.type = "radio";
+        input.name = "smi-model";
+        input.value = offer.model;
+        input.checked = offer.model === chosen.model;
+        input.addEventListener("change", function () {
+          chosen = offer;
+          describe();
+          modal.querySelector('input[value="' + offer.model + '"]').focus();
+        });
+        label.appendChild(input);
+        label.appendChild(document.createTextNode(" " + t("buy.option", {
+          kind: t("model." + offer.kind), scale: offer.scale,
+          sizes: sizesOf(checkout, offer), price: priceOf(checkout, offer),
+        })));
+        group.appendChild(label);
+      });
+      modal.querySelector("#smi-status").appendChild(group);
+    }
+    function pay() {
+      if (chosen.model === checkout.model) {
+        window.location.assign(checkout.checkout_url);
+        return;
+      }
+      show("preparing", t("buy.title"), t("buy.preparing"));
+      startCheckout(imageUrl, chosen.model)
+        .then(function (other) { window.location.assign(other.checkout_url); })
+        .catch(function (error) {
+          show("error", t("buy.not_started"), error.message || String(error), [closeAction()]);
+        });
+    }
+    describe();
+  }
+
   function buy(imageUrl) {
     openModal(t("buy.title"));
     show("preparing", t("buy.title"), t("buy.preparing"));
-    fetch(GATEWAY + "/api/checkout", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ image_url: imageUrl, return_url: returnUrl(), language: LANGUAGE }),
-    })
-      .then(function (response) {
-        return response.json().catch(function () { return null; }).then(function (body) {
-          if (!response.ok) throw new Error(errorMessage(response, body));
-          return body;
-        });
-      })
-      .then(function (checkout) {
-        var sizes = t("buy.sizes", {
-          width: checkout.width, height: checkout.height,
-          output_width: checkout.width * SCALE, output_height: checkout.height * SCALE,
-        });
-        var price = money(checkout.amount_cents, checkout.currency, checkout.currency_exponent);
-        show("quote", t("buy.title"), t("buy.offer", { scale: SCALE, sizes: sizes, price: price }), [
-          { label: t("buy.pay", { price: price }), onClick: function () {
-            window.location.assign(checkout.checkout_url);
-          } },
-          closeAction(t("buy.cancel")),
-        ]);
-        modal.querySelector(".smi-button").focus();
-      })
+    startCheckout(imageUrl)
+      .then(function (checkout) { quote(imageUrl, checkout); })
       .catch(function (error) {
         show("error", t("buy.not_started"), error.message || String(error), [closeAction()]);
       });
@@ -287,7 +350,7 @@
 
   // The job's message in the buyer's language (a declined card's reason is Stripe's own).
   function message(job) {
-    return job.message_key ? t(job.message_key, { scale: SCALE }) : job.message;
+    return job.message_key ? t(job.message_key, { scale: job.scale }) : job.message;
   }
 
   function render(job) {
@@ -315,7 +378,8 @@
     }
     if (status === "completed" && job.download_url) {
       show("completed", t("completed.title"), message(job), [
-        { label: t("completed.download", { scale: SCALE }), href: job.download_url, download: true },
+        { label: t("completed.download", { scale: job.scale }), href: job.download_url,
+          download: true },
         closeAction(),
       ]);
       return;

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from gateway.store.tables import AuditEntry, Job, OutboxMessage, Payment, WebhookEvent, utcnow
 from shared.jobs import IllegalTransitionError, JobStatus, check_transition
 from shared.messages import UpscaleRequest
+from shared.models import DEFAULT_MODEL
 from shared.storage import result_key_for
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ UPSCALE_KIND = "upscale"
 AWAITING_PAYMENT_MESSAGE = "Waiting for payment."
 PAID_MESSAGE = "Payment received. Your image is queued for upscaling."
 PROCESSING_MESSAGE = "Your image is being upscaled."
-COMPLETED_MESSAGE = "Your 4x image is ready to download."
+COMPLETED_MESSAGE = "Your upscaled image is ready to download."
 EXPIRED_MESSAGE = "The checkout session expired before payment. Nothing was charged."
 FAILED_MESSAGE = "We could not upscale your image. You will be refunded automatically."
 REFUNDING_MESSAGE = "We could not upscale your image. Your payment is being refunded."
@@ -102,6 +103,7 @@ class NewJob:
     currency: str
     return_url: str | None = None
     language: str = "en"
+    model: str = DEFAULT_MODEL
 
 
 def create_job(session: Session, new: NewJob, job_id: str | None = None) -> Job:
@@ -117,6 +119,7 @@ def create_job(session: Session, new: NewJob, job_id: str | None = None) -> Job:
         amount_cents=new.amount_cents,
         currency=new.currency,
         language=new.language,
+        model=new.model,
         customer_message=AWAITING_PAYMENT_MESSAGE,
         progress=0.0,
         attempts=0,
@@ -232,7 +235,7 @@ def mark_paid(
                 "created_at": now,
             },
         )
-    request = upscale_request(job_id, locked.source_key, locked.result_key, attempt)
+    request = upscale_request(job_id, locked.source_key, locked.result_key, attempt, locked.model)
     session.execute(
         insert(_OUTBOX),
         [
@@ -378,19 +381,20 @@ def queue_again(
     job.finished_at = None
     job.heartbeat_at = None
     job.attempts += 1
-    request = upscale_request(job.id, job.source_key, job.result_key, job.attempts)
+    request = upscale_request(job.id, job.source_key, job.result_key, job.attempts, job.model)
     add_outbox_message(session, job, UPSCALE_KIND, request.to_json(), attempt=job.attempts)
     return request
 
 
 def upscale_request(
-    job_id: str, source_key: str, result_key: str | None, attempt: int
+    job_id: str, source_key: str, result_key: str | None, attempt: int, model: str
 ) -> UpscaleRequest:
-    """The message that asks a worker for one attempt at a job."""
+    """The message that asks a worker for one attempt at a job, with the model it was sold."""
     return UpscaleRequest(
         job_id=job_id,
         source_key=source_key,
         result_key=result_key or result_key_for(job_id),
+        model=model,
         attempt=attempt,
     )
 
@@ -493,6 +497,7 @@ _LOCK_JOB = (
         _JOBS.c.source_key,
         _JOBS.c.result_key,
         _JOBS.c.attempts,
+        _JOBS.c.model,
     )
     .where(_JOBS.c.id == bindparam("job_id"))
     .with_for_update()

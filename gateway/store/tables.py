@@ -49,6 +49,9 @@ class Job(Base):
     amount_cents: Mapped[int] = mapped_column(Integer)
     currency: Mapped[str] = mapped_column(String(3))
     language: Mapped[str] = mapped_column(String(8), default="en", server_default="en")
+    model: Mapped[str] = mapped_column(
+        String(64), default="RealESRGAN_x4plus", server_default="RealESRGAN_x4plus"
+    )
     stripe_session_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     checkout_url: Mapped[str | None] = mapped_column(Text)
     stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255), index=True)

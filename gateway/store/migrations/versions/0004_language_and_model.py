@@ -1,4 +1,4 @@
-"""the buyer's language, for their emails and the payment page
+"""the buyer's language (their emails, the payment page) and the model they chose
 
 Revision ID: 0004
 Revises: 0003
@@ -21,8 +21,14 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("language", sa.String(length=8), nullable=False, server_default="en")
         )
+        batch_op.add_column(
+            sa.Column(
+                "model", sa.String(length=64), nullable=False, server_default="RealESRGAN_x4plus"
+            )
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("model")
         batch_op.drop_column("language")

@@ -83,6 +83,8 @@ class RecoveryConfig:
     refund_backoff_s: float
     refund_lease_s: float  # a claimed refund left by a process that died is retried after this
     stripe_catch_up_s: float  # how often Stripe's events are listed for ones never delivered
+    result_retention_days: float = 30.0  # results (and paid sources) are deleted after this
+    retention_interval_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,8 @@ class GatewayConfig:
                 refund_backoff_s=env.number("REFUND_BACKOFF_S", 10, minimum=0),
                 refund_lease_s=env.number("REFUND_LEASE_S", 120, minimum=1),
                 stripe_catch_up_s=env.number("STRIPE_CATCH_UP_S", 60, minimum=1),
+                result_retention_days=env.number("RESULT_RETENTION_DAYS", 30, minimum=0),
+                retention_interval_s=env.number("RETENTION_INTERVAL_S", 300, minimum=1),
             ),
             admin_token=admin_token or None,
             download_secret=download_secret,

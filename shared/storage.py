@@ -67,6 +67,14 @@ class Storage:
         with self.fs.open(self.path(key), "rb") as fh:
             return bytes(fh.read())
 
+    def delete(self, key: str) -> bool:
+        """Remove the object; ``False`` when there was none (deleting twice is fine)."""
+        try:
+            self.fs.rm(self.path(key))
+        except FileNotFoundError:
+            return False
+        return True
+
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self.path(key)))
 

@@ -29,6 +29,7 @@ from test_gateway_app import Stack, start_stack
 
 from gateway.background.catch_up import StripeCatchUp
 from gateway.background.job_events import apply_job_event
+from gateway.background.retention import Retention
 from gateway.background.watchdog import Watchdog
 from gateway.delivery.emails import EmailSettings
 from gateway.delivery.links import DownloadLinks
@@ -535,3 +536,47 @@ def test_an_admin_settles_a_job_whose_webhook_never_came(no_webhooks):
     refused = loop.admin("POST", f"/admin/jobs/{unpaid}/fulfil")
     assert refused.status_code == 409 and "unpaid" in refused.json()["error"]["message"]
     assert loop.outbox(paid).count("upscale:1") == 1
+
+
+def test_retention_deletes_unpaid_sources_at_expiry_and_results_after_their_days(loop):
+    storage = Storage(loop.stack.config.storage_url)
+    unpaid = loop.stack.checkout().json()["job_id"]
+    with loop.sessions.begin() as session:  # Stripe's session ran out
+        expire(session, session.get_one(Job, unpaid), "test", "test", "Expired.")
+    old, recent, waiting = loop.buy(), loop.buy(), loop.buy()
+    for job_id in (old, recent):
+        storage.put(f"jobs/{job_id}/result.png", b"\x89PNG result")
+        loop.event(job_id, EventKind.COMPLETED, result_key=f"jobs/{job_id}/result.png")
+    with loop.sessions.begin() as session:  # finished 31 days ago
+        session.get_one(Job, old).finished_at = utcnow() - timedelta(days=31)
+    old_link = loop.stack.status(old, as_buyer=True)["download_url"]
+    assert httpx.get(old_link, timeout=30).status_code == 200
+
+    retention = Retention(loop.sessions, storage, retention_days=30)
+    assert retention.sweep() == 2 and retention.sweep() == 0
+    keys = {job_id: loop.job(job_id) for job_id in (unpaid, old, recent, waiting)}
+    assert not storage.exists(keys[unpaid].source_key) and keys[unpaid].source_deleted_at
+    assert not storage.exists(keys[old].source_key)
+    assert not storage.exists(f"jobs/{old}/result.png") and keys[old].result_deleted_at
+    for kept in (recent, waiting):  # not due: both images still there
+        assert storage.exists(keys[kept].source_key) and keys[kept].source_deleted_at is None
+    assert storage.exists(f"jobs/{recent}/result.png")
+    # The old job's links answer 410 and its page offers none; the record stays.
+    assert httpx.get(old_link, timeout=30).status_code == 410
+    page = loop.stack.status(old, as_buyer=True)
+    assert page["status"] == "completed" and "download_url" not in page
+    assert page["amount_cents"] == 50
+    assert any("retention: source and result deleted" in e.reason for e in loop.audit(old))
+
+
+def test_the_completion_email_says_until_when_the_image_is_kept(loop):
+    job_id = loop.buy()
+    Storage(loop.stack.config.storage_url).put(f"jobs/{job_id}/result.png", b"\x89PNG")
+    loop.event(job_id, EventKind.COMPLETED, result_key=f"jobs/{job_id}/result.png")
+    with MailSink() as sink:
+        relay = loop.email_relay(sink.url)
+        relay.settings = dataclasses.replace(relay.settings, result_retention_days=30)
+        relay.send_due()
+    (completed,) = [m for m in sink.messages if m["X-SMI-Email"] == "completed"]
+    kept = (loop.job(job_id).finished_at + timedelta(days=30)).strftime("%b %-d, %Y")
+    assert f"We keep your image until {kept}" in completed.get_body(("plain",)).get_content()

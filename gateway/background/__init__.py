@@ -8,7 +8,9 @@
 - emails: queued customer emails sent (``gateway.delivery.mailer``);
 - refunds: due refunds sent to Stripe (``gateway.money.refunds``);
 - watchdog: stalled jobs published again or refunded (``gateway.background.watchdog``);
-- Stripe catch-up: events whose webhook never came (``gateway.background.catch_up``).
+- Stripe catch-up: events whose webhook never came (``gateway.background.catch_up``);
+- retention: stored images deleted when they are no longer needed
+  (``gateway.background.retention``).
 
 Each may run in any number of gateway processes at once: rows are claimed
 with ``SKIP LOCKED`` or leases, effects are guarded by unique keys.
@@ -24,6 +26,7 @@ from gateway.background.catch_up import StripeCatchUp
 from gateway.background.job_events import consume_job_events
 from gateway.background.loops import Periodic
 from gateway.background.relay import OutboxRelay
+from gateway.background.retention import Retention
 from gateway.background.watchdog import Watchdog
 from gateway.delivery.mailer import EmailRelay
 from gateway.money.refunds import Refunder
@@ -57,6 +60,11 @@ class Background:
                 StripeCatchUp(sessions, services.payments).check,
                 interval_s=config.recovery.stripe_catch_up_s,
                 max_backoff_s=max(config.recovery.stripe_catch_up_s, 300.0),
+            ),
+            Periodic(
+                "retention",
+                Retention(sessions, services.storage, config.recovery.result_retention_days).sweep,
+                interval_s=config.recovery.retention_interval_s,
             ),
         ]
         background = cls()

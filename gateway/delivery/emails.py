@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from functools import partial
 from typing import Any
@@ -65,6 +65,7 @@ def queue_email(session: Session, job: Job, kind: str) -> bool:
 class EmailSettings:
     sender: str
     support_email: str
+    result_retention_days: float | None = None  # the completion email says until when
 
 
 _TEMPLATES = Environment(
@@ -82,6 +83,17 @@ def render_email(job: Job, kind: str, settings: EmailSettings, **context: Any) -
     language = choose(job.language)
     scale = scale_of(job.model)
     expires = context.pop("download_expires", None)
+
+    def when(moment: datetime) -> str:
+        return (
+            f"{format_date(moment, 'medium', locale=language)} "
+            f"{format_time(moment, 'short', tzinfo=UTC, locale=language)} UTC"
+        )
+
+    kept_until = None
+    if settings.result_retention_days and job.finished_at:
+        finished = job.finished_at.replace(tzinfo=job.finished_at.tzinfo or UTC)
+        kept_until = when(finished + timedelta(days=settings.result_retention_days))
     values = {
         "job": job,
         "language": language,
@@ -92,12 +104,8 @@ def render_email(job: Job, kind: str, settings: EmailSettings, **context: Any) -
         "size_in": f"{job.width}×{job.height}",
         "size_out": f"{job.width * scale}×{job.height * scale}",
         "download_url": None,
-        "download_expires": (
-            f"{format_date(expires, 'medium', locale=language)} "
-            f"{format_time(expires, 'short', tzinfo=UTC, locale=language)} UTC"
-            if expires
-            else None
-        ),
+        "download_expires": when(expires) if expires else None,
+        "kept_until": kept_until,
         **context,
     }
     message = EmailMessage()

@@ -83,7 +83,7 @@ def open_download(
             job = get_job(session, job_id)
         except UnknownJobError as exc:
             raise DownloadForbiddenError("this download link is not valid") from exc
-    if job.status != JobStatus.COMPLETED or not job.result_key:
+    if job.status != JobStatus.COMPLETED or not job.result_key or job.result_deleted_at:
         raise DownloadExpiredError("this download is no longer available")
     try:
         size = storage.size(job.result_key)

@@ -102,7 +102,11 @@ class EmailRelay:
     def for_config(
         cls, sessions: sessionmaker[Session], config: GatewayConfig, links: DownloadLinks
     ) -> EmailRelay:
-        settings = EmailSettings(config.mail.sender, config.mail.support_email)
+        settings = EmailSettings(
+            config.mail.sender,
+            config.mail.support_email,
+            config.recovery.result_retention_days,
+        )
         return cls(sessions, Mailer(config.mail), links, settings)
 
     def send_due(self) -> int:

@@ -145,7 +145,7 @@ def status_of(job: Job, links: DownloadLinks, session_id: str | None = None) -> 
 
 def download_link(job: Job, links: DownloadLinks) -> dict[str, Any]:
     """A fresh signed link for a completed job, and when it stops working."""
-    if job.status != JobStatus.COMPLETED or not job.result_key:
+    if job.status != JobStatus.COMPLETED or not job.result_key or job.result_deleted_at:
         return {}
     token, expires = links.issue(job.id)
     return {"download_url": links.url(token), "download_expires_at": expires.isoformat()}

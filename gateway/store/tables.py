@@ -52,6 +52,9 @@ class Job(Base):
     model: Mapped[str] = mapped_column(
         String(64), default="RealESRGAN_x4plus", server_default="RealESRGAN_x4plus"
     )
+    # When retention deleted the stored images (``gateway.background.retention``).
+    source_deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    result_deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     stripe_session_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     checkout_url: Mapped[str | None] = mapped_column(Text)
     stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255), index=True)

@@ -1,4 +1,5 @@
-"""the buyer's language (their emails, the payment page) and the model they chose
+"""the buyer's language (their emails, the payment page), the model they chose, and when
+the stored images were deleted
 
 Revision ID: 0004
 Revises: 0003
@@ -26,9 +27,13 @@ def upgrade() -> None:
                 "model", sa.String(length=64), nullable=False, server_default="RealESRGAN_x4plus"
             )
         )
+        batch_op.add_column(sa.Column("source_deleted_at", sa.DateTime(timezone=True)))
+        batch_op.add_column(sa.Column("result_deleted_at", sa.DateTime(timezone=True)))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("result_deleted_at")
+        batch_op.drop_column("source_deleted_at")
         batch_op.drop_column("model")
         batch_op.drop_column("language")

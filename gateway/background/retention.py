@@ -1,0 +1,72 @@
+"""Retention: stored images are deleted once nobody may need them.
+
+- the source of a checkout never paid, as soon as it has expired (an expired
+  job is never upscaled: a payment that comes later is refunded);
+- a completed job's result and source, ``SMI_RESULT_RETENTION_DAYS`` after it
+  finished (the completion email says until when; its links then answer 410);
+- a refunded job's source and any result, as long after its refund.
+
+The job row stays (its amounts, ids and dates are the financial record) and
+says when each image went (``source_deleted_at``, ``result_deleted_at``).
+The file goes first, then the mark: a crash in between deletes it again,
+harmlessly. Runs in every gateway process; rows are claimed with ``SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.store.lifecycle import record_audit
+from gateway.store.tables import Job, utcnow
+from shared.jobs import JobStatus
+from shared.storage import Storage
+
+log = logging.getLogger(__name__)
+
+BATCH = 100
+
+
+class Retention:
+    def __init__(
+        self, sessions: sessionmaker[Session], storage: Storage, retention_days: float
+    ) -> None:
+        self.sessions = sessions
+        self.storage = storage
+        self.retention = timedelta(days=retention_days)
+
+    def sweep(self) -> int:
+        """Delete what is due, one batch; returns how many jobs lost images."""
+        cutoff = utcnow() - self.retention
+        due = or_(
+            Job.status == JobStatus.EXPIRED,
+            (Job.status == JobStatus.COMPLETED) & (Job.finished_at < cutoff),
+            (Job.status == JobStatus.REFUNDED) & (Job.updated_at < cutoff),
+        )
+        with self.sessions.begin() as session:
+            jobs = list(
+                session.scalars(
+                    select(Job)
+                    .where(due, Job.source_deleted_at.is_(None))
+                    .order_by(Job.updated_at)
+                    .limit(BATCH)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            for job in jobs:
+                self._delete(session, job)
+        return len(jobs)
+
+    def _delete(self, session: Session, job: Job) -> None:
+        self.storage.delete(job.source_key)
+        job.source_deleted_at = utcnow()
+        kept = "source"
+        if job.result_key and job.result_deleted_at is None:
+            self.storage.delete(job.result_key)
+            job.result_deleted_at = job.source_deleted_at
+            kept = "source and result"
+        record_audit(session, job, f"retention: {kept} deleted", "retention")
+        log.info("images deleted", extra={"job_id": job.id, "deleted": kept})

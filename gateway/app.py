@@ -74,4 +74,6 @@ def create_app(config: GatewayConfig) -> Starlette:
         ],
     )
     app.state.checkout_limits = CheckoutLimits(**vars(config.checkout_limits))
+    # Asking for lost links sends email: the same buckets' size, a bucket set of its own.
+    app.state.link_limits = CheckoutLimits(**vars(config.checkout_limits))
     return app

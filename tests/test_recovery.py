@@ -580,3 +580,39 @@ def test_the_completion_email_says_until_when_the_image_is_kept(loop):
     (completed,) = [m for m in sink.messages if m["X-SMI-Email"] == "completed"]
     kept = (loop.job(job_id).finished_at + timedelta(days=30)).strftime("%b %-d, %Y")
     assert f"We keep your image until {kept}" in completed.get_body(("plain",)).get_content()
+
+
+def test_a_buyer_who_lost_the_link_gets_fresh_ones_and_strangers_learn_nothing(loop):
+    done, other = loop.buy(), loop.buy()
+    Storage(loop.stack.config.storage_url).put(f"jobs/{done}/result.png", b"\x89PNG result")
+    loop.event(done, EventKind.COMPLETED, result_key=f"jobs/{done}/result.png")
+    with MailSink() as sink:
+        relay = loop.email_relay(sink.url)
+        relay.send_due()  # the first completion email
+        first = len(sink.messages)
+        with loop.sessions.begin() as session:  # which went out an hour ago
+            session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.job_id == done)
+                .values(created_at=utcnow() - timedelta(hours=1))
+            )
+
+        def ask(email: str) -> httpx.Response:
+            return httpx.post(f"{loop.stack.gateway}/api/links", json={"email": email}, timeout=30)
+
+        address = str(loop.job(done).customer_email)
+        known, unknown = ask(address.upper()), ask("nobody@example.com")
+        assert known.status_code == unknown.status_code == 202
+        assert known.json() == unknown.json()  # the same answer whether we know the address
+        assert ask("not an address").status_code == 400
+        ask(address)  # again at once: nothing more is sent
+        relay.send_due()
+        resent = sink.messages[first:]
+        assert [m["X-SMI-Job"] for m in resent] == [done]  # the completed job only, once
+        link = next(
+            line.strip()
+            for line in resent[0].get_body(("plain",)).get_content().splitlines()
+            if "/downloads/" in line
+        )
+        assert httpx.get(link, timeout=30).content == b"\x89PNG result"
+    assert other  # paid, not completed: no link to send

@@ -22,13 +22,14 @@ from typing import Any
 
 from babel.dates import format_date, format_time
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gateway.languages import choose, translate
 from gateway.money.currencies import format_money
 from gateway.store.lifecycle import add_outbox_message
 from gateway.store.tables import Job, OutboxMessage
+from shared.jobs import JobStatus
 from shared.models import scale_of
 
 EMAIL_PREFIX = "email:"
@@ -120,3 +121,39 @@ def render_email(job: Job, kind: str, settings: EmailSettings, **context: Any) -
     message.set_content(_TEMPLATES.get_template(f"{kind}.txt").render(values))
     message.add_alternative(_TEMPLATES.get_template(f"{kind}.html").render(values), subtype="html")
     return message
+
+
+RESEND_EVERY = timedelta(minutes=10)
+
+
+def resend_links(session: Session, address: str) -> int:
+    """Queue a fresh completion email (new links) for each of ``address``'s completed jobs.
+
+    At most once every ten minutes per job, whoever asks: asking again sooner
+    changes nothing. Returns how many were queued (the caller does not tell).
+    """
+    jobs = session.scalars(
+        select(Job)
+        .where(
+            func.lower(Job.customer_email) == address.strip().lower(),
+            Job.status == JobStatus.COMPLETED,
+            Job.result_deleted_at.is_(None),
+        )
+        .with_for_update()
+    )
+    queued = 0
+    kind = email_kind("completed")
+    for job in jobs:
+        last = session.execute(
+            select(func.max(OutboxMessage.attempt), func.max(OutboxMessage.created_at)).where(
+                OutboxMessage.job_id == job.id, OutboxMessage.kind == kind
+            )
+        ).one()
+        latest = last[1].replace(tzinfo=last[1].tzinfo or UTC) if last[1] else None
+        if latest and datetime.now(UTC) - latest < RESEND_EVERY:
+            continue
+        add_outbox_message(
+            session, job, kind, email_row(job.id, "completed")[1], (last[0] or 0) + 1
+        )
+        queued += 1
+    return queued

@@ -4,6 +4,9 @@ POST /api/checkout               {"image_url", "return_url"?} -> 201 {"job_id", 
 GET  /api/jobs/{job_id}          the job as the customer sees it (a pure read)
 POST /api/jobs/{job_id}/return   {"session_id"}: back from paying; fulfils the job if
                                  Stripe says it is paid and the webhook has not come yet
+POST /api/links                  {"email"}: a buyer who lost the link gets fresh links by
+                                 email for that address's completed jobs; the answer is
+                                 the same whether the address is known or not
 
 A job id alone opens its status, progress, price, image size and times,
 never a download: the id travels in the success URL (history, Referer,
@@ -26,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.delivery.emails import resend_links
 from gateway.delivery.links import DownloadLinks
 from gateway.errors import RequestError
 from gateway.http.requests import in_session, off_loop, read_json, services_of
@@ -67,6 +71,26 @@ async def checkout(request: Request) -> Response:
         limiter=checkout_limiter(request),
     )
     return JSONResponse(vars(started), status_code=201)
+
+
+LINKS_SENT = (
+    "If we have completed orders for this address, we have emailed their download links to it."
+)
+
+
+async def lost_links(request: Request) -> Response:
+    request.app.state.link_limits.take(request.client.host if request.client else "")
+    body = await read_json(request, BODY_LIMIT)
+    address = body.get("email") if isinstance(body, dict) else None
+    if (
+        not isinstance(address, str)
+        or not 3 <= len(address) <= 320
+        or "@" not in address
+        or not address.isprintable()
+    ):
+        raise RequestError("email must be an email address")
+    await in_session(request, lambda session: resend_links(session, address), write=True)
+    return JSONResponse({"message": LINKS_SENT}, status_code=202)
 
 
 def checkout_limiter(request: Request) -> anyio.CapacityLimiter:
@@ -155,4 +179,5 @@ ROUTES = [
     Route("/api/checkout", checkout, methods=["POST"]),
     Route("/api/jobs/{job_id}", job_status, methods=["GET"]),
     Route("/api/jobs/{job_id}/return", returned, methods=["POST"]),
+    Route("/api/links", lost_links, methods=["POST"]),
 ]

@@ -48,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--since")
     report.add_argument("--until")
     commands.add_parser("reconcile", help="Stripe's records against ours")
+    erase = commands.add_parser(
+        "erase", help="remove a customer's images and personal data; says what is kept"
+    )
+    erase.add_argument("--email", required=True)
     args = parser.parse_args(argv)
 
     token = os.environ.get("SMI_ADMIN_TOKEN", "")
@@ -109,6 +113,10 @@ def _run(client: httpx.Client, args: argparse.Namespace) -> int:
         ).json()
         _print(args, body, lambda b: f"{b['job']['job_id']}: {b['job']['status']}")
         return 0
+    if args.command == "erase":
+        body = _call(client, "POST", "/admin/erase", json={"email": args.email}).json()
+        _print(args, body, _erasure)
+        return 1 if body["in_progress"] else 0
     body = _call(client, "GET", "/admin/reconciliation").json()
     _print(args, body, _reconciliation)
     return 1 if body["mismatches"] else 0
@@ -156,4 +164,14 @@ def _reconciliation(body: dict[str, Any]) -> str:
         lines.append(
             f"{m['kind']:<28} {m['stripe_id'] or '-':<36} job {m['job_id'] or '-'}: {m['detail']}"
         )
+    return "\n".join(lines)
+
+
+def _erasure(body: dict[str, Any]) -> str:
+    lines = [f"erased {len(body['erased'])} jobs of {body['email']}: images, email, addresses"]
+    lines += [f"  {job_id}" for job_id in body["erased"]]
+    if body["in_progress"]:
+        lines.append("not erased, still in progress (erase again once they are finished):")
+        lines += [f"  {job_id}" for job_id in body["in_progress"]]
+    lines.append(f"kept for the financial record: {body['kept']}")
     return "\n".join(lines)

@@ -616,3 +616,37 @@ def test_a_buyer_who_lost_the_link_gets_fresh_ones_and_strangers_learn_nothing(l
         )
         assert httpx.get(link, timeout=30).content == b"\x89PNG result"
     assert other  # paid, not completed: no link to send
+
+
+def test_smi_admin_erase_removes_a_customer_s_images_and_data_and_says_what_it_kept(loop):
+    storage = Storage(loop.stack.config.storage_url)
+    done, busy = loop.buy(), loop.buy()
+    storage.put(f"jobs/{done}/result.png", b"\x89PNG result")
+    loop.event(done, EventKind.COMPLETED, result_key=f"jobs/{done}/result.png")
+    link = loop.stack.status(done, as_buyer=True)["download_url"]
+    address = str(loop.job(done).customer_email)
+    source = loop.job(done).source_key
+
+    erased = subprocess.run(
+        [BIN / "smi-admin", "--url", loop.stack.gateway, "erase", "--email", address.upper()],
+        env={**os.environ, "SMI_ADMIN_TOKEN": TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # The job still in progress is not touched (its delivery or refund is owed) and is named.
+    assert erased.returncode == 1, erased.stderr
+    assert f"  {done}" in erased.stdout and "still in progress" in erased.stdout
+    assert busy in erased.stdout.split("still in progress")[1]
+    assert "kept for the financial record: job ids, status and dates; amounts" in erased.stdout
+
+    job = loop.job(done)
+    assert job.customer_email is None and job.image_url == "" and job.return_url is None
+    assert not storage.exists(source) and not storage.exists(f"jobs/{done}/result.png")
+    assert (job.status, job.amount_cents, job.currency) == ("completed", 50, "usd")
+    assert job.stripe_payment_intent_id and loop.refunds(done) == []
+    assert httpx.get(link, timeout=30).status_code == 410
+    assert loop.job(busy).customer_email == address  # untouched
+    assert storage.exists(loop.job(busy).source_key)
+    bad = loop.admin("POST", "/admin/erase", json={"email": "nobody"})
+    assert bad.status_code == 400

@@ -10,14 +10,18 @@ The job row stays (its amounts, ids and dates are the financial record) and
 says when each image went (``source_deleted_at``, ``result_deleted_at``).
 The file goes first, then the mark: a crash in between deletes it again,
 harmlessly. Runs in every gateway process; rows are claimed with ``SKIP LOCKED``.
+
+``erase_customer`` is the same deletion on request (``smi-admin erase --email``),
+with the customer's addresses removed as well.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.store.lifecycle import record_audit
@@ -70,3 +74,57 @@ class Retention:
             kept = "source and result"
         record_audit(session, job, f"retention: {kept} deleted", "retention")
         log.info("images deleted", extra={"job_id": job.id, "deleted": kept})
+
+
+FINAL = (JobStatus.COMPLETED, JobStatus.REFUNDED, JobStatus.EXPIRED)
+KEPT = (
+    "job ids, status and dates; amounts and currency; Stripe's session and payment ids; "
+    "the audit trail and refund records"
+)
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """What ``erase_customer`` did, for the admin to read and keep."""
+
+    email: str
+    erased: list[str]  # jobs whose images, email address and addresses are gone
+    in_progress: list[str]  # jobs not yet finished: nothing erased; erase again after
+    kept: str = KEPT
+
+
+def erase_customer(session: Session, storage: Storage, email: str) -> Erasure:
+    """Remove a customer's images, email address and page addresses from every finished job.
+
+    What the financial record needs stays (``KEPT``). A job still being paid,
+    processed or refunded is left alone and listed: erasing its image would
+    break a delivery or a refund that is owed.
+    """
+    address = email.strip().lower()
+    jobs = list(
+        session.scalars(
+            select(Job).where(func.lower(Job.customer_email) == address).with_for_update()
+        )
+    )
+    erased, in_progress = [], []
+    for job in jobs:
+        if job.status not in FINAL:
+            in_progress.append(job.id)
+            continue
+        now = utcnow()
+        for key in (job.source_key, job.result_key):
+            if key:
+                storage.delete(key)
+        job.source_deleted_at = job.source_deleted_at or now
+        if job.result_key:
+            job.result_deleted_at = job.result_deleted_at or now
+        job.customer_email = None
+        job.image_url = ""
+        job.return_url = None
+        job.checkout_url = None
+        record_audit(
+            session, job, "erased at the customer's request: images and addresses", "admin"
+        )
+        erased.append(job.id)
+    log.info("customer erased", extra={"jobs": len(erased), "in_progress": len(in_progress)})
+    return Erasure(email, erased, in_progress)

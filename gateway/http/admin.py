@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from gateway.background.retention import erase_customer
 from gateway.errors import RequestError, UnauthorizedError
 from gateway.http.requests import in_session, off_loop, read_json, services_of
 from gateway.money.fulfilment import retry_job, settle_from_stripe
@@ -100,6 +101,17 @@ async def refund(request: Request) -> Response:
 
 
 @admin_only
+async def erase(request: Request) -> Response:
+    body = await read_json(request, BODY_LIMIT)
+    email = body.get("email") if isinstance(body, dict) else None
+    if not isinstance(email, str) or "@" not in email or len(email) > 320:
+        raise RequestError("email must be the customer's email address")
+    storage = services_of(request).storage
+    done = await in_session(request, lambda s: erase_customer(s, storage, email), write=True)
+    return JSONResponse(vars(done))
+
+
+@admin_only
 async def revenue(request: Request) -> Response:
     params = request.query_params
     since, until = _date(params.get("since"), "since"), _date(params.get("until"), "until")
@@ -123,6 +135,7 @@ ROUTES = [
     Route("/admin/jobs/{job_id}/refund", refund, methods=["POST"]),
     Route("/admin/reports/revenue", revenue, methods=["GET"]),
     Route("/admin/reconciliation", reconciliation, methods=["GET"]),
+    Route("/admin/erase", erase, methods=["POST"]),
 ]
 
 

@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 
 from gateway.background import Background
 from gateway.config import GatewayConfig
-from gateway.http import admin, customer, downloads, health, webhooks
+from gateway.http import admin, customer, downloads, health, previews, webhooks
 from gateway.http.errors import HANDLERS
 from gateway.http.limits import CheckoutLimits
 from gateway.services import Services
@@ -52,6 +52,7 @@ def create_app(config: GatewayConfig) -> Starlette:
     app = Starlette(
         routes=[
             *customer.ROUTES,
+            *previews.ROUTES,
             *webhooks.ROUTES,
             *downloads.ROUTES,
             *admin.ROUTES,
@@ -75,5 +76,12 @@ def create_app(config: GatewayConfig) -> Starlette:
     )
     app.state.checkout_limits = CheckoutLimits(**vars(config.checkout_limits))
     # Asking for lost links sends email: the same buckets' size, a bucket set of its own.
-    app.state.link_limits = CheckoutLimits(**vars(config.checkout_limits))
+    app.state.link_limits = CheckoutLimits(**vars(config.checkout_limits), what="requests")
+    limits = config.previews
+    app.state.preview_limits = CheckoutLimits(
+        per_client_per_minute=limits.per_client_per_minute,
+        burst=limits.burst,
+        global_per_minute=limits.global_per_minute,
+        what="previews",
+    )
     return app

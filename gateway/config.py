@@ -88,6 +88,18 @@ class RecoveryConfig:
 
 
 @dataclass(frozen=True)
+class PreviewConfig:
+    """Free previews: how big, how often, how long they are kept, how long a page waits."""
+
+    size: int = 128  # side of the input square, in pixels
+    per_client_per_minute: float = 10.0
+    burst: int = 5
+    global_per_minute: float = 300.0
+    keep_s: float = 3600.0  # previews and their sources are deleted after this
+    wait_s: float = 30.0  # the page says "unavailable right now" after this
+
+
+@dataclass(frozen=True)
 class CheckoutLimitsConfig:
     """How fast checkouts may start, per client address and for everyone together."""
 
@@ -120,6 +132,7 @@ class GatewayConfig:
     download_ttl_s: int
     storefront_origins: tuple[str, ...] = ()
     checkout_limits: CheckoutLimitsConfig = CheckoutLimitsConfig()
+    previews: PreviewConfig = PreviewConfig()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> GatewayConfig:
@@ -285,6 +298,14 @@ class GatewayConfig:
                 per_client_per_minute=env.number("CHECKOUT_PER_CLIENT_PER_MINUTE", 20, minimum=0.1),
                 burst=int(env.number("CHECKOUT_BURST", 5, minimum=1)),
                 global_per_minute=env.number("CHECKOUT_GLOBAL_PER_MINUTE", 600, minimum=0.1),
+            ),
+            previews=PreviewConfig(
+                size=int(env.number("PREVIEW_SIZE", 128, minimum=16, maximum=512)),
+                per_client_per_minute=env.number("PREVIEW_PER_CLIENT_PER_MINUTE", 10, minimum=0.1),
+                burst=int(env.number("PREVIEW_BURST", 5, minimum=1)),
+                global_per_minute=env.number("PREVIEW_GLOBAL_PER_MINUTE", 300, minimum=0.1),
+                keep_s=env.number("PREVIEW_KEEP_S", 3600, minimum=60),
+                wait_s=env.number("PREVIEW_WAIT_S", 30, minimum=1),
             ),
         )
         if env.problems:

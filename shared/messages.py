@@ -105,6 +105,32 @@ class UpscaleRequest(_Message):
 
 
 @dataclass(frozen=True)
+class PreviewRequest(_Message):
+    """A free preview: upscale one square of a stored source, store it beside its bicubic twin.
+
+    No job and no money: the worker writes ``{prefix}/before.png`` (bicubic)
+    and then ``{prefix}/after.png`` (the model); the gateway polls storage.
+    """
+
+    SCHEMA: ClassVar[str] = "smi.preview-request.v1"
+
+    preview_id: str
+    source_key: str
+    prefix: str
+    model: str
+    x: int
+    y: int
+    size: int
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.preview_id or not self.source_key or not self.prefix:
+            raise MessageError("preview_id, source_key and prefix must not be empty")
+        if self.x < 0 or self.y < 0 or not 1 <= self.size <= 1024:
+            raise MessageError(f"bad crop {self.x},{self.y} size {self.size}")
+
+
+@dataclass(frozen=True)
 class JobEvent(_Message):
     """What a worker reports: started, progress (0..1), completed or failed."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import posixpath
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,16 @@ def source_key_for(job_id: str, extension: str) -> str:
 def result_key_for(job_id: str) -> str:
     """Where a job's upscaled result goes."""
     return f"jobs/{job_id}/result.png"
+
+
+def preview_prefix_for(preview_id: str) -> str:
+    """Where a preview's ``meta.json``, ``before.png`` and ``after.png`` are kept."""
+    return f"previews/{preview_id}"
+
+
+def preview_source_key_for(digest: str, extension: str) -> str:
+    """A previewed image, stored once by its content's sha256 (shared by all its previews)."""
+    return f"previews/sources/{digest}.{extension}"
 
 
 def default_storage_url(data_dir: Path) -> str:
@@ -74,6 +85,22 @@ class Storage:
         except FileNotFoundError:
             return False
         return True
+
+    def older_than(self, prefix: str, age_s: float) -> list[str]:
+        """Keys under ``prefix`` last written more than ``age_s`` seconds ago."""
+        root = self.path(prefix)
+        try:
+            found = self.fs.find(root, detail=True)
+        except FileNotFoundError:
+            return []
+        cutoff = time.time() - age_s
+        keys = []
+        for path, info in found.items():
+            written = info.get("mtime") or info.get("LastModified") or info.get("created")
+            stamp = written.timestamp() if hasattr(written, "timestamp") else float(written or 0)
+            if stamp and stamp < cutoff:
+                keys.append(posixpath.relpath(path, self.root))
+        return sorted(keys)
 
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self.path(key)))

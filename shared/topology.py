@@ -6,6 +6,9 @@
   the dead-letter exchange, never retried in a loop.
 - ``smi.events`` (direct) carries what workers report back to the gateway's
   ``smi.job-events`` queue.
+- ``smi.preview`` (on ``smi.jobs``) carries free previews: workers serve it on a
+  consumer of its own, beside paid jobs; its messages expire after a minute
+  (a preview nobody waits for any more is not made).
 
 All queues are durable and messages persistent: a broker restart loses
 nothing that was confirmed. A message goes to its queue's exchange with its
@@ -21,6 +24,8 @@ EVENTS_EXCHANGE = Exchange("smi.events", type="direct", durable=True)
 DEAD_LETTER_EXCHANGE = Exchange("smi.dlx", type="direct", durable=True)
 
 UPSCALE_ROUTING_KEY = "upscale"
+PREVIEW_ROUTING_KEY = "preview"
+PREVIEW_TTL_MS = 60_000
 EVENTS_ROUTING_KEY = "job-event"
 DEAD_ROUTING_KEY = "dead"
 
@@ -44,8 +49,15 @@ EVENTS_QUEUE = Queue(
     durable=True,
     queue_arguments=DEAD_LETTERING,
 )
+PREVIEW_QUEUE = Queue(
+    "smi.preview",
+    exchange=JOBS_EXCHANGE,
+    routing_key=PREVIEW_ROUTING_KEY,
+    durable=True,
+    queue_arguments={**DEAD_LETTERING, "x-message-ttl": PREVIEW_TTL_MS},
+)
 DEAD_QUEUE = Queue(
     "smi.dead", exchange=DEAD_LETTER_EXCHANGE, routing_key=DEAD_ROUTING_KEY, durable=True
 )
 
-ALL_QUEUES = (UPSCALE_QUEUE, EVENTS_QUEUE, DEAD_QUEUE)
+ALL_QUEUES = (UPSCALE_QUEUE, EVENTS_QUEUE, PREVIEW_QUEUE, DEAD_QUEUE)

@@ -47,6 +47,7 @@ def image_host() -> Starlette:
     images = {
         "photo.png": encode_image(np.ascontiguousarray(sample("chelsea")[100:124, 180:212]), "png"),
         "large.png": encode_image(np.ascontiguousarray(sample("coffee")[100:196, 200:296]), "png"),
+        "wide.png": encode_image(np.ascontiguousarray(sample("chelsea")[40:232, 100:356]), "png"),
     }
 
     async def route(request: Request) -> Response:

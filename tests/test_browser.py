@@ -293,3 +293,34 @@ def test_the_buyer_chooses_the_illustration_model_and_gets_its_upscale(browser, 
         image = decode_image(Path(download.value.path()).read_bytes())
         assert image.pixels.shape == (96, 128, 3)
         context.close()
+
+
+def test_a_preview_is_shown_before_paying_and_another_square_can_be_chosen(system, page):
+    shop(system, page)
+    page.get_by_role("button", name="Buy high-res: wide.png").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_have_attribute("data-smi-state", "quote")
+    preview = dialog.locator(".smi-preview")
+    expect(preview).to_have_attribute(
+        "data-smi-preview", re.compile("^[0-9a-f]{32}$"), timeout=60_000
+    )
+    first = preview.get_attribute("data-smi-preview")
+    after = preview.locator("img.smi-after")
+    expect(after).to_be_visible()
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth === 512", arg=after.element_handle()
+    )
+    expect(preview.get_by_text("Our upscale")).to_be_visible()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "preview.png")
+
+    # The buyer picks the top-left corner instead: a new square, a new preview.
+    thumb = preview.locator(".smi-pick img").bounding_box()
+    assert thumb is not None
+    with page.expect_response(re.compile(r"/api/previews$")) as asked:
+        page.mouse.click(thumb["x"] + 2, thumb["y"] + 2)
+    assert asked.value.request.post_data_json["x"] == 0
+    expect(preview).not_to_have_attribute("data-smi-preview", first, timeout=60_000)
+    expect(preview.locator(".smi-pair")).to_be_visible(timeout=60_000)
+    # Nothing was bought: the quote and its price are still there.
+    expect(dialog).to_have_attribute("data-smi-state", "quote")

@@ -29,6 +29,7 @@ when the worker dies goes back to the queue.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -39,14 +40,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
 from shared.broker import Broker, Delivery
 from shared.images import decode_image
-from shared.messages import EventKind, JobEvent, MessageError, UpscaleRequest
+from shared.messages import EventKind, JobEvent, MessageError, PreviewRequest, UpscaleRequest
 from shared.storage import Storage
-from shared.topology import EVENTS_QUEUE, UPSCALE_QUEUE
+from shared.topology import EVENTS_QUEUE, PREVIEW_QUEUE, UPSCALE_QUEUE
 from upscaler.errors import PERMANENT, PermanentError, UpscalerError
 from upscaler.images import encode_image, ensure_encodable, output_format
 from upscaler.pipeline import Upscaler
@@ -163,7 +165,16 @@ class UpscaleWorker:
             )
         ]
         reporter = threading.Thread(target=self._report, name="reporter", daemon=True)
-        for thread in [*stages, reporter]:
+        # Free previews on a consumer of their own: a buyer deciding whether to pay never
+        # waits behind the paid queue.
+        previews = threading.Thread(
+            target=self.broker.consume,
+            args=(PREVIEW_QUEUE, self._on_preview),
+            kwargs={"prefetch": 1, "stop": self.stop},
+            name="previews",
+            daemon=True,
+        )
+        for thread in [*stages, reporter, previews]:
             thread.start()
         try:
             self.broker.consume(
@@ -188,6 +199,54 @@ class UpscaleWorker:
             delivery.dead_letter(str(exc))
             return
         self._inbox.put(Job(request, delivery))
+
+    def _on_preview(self, delivery: Delivery) -> None:
+        try:
+            request = PreviewRequest.from_json(delivery.body)
+        except MessageError as exc:
+            log.error("undecodable preview message sent to the dead-letter queue: %s", exc)
+            delivery.dead_letter(str(exc))
+            return
+        context = {"preview_id": request.preview_id, "model": request.model}
+        try:
+            self.make_preview(request)
+        except Exception as exc:  # the gateway shows "preview unavailable"; nothing is owed
+            log.warning("preview failed: %s", exc, extra=context)
+            with contextlib.suppress(OSError):
+                self.storage.put(f"{request.prefix}/error.txt", str(exc)[:500].encode())
+        delivery.ack()
+
+    def make_preview(self, request: PreviewRequest) -> None:
+        """Bicubic and the model on the requested square: ``before.png``, then ``after.png``."""
+        if self._result_stored(f"{request.prefix}/after.png"):
+            return  # an identical request was made already
+        started = time.perf_counter()
+        image = decode_image(
+            self.storage.get(request.source_key), max_pixels=self.config.max_pixels
+        )
+        pixels = image.pixels
+        if pixels.dtype != np.uint8:  # a preview is for the eye: 8 bits
+            pixels = (pixels // 257).astype(np.uint8)
+        if pixels.ndim == 3 and pixels.shape[2] in (2, 4):
+            pixels = pixels[:, :, :-1]  # colour only
+        if pixels.ndim == 3 and pixels.shape[2] == 1:
+            pixels = pixels[:, :, 0]
+        crop = np.ascontiguousarray(
+            pixels[request.y : request.y + request.size, request.x : request.x + request.size]
+        )
+        if crop.size == 0:
+            raise PermanentError(f"the square {request.x},{request.y} is outside the image")
+        upscaler = self._upscaler(request.model)
+        after = upscaler.upscale(crop).pixels
+        height, width = after.shape[:2]
+        before = cv2.resize(crop, (width, height), interpolation=cv2.INTER_CUBIC)
+        self.storage.put(f"{request.prefix}/before.png", encode_image(before, "png"))
+        self.storage.put(f"{request.prefix}/after.png", encode_image(after, "png"))
+        log.info(
+            "preview made in %.2f s",
+            time.perf_counter() - started,
+            extra={"preview_id": request.preview_id},
+        )
 
     def _stage(
         self,

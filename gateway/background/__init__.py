@@ -63,7 +63,12 @@ class Background:
             ),
             Periodic(
                 "retention",
-                Retention(sessions, services.storage, config.recovery.result_retention_days).sweep,
+                Retention(
+                    sessions,
+                    services.storage,
+                    config.recovery.result_retention_days,
+                    config.previews.keep_s,
+                ).sweep,
                 interval_s=config.recovery.retention_interval_s,
             ),
         ]

@@ -4,7 +4,9 @@
   job is never upscaled: a payment that comes later is refunded);
 - a completed job's result and source, ``SMI_RESULT_RETENTION_DAYS`` after it
   finished (the completion email says until when; its links then answer 410);
-- a refunded job's source and any result, as long after its refund.
+- a refunded job's source and any result, as long after its refund;
+- free previews and the images they were made of, ``SMI_PREVIEW_KEEP_S`` after
+  they were written.
 
 The job row stays (its amounts, ids and dates are the financial record) and
 says when each image went (``source_deleted_at``, ``result_deleted_at``).
@@ -36,11 +38,16 @@ BATCH = 100
 
 class Retention:
     def __init__(
-        self, sessions: sessionmaker[Session], storage: Storage, retention_days: float
+        self,
+        sessions: sessionmaker[Session],
+        storage: Storage,
+        retention_days: float,
+        preview_keep_s: float = 3600.0,
     ) -> None:
         self.sessions = sessions
         self.storage = storage
         self.retention = timedelta(days=retention_days)
+        self.preview_keep_s = preview_keep_s
 
     def sweep(self) -> int:
         """Delete what is due, one batch; returns how many jobs lost images."""
@@ -62,6 +69,8 @@ class Retention:
             )
             for job in jobs:
                 self._delete(session, job)
+        for key in self.storage.older_than("previews", self.preview_keep_s):
+            self.storage.delete(key)
         return len(jobs)
 
     def _delete(self, session: Session, job: Job) -> None:

@@ -55,7 +55,9 @@ class CheckoutLimits:
         burst: int,
         global_per_minute: float,
         clock: Callable[[], float] = time.monotonic,
+        what: str = "checkouts",
     ) -> None:
+        self.what = what
         self.rate = per_client_per_minute / 60
         self.burst = burst
         self.clock = clock
@@ -76,7 +78,7 @@ class CheckoutLimits:
             wait = bucket.take(now)
             if wait:
                 raise RateLimitedError(
-                    f"too many checkouts from you just now; try again in {math.ceil(wait)} s",
+                    f"too many {self.what} from you just now; try again in {math.ceil(wait)} s",
                     retry_after_s=math.ceil(wait),
                 )
             wait = self.everyone.take(now)

@@ -85,6 +85,16 @@ def origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
+def source_policy(config: GatewayConfig) -> SourcePolicy:
+    """Where images may come from and how big they may be, for checkouts and previews."""
+    return SourcePolicy(
+        config.source_hosts,
+        config.max_source_bytes,
+        config.max_source_pixels,
+        config.fetch_timeout_s,
+    )
+
+
 def start_checkout(
     config: GatewayConfig,
     sessions: sessionmaker[Session],
@@ -94,12 +104,7 @@ def start_checkout(
 ) -> CheckoutStarted:
     """Fetch and store the image, create the job, then the Checkout Session."""
     image_url, return_url = request.image_url, request.return_url
-    policy = SourcePolicy(
-        config.source_hosts,
-        config.max_source_bytes,
-        config.max_source_pixels,
-        config.fetch_timeout_s,
-    )
+    policy = source_policy(config)
     offered = config.pricing.models
     model = request.model or offered[0]
     if model not in offered:

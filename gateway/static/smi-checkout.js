@@ -88,6 +88,15 @@
       ".smi-choices{border:0;padding:0;margin:.75rem 0 0}",
       ".smi-choices legend{font-weight:600;padding:0;margin-bottom:.25rem}",
       ".smi-choices label{display:block;padding:.2rem 0;cursor:pointer}",
+      ".smi-preview{margin-top:1rem}",
+      ".smi-pick{position:relative;display:inline-block;touch-action:none;cursor:crosshair}",
+      ".smi-pick img{display:block;max-width:10rem;height:auto}",
+      ".smi-square{position:absolute;border:2px solid #1a56db;box-shadow:0 0 0 1px #fff;",
+      "box-sizing:border-box}",
+      ".smi-pair{display:flex;gap:.5rem;margin-top:.5rem}",
+      ".smi-pair figure{margin:0;flex:1;min-width:0}",
+      ".smi-pair img{width:100%;height:auto;display:block;background:#eee}",
+      ".smi-pair figcaption,.smi-note{font-size:.85rem;color:#555}",
     ].join("");
     document.head.appendChild(style);
   }
@@ -157,6 +166,10 @@
   function show(state, title, message, actions, progress) {
     if (!modal) return;
     setTitle(title);
+    if (state !== "quote") {
+      var stale = modal.querySelector(".smi-preview");
+      if (stale) stale.remove();
+    }
     modal.querySelector(".smi-dialog").setAttribute("data-smi-state", state);
     var status = modal.querySelector("#smi-status");
     status.textContent = "";
@@ -282,6 +295,7 @@
         input.addEventListener("change", function () {
           chosen = offer;
           describe();
+          preview.ask(chosen.model, preview.at);
           modal.querySelector('input[value="' + offer.model + '"]').focus();
         });
         label.appendChild(input);
@@ -294,6 +308,7 @@
       modal.querySelector("#smi-status").appendChild(group);
     }
     function pay() {
+      preview.stop();
       if (chosen.model === checkout.model) {
         window.location.assign(checkout.checkout_url);
         return;
@@ -305,7 +320,142 @@
           show("error", t("buy.not_started"), error.message || String(error), [closeAction()]);
         });
     }
+    var preview = previewBox(imageUrl);
     describe();
+    preview.ask(chosen.model, null);
+  }
+
+  // -- the free preview: a square of this image, a simple enlargement beside ours --
+
+  function previewBox(imageUrl) {
+    var box = document.createElement("div");
+    box.className = "smi-preview";
+    box.innerHTML =
+      '<div class="smi-pick"><img alt=""><div class="smi-square" tabindex="0" role="button"></div></div>' +
+      '<p class="smi-note smi-pick-note"></p>' +
+      '<div class="smi-pair" hidden><figure><img class="smi-before" alt=""><figcaption></figcaption></figure>' +
+      '<figure><img class="smi-after" alt=""><figcaption></figcaption></figure></div>' +
+      '<p class="smi-note smi-preview-status" role="status" aria-live="polite"></p>';
+    var dialog = modal.querySelector(".smi-dialog");
+    dialog.insertBefore(box, dialog.querySelector(".smi-actions"));
+    var thumb = box.querySelector(".smi-pick img");
+    var square = box.querySelector(".smi-square");
+    var pair = box.querySelector(".smi-pair");
+    var note = box.querySelector(".smi-preview-status");
+    var captions = box.querySelectorAll(".smi-pair figcaption");
+    thumb.src = imageUrl;
+    box.querySelector(".smi-pick-note").textContent = t("preview.pick");
+    square.setAttribute("aria-label", t("preview.square"));
+    captions[0].textContent = t("preview.before");
+    captions[1].textContent = t("preview.after");
+    var state = { at: null, crop: null, model: null, timer: null, asked: 0 };
+
+    function place(crop) {
+      var ratio = thumb.clientWidth / crop.width;
+      square.style.left = crop.x * ratio + "px";
+      square.style.top = crop.y * ratio + "px";
+      square.style.width = square.style.height = Math.max(8, crop.size * ratio) + "px";
+    }
+
+    function ask(model, at) {
+      state.model = model;
+      state.at = at;
+      var asked = ++state.asked;
+      clearTimeout(state.timer);
+      pair.hidden = true;
+      note.textContent = t("preview.loading");
+      var body = { image_url: imageUrl, model: model };
+      if (at) { body.x = at[0]; body.y = at[1]; }
+      var deadline = null;
+      fetch(GATEWAY + "/api/previews", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      })
+        .then(function (response) {
+          return response.json().catch(function () { return null; }).then(function (answer) {
+            if (response.status === 429) {
+              throw new Error(t("buy.busy", { seconds: response.headers.get("Retry-After") || "60" }));
+            }
+            if (!response.ok) throw new Error(t("preview.unavailable"));
+            return answer;
+          });
+        })
+        .then(function follow(status) {
+          if (asked !== state.asked) return; // a newer square was asked for
+          state.crop = status.crop;
+          if (thumb.complete) place(status.crop); else thumb.onload = function () { place(status.crop); };
+          if (deadline === null) deadline = Date.now() + status.wait_s * 1000;
+          if (status.status === "ready") return shown(status);
+          if (status.status === "failed" || Date.now() > deadline) {
+            note.textContent = t("preview.unavailable");
+            return null;
+          }
+          state.timer = setTimeout(function () {
+            fetch(GATEWAY + "/api/previews/" + status.preview_id, { cache: "no-store" })
+              .then(function (response) { return response.json(); })
+              .then(follow)
+              .catch(function () { note.textContent = t("preview.unavailable"); });
+          }, 1000);
+          return null;
+        })
+        .catch(function (error) {
+          if (asked === state.asked) note.textContent = error.message || t("preview.unavailable");
+        });
+    }
+
+    function shown(status) {
+      var base = GATEWAY + "/api/previews/" + status.preview_id;
+      box.querySelector(".smi-before").src = base + "/before.png";
+      box.querySelector(".smi-after").src = base + "/after.png";
+      box.setAttribute("data-smi-preview", status.preview_id);
+      pair.hidden = false;
+      note.textContent = "";
+    }
+
+    // Clicking or dragging on the picture moves the square; letting go asks for its preview.
+    var dragging = false;
+    function pointAt(event) {
+      var crop = state.crop;
+      if (!crop) return null;
+      var rect = thumb.getBoundingClientRect();
+      var ratio = crop.width / rect.width;
+      var x = Math.round((event.clientX - rect.left) * ratio - crop.size / 2);
+      var y = Math.round((event.clientY - rect.top) * ratio - crop.size / 2);
+      x = Math.max(0, Math.min(crop.width - crop.size, x));
+      y = Math.max(0, Math.min(crop.height - crop.size, y));
+      place({ x: x, y: y, size: crop.size, width: crop.width, height: crop.height });
+      return [x, y];
+    }
+    var pick = box.querySelector(".smi-pick");
+    pick.addEventListener("pointerdown", function (event) {
+      dragging = true;
+      pointAt(event);
+      event.preventDefault();
+    });
+    pick.addEventListener("pointermove", function (event) { if (dragging) pointAt(event); });
+    pick.addEventListener("pointerup", function (event) {
+      if (!dragging) return;
+      dragging = false;
+      var at = pointAt(event);
+      if (at) ask(state.model, at);
+    });
+    square.addEventListener("keydown", function (event) {
+      var crop = state.crop;
+      var moves = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+      if (!crop || !moves[event.key]) return;
+      event.preventDefault();
+      var step = Math.max(1, Math.round(crop.size / 2));
+      var x = Math.max(0, Math.min(crop.width - crop.size, crop.x + moves[event.key][0] * step));
+      var y = Math.max(0, Math.min(crop.height - crop.size, crop.y + moves[event.key][1] * step));
+      ask(state.model, [x, y]);
+    });
+
+    return {
+      ask: ask,
+      get at() { return state.at; },
+      stop: function () { state.asked++; clearTimeout(state.timer); },
+    };
   }
 
   function buy(imageUrl) {

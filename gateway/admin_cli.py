@@ -127,11 +127,13 @@ def _print(args: argparse.Namespace, body: Any, render: Any) -> None:
 
 
 def _jobs_table(body: dict[str, Any]) -> str:
-    lines = [f"{'job':<30} {'status':<17} {'amount':>9} {'created':<20} email"]
+    lines = [f"{'job':<30} {'status':<17} {'amount':>9} {'margin':>9} {'created':<20} email"]
     for job in body["jobs"]:
         amount = format_money(job["amount_cents"], job["currency"])
+        margin = job.get("margin_cents")
+        shown = format_money(margin, job["currency"]) if margin is not None else "-"
         lines.append(
-            f"{job['job_id']:<30} {job['status']:<17} {amount:>9} "
+            f"{job['job_id']:<30} {job['status']:<17} {amount:>9} {shown:>9} "
             f"{(job['created_at'] or '')[:19]:<20} {job['customer_email'] or ''}"
         )
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,10 +56,23 @@ class PricingConfig:
     # of a model's output may differ from ``price_per_megapixel_cents``.
     models: tuple[str, ...] = (DEFAULT_MODEL,)
     model_prices: tuple[tuple[str, float], ...] = ()
+    # What a GPU hour costs (smallest currency unit) and each model's measured GPU seconds
+    # per output megapixel (from smi-bench --json): prices never fall below that cost.
+    gpu_cost_per_hour: float | None = None
+    seconds_per_megapixel: tuple[tuple[str, float], ...] = ()
+
+    def cost_per_megapixel(self, model: str) -> float | None:
+        """What one output megapixel of ``model`` costs us, if the cost is known."""
+        seconds = dict(self.seconds_per_megapixel).get(model)
+        if self.gpu_cost_per_hour is None or seconds is None:
+            return None
+        return seconds * self.gpu_cost_per_hour / 3600
 
     def price_for(self, model: str) -> float:
-        """Price per output megapixel of ``model``, in the currency's smallest unit."""
-        return dict(self.model_prices).get(model, self.price_per_megapixel_cents)
+        """Price per output megapixel of ``model``, in the currency's smallest unit; never
+        below its cost (the markup then applies to both)."""
+        price = dict(self.model_prices).get(model, self.price_per_megapixel_cents)
+        return max(price, self.cost_per_megapixel(model) or 0.0)
 
 
 @dataclass(frozen=True)
@@ -244,6 +258,15 @@ class GatewayConfig:
                 )
                 continue
             model_prices.append((name.strip(), price))
+        gpu_cost = env.number("GPU_COST_PER_HOUR", -1, minimum=-1)
+        measured = _bench_figures(env, env.text("BENCH_FILES", ""))
+        if gpu_cost >= 0:
+            for name in offered:
+                if name not in dict(measured):
+                    env.problem(
+                        f"SMI_GPU_COST_PER_HOUR needs a smi-bench --json figure for {name} "
+                        "(SMI_BENCH_FILES)"
+                    )
         pricing = PricingConfig(
             price_per_megapixel_cents=env.number("PRICE_PER_MEGAPIXEL_CENTS", 2.0, minimum=0),
             markup=env.number("MARKUP", 1.5, minimum=1.0),
@@ -251,6 +274,8 @@ class GatewayConfig:
             minimum_cents=minimum or STRIPE_MINIMUM_CENTS,
             models=offered or (DEFAULT_MODEL,),
             model_prices=tuple(model_prices),
+            gpu_cost_per_hour=gpu_cost if gpu_cost >= 0 else None,
+            seconds_per_megapixel=measured,
         )
 
         config = cls(
@@ -316,3 +341,23 @@ class GatewayConfig:
 def _is_http_url(url: str) -> bool:
     parts = urlsplit(url)
     return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _bench_figures(env: EnvReader, paths: str) -> tuple[tuple[str, float], ...]:
+    """Seconds per output megapixel of each model, from ``smi-bench --json`` reports."""
+    figures: dict[str, float] = {}
+    for raw in paths.split(","):
+        if not raw.strip():
+            continue
+        try:
+            report = json.loads(Path(raw.strip()).read_text())
+            model, rate = str(report["model"]), float(report["input_megapixels_per_s"])
+            scale = MODELS[model].scale
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            env.problem(f"SMI_BENCH_FILES: {raw.strip()} is not a smi-bench --json report ({exc})")
+            continue
+        if rate <= 0:
+            env.problem(f"SMI_BENCH_FILES: {raw.strip()} reports no throughput")
+            continue
+        figures[model] = 1.0 / (rate * scale * scale)
+    return tuple(figures.items())

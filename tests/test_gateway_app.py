@@ -607,3 +607,22 @@ def test_the_buyer_chooses_among_the_offered_models_and_the_scale_follows(databa
         for model, why in (("realesr-general-x4v3", "not offered"), ("nope", "not offered")):
             refused = stack.checkout(model=model)
             assert refused.status_code == 400 and why in refused.json()["error"]["message"]
+
+
+def test_the_admin_sees_each_job_s_gpu_cost_and_margin(tmp_path):
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"model": "RealESRGAN_x4plus", "input_megapixels_per_s": 0.00001}))
+    settings = {
+        "SMI_ADMIN_TOKEN": "admin-token-0123456789abcdef",
+        "SMI_GPU_COST_PER_HOUR": "3600",  # a cent a second; 6,250 s per output MP
+        "SMI_BENCH_FILES": str(bench),
+    }
+    with start_stack(f"sqlite:///{tmp_path / 'g.sqlite3'}", tmp_path, **settings) as stack:
+        body = stack.checkout().json()  # 120x80 -> 480x320: 0.1536 MP
+        assert body["amount_cents"] == 1440  # 0.1536 x 6250 x 1.5: at cost, marked up
+        listed = httpx.get(
+            f"{stack.gateway}/admin/jobs",
+            headers={"Authorization": "Bearer admin-token-0123456789abcdef"},
+            timeout=30,
+        ).json()["jobs"][0]
+        assert (listed["cost_cents"], listed["margin_cents"]) == (960, 480)

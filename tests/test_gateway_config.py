@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -157,3 +159,27 @@ def test_amounts_read_as_each_language_writes_them():
     assert format_money(192, "usd", "fr") == "1,92\xa0$US"
     assert format_money(123456, "eur", "de") == "1.234,56\xa0€"
     assert format_money(192, "usd", "no-such-locale") == "$1.92"
+
+
+def test_a_price_never_falls_below_the_measured_gpu_cost(tmp_path):
+    bench = tmp_path / "bench.json"  # smi-bench --json: 0.01 input MP/s is 6.25 s per output MP
+    bench.write_text(json.dumps({"model": "RealESRGAN_x4plus", "input_megapixels_per_s": 0.01}))
+    env = {
+        **TEST_ENV,
+        "SMI_PRICE_PER_MEGAPIXEL_CENTS": "0.1",
+        "SMI_GPU_COST_PER_HOUR": "360",  # 0.1 cent a second: 0.625 cents per output MP
+        "SMI_BENCH_FILES": str(bench),
+    }
+    pricing = GatewayConfig.from_env(env).pricing
+    assert pricing.cost_per_megapixel("RealESRGAN_x4plus") == pytest.approx(0.625)
+    assert pricing.price_for("RealESRGAN_x4plus") == pytest.approx(0.625)
+    # 2000x2000 -> 64 MP: 64 x 0.625 x 1.5 = 60 cents, not 64 x 0.1 x 1.5 = 9.6 (the minimum 50)
+    assert quote_price(2000, 2000, pricing).amount_cents == 60
+    cheaper = GatewayConfig.from_env({**env, "SMI_GPU_COST_PER_HOUR": "36"}).pricing
+    assert cheaper.price_for("RealESRGAN_x4plus") == pytest.approx(0.1)  # the price is above cost
+
+    with pytest.raises(ConfigError, match="needs a smi-bench --json figure"):
+        GatewayConfig.from_env({**TEST_ENV, "SMI_GPU_COST_PER_HOUR": "360"})
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ConfigError, match="is not a smi-bench --json report"):
+        GatewayConfig.from_env({**env, "SMI_BENCH_FILES": str(tmp_path / "bad.json")})

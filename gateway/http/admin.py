@@ -30,9 +30,11 @@ from gateway.background.retention import erase_customer
 from gateway.errors import RequestError, UnauthorizedError
 from gateway.http.requests import in_session, off_loop, read_json, services_of
 from gateway.money.fulfilment import retry_job, settle_from_stripe
+from gateway.money.pricing import margin_of
 from gateway.money.reconciliation import reconcile
 from gateway.money.refunds import refund_job
 from gateway.money.reports import as_csv, as_json, revenue_by_day
+from gateway.store.lifecycle import get_job
 from gateway.store.queries import job_details, job_record, list_jobs
 
 BODY_LIMIT = 16 * 1024
@@ -61,9 +63,11 @@ async def jobs(request: Request) -> Response:
     params = request.query_params
     limit = _integer(params.get("limit", "100"), "limit", 1, 1000)
 
+    pricing = services_of(request).config.pricing
+
     def work(session: Session) -> list[dict[str, Any]]:
         found = list_jobs(session, params.get("status"), params.get("q"), limit)
-        return [job_record(job) for job in found]
+        return [{**job_record(job), **margin_of(job, pricing)} for job in found]
 
     return JSONResponse({"jobs": await in_session(request, work)})
 
@@ -71,7 +75,14 @@ async def jobs(request: Request) -> Response:
 @admin_only
 async def job(request: Request) -> Response:
     job_id = request.path_params["job_id"]
-    return JSONResponse(await in_session(request, lambda s: job_details(s, job_id)))
+    pricing = services_of(request).config.pricing
+
+    def work(session: Session) -> dict[str, Any]:
+        details = job_details(session, job_id)
+        details["job"].update(margin_of(get_job(session, job_id), pricing))
+        return details
+
+    return JSONResponse(await in_session(request, work))
 
 
 @admin_only

@@ -10,10 +10,11 @@ The browser never sends a price: it names an image, the gateway measures it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 
 from gateway.config import PricingConfig
 from gateway.money.currencies import round_to_currency
+from gateway.store.tables import Job
 from shared.models import DEFAULT_MODEL, scale_of
 
 
@@ -61,3 +62,14 @@ def quote_price(
         amount_cents=round_to_currency(max(amount, Decimal(pricing.minimum_cents)), currency),
         currency=currency,
     )
+
+
+def margin_of(job: Job, pricing: PricingConfig) -> dict[str, int]:
+    """The GPU cost of a job's output and what is left of its price, where the cost is known."""
+    per_megapixel = pricing.cost_per_megapixel(job.model)
+    if per_megapixel is None:
+        return {}
+    scale = scale_of(job.model)
+    megapixels = Decimal(job.width * scale * job.height * scale) / Decimal(1_000_000)
+    cost = int((megapixels * Decimal(str(per_megapixel))).to_integral_value(rounding=ROUND_CEILING))
+    return {"cost_cents": cost, "margin_cents": job.amount_cents - cost}

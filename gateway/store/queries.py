@@ -31,6 +31,7 @@ def job_record(job: Job) -> dict[str, Any]:
         "height": job.height,
         "amount_cents": job.amount_cents,
         "currency": job.currency,
+        "model": job.model,
         "customer_email": job.customer_email,
         "stripe_session_id": job.stripe_session_id,
         "stripe_payment_intent_id": job.stripe_payment_intent_id,

@@ -1,4 +1,5 @@
-"""Hostile input at every door, generated: checkout, status, return, webhooks, downloads, admin.
+"""Hostile input at every door, generated: checkout, status, return, previews, lost links,
+webhooks, downloads, admin.
 
 Every request, whatever it carries, is answered with a 4xx and a typed JSON
 error (never a 5xx, never a dropped connection), and changes nothing: no
@@ -65,7 +66,9 @@ refusals = {400, 401, 403, 404, 409, 410, 413, 415, 422}
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("hostile")
-    with start_stack(f"sqlite:///{tmp / 'gateway.sqlite3'}", tmp, SMI_ADMIN_TOKEN=TOKEN) as running:
+    settings = {"SMI_PREVIEW_PER_CLIENT_PER_MINUTE": "100000", "SMI_PREVIEW_BURST": "1000"}
+    database = f"sqlite:///{tmp / 'gateway.sqlite3'}"
+    with start_stack(database, tmp, SMI_ADMIN_TOKEN=TOKEN, **settings) as running:
         yield running
 
 
@@ -223,3 +226,21 @@ def test_admin_refunds_with_hostile_bodies_or_tokens(stack, unchanged, paid_job,
 
 def _quoted(text: str) -> str:
     return quote(text, safe="")
+
+
+@EXAMPLES
+@given(image_url=urls, model=st.none() | st.text(max_size=20), x=st.none() | json_values)
+def test_previews_refuse_hostile_urls_models_and_squares(stack, unchanged, image_url, model, x):
+    body = {"image_url": image_url, "model": model, "x": x, "y": 0}
+    response = httpx.post(f"{stack.gateway}/api/previews", json=body, timeout=30)
+    refused(response)
+
+
+@EXAMPLES
+@given(body=json_values)
+def test_lost_link_requests_of_any_shape_send_nothing(stack, unchanged, body):
+    response = httpx.post(f"{stack.gateway}/api/links", json=body, timeout=30)
+    if response.status_code == 202:  # an address of nobody: the same answer, nothing queued
+        assert "If we have completed orders" in response.json()["message"]
+    else:
+        refused(response)

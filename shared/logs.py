@@ -1,12 +1,73 @@
-"""How every long-running process (gateway, its workers, the upscale worker) logs."""
+"""How every long-running process (gateway, its workers, the upscale worker) logs.
+
+One line per event. A terminal gets text; anything else (a file, a container's
+log collector) gets JSON, so the fields can be searched:
+
+    {"time": "2026-11-27T10:15:24.113Z", "level": "ERROR", "logger": "gateway.money.refunds",
+     "message": "refund failed; an admin must act", "job_id": "job_x", "error": "..."}
+
+Whatever a call passes in ``extra=`` (``job_id``, ``event_id``, ``session_id``,
+``worker``, ``error`` ...) is part of the line, in both forms: a log line that
+names a job says which. ``SMI_LOG_FORMAT=json`` or ``text`` chooses by hand.
+JSON rather than logfmt: nested values and any character survive, and every
+log collector reads it without a parser of its own.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Any
 
 SERVICE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# What every LogRecord has: anything else on a record came from ``extra=``.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+def extras(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields a call added with ``extra=``."""
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **extras(record),
+        }
+        if record.exc_info:
+            line["error_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+            line["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """The usual text, with the ``extra=`` fields after it as ``key=value``."""
+
+    def __init__(self) -> None:
+        super().__init__(SERVICE_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = " ".join(f"{k}={v}" for k, v in extras(record).items())
+        if not fields:
+            return text
+        first, newline, rest = text.partition("\n")  # after the message, before a traceback
+        return f"{first} {fields}{newline}{rest}"
 
 
 def configure_service_logging() -> None:
-    """INFO and above to stderr, with the time and the logger's name."""
-    logging.basicConfig(level=logging.INFO, format=SERVICE_FORMAT)
+    """INFO and above to stderr: text on a terminal, JSON lines otherwise."""
+    choice = os.environ.get("SMI_LOG_FORMAT", "").strip().lower()
+    as_json = choice == "json" or (choice != "text" and not sys.stderr.isatty())
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if as_json else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)

@@ -127,3 +127,30 @@ def test_the_gateway_s_models_are_the_manifest_s_with_the_same_scales():
     assert registry.default_name == DEFAULT_MODEL
     for name, info in MODELS.items():
         assert registry.get(name).scale == info.scale, name
+
+
+def test_log_lines_carry_what_the_call_passed_in_extra(capsys, monkeypatch):
+    import json
+    import logging
+
+    from shared.logs import configure_service_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        monkeypatch.setenv("SMI_LOG_FORMAT", "json")
+        configure_service_logging()
+        logging.getLogger("gateway.money.refunds").error(
+            "refund failed; an admin must act", extra={"job_id": "job_x", "error": "card lost"}
+        )
+        line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+        assert line["message"] == "refund failed; an admin must act"
+        assert (line["job_id"], line["error"], line["level"]) == ("job_x", "card lost", "ERROR")
+
+        monkeypatch.setenv("SMI_LOG_FORMAT", "text")
+        configure_service_logging()
+        logging.getLogger("x").warning("stalled", extra={"job_id": "job_y"})
+        assert capsys.readouterr().err.strip().endswith("x: stalled job_id=job_y")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])

@@ -83,6 +83,7 @@ class MailConfig:
     folder: Path
     sender: str
     support_email: str
+    lease_s: float = 120.0  # an email claimed by a process that died is tried again after this
 
 
 @dataclass(frozen=True)
@@ -300,6 +301,7 @@ class GatewayConfig:
                 folder=Path(env.text("MAIL_DIR", str(data_dir / "mail"))),
                 sender=env.text("MAIL_FROM", "Sell My Images <noreply@localhost>"),
                 support_email=env.text("SUPPORT_EMAIL", "support@example.com"),
+                lease_s=env.number("EMAIL_LEASE_S", 120, minimum=1),
             ),
             recovery=RecoveryConfig(
                 pending_timeout_s=env.number("PENDING_TIMEOUT_S", 900, minimum=1),

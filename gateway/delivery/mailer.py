@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 MAX_SEND_ATTEMPTS = 8
 SEND_BACKOFF_S = 5.0
-SEND_LEASE_S = 120.0
 SMTP_TIMEOUT_S = 30.0
 SENT, RETRY, GAVE_UP = "sent", "retry", "gave up"
 
@@ -119,7 +118,7 @@ class EmailRelay:
                 OutboxMessage.published_at.is_(None),
                 OutboxMessage.publish_attempts < MAX_SEND_ATTEMPTS,
             ],
-            lease_s=SEND_LEASE_S,
+            lease_s=self.mailer.config.lease_s,
         )
         for row_id in claimed:
             try:

@@ -48,7 +48,9 @@ def proxied(proxy: TcpProxy) -> str:
 def system(tmp_path, broker) -> Iterator[System]:
     with (
         postgres_database() as url,
-        running_system(tmp_path, url, proxied(broker), SMI_REFUND_LEASE_S="2") as running,
+        running_system(
+            tmp_path, url, proxied(broker), SMI_REFUND_LEASE_S="2", SMI_EMAIL_LEASE_S="2"
+        ) as running,
     ):
         yield running
 

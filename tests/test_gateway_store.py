@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -145,3 +147,19 @@ class TestJobStoreContract:
             pending = [e for e in audit_trail(session, job_id) if e.to_status == "pending"]
             assert len(pending) == 1
             assert get_job(session, job_id).status == JobStatus.PENDING
+
+
+def test_processes_starting_together_on_one_sqlite_file_all_migrate_it(tmp_path):
+    """``serve --workers N`` on SQLite: each process migrates at start, and none fails."""
+    database = f"sqlite:///{tmp_path / 'gateway.sqlite3'}"
+    script = (
+        "from gateway.store.database import create_database_engine, migrate\n"
+        f"migrate(create_database_engine({database!r}))\n"
+    )
+    starts = [
+        subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    for start in starts:
+        _, errors = start.communicate(timeout=120)
+        assert start.returncode == 0, errors

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +70,19 @@ def alembic_config(engine: Engine) -> AlembicConfig:
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` (``alembic upgrade``)."""
+    """Bring the schema to ``revision`` (``alembic upgrade``).
+
+    Several gateway processes starting at once on one SQLite file (``serve
+    --workers N``) each migrate it: a lock file beside the database makes them
+    take turns, so the second finds it up to date instead of failing halfway.
+    """
     config = alembic_config(engine)
-    with engine.connect() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
-        connection.commit()
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    with contextlib.ExitStack() as turns:
+        if database and database != ":memory:":
+            lock = turns.enter_context(open(f"{database}.migrate-lock", "w"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        with engine.connect() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+            connection.commit()

@@ -192,8 +192,11 @@ def test_signed_events_of_any_shape_change_no_job_of_ours(
 @EXAMPLES
 @given(
     payload=st.binary(max_size=300),
-    # What a header may hold (anything else the HTTP parser refuses before the app).
-    signature=st.none() | st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=80),
+    # What a header may hold (anything else an HTTP client or parser refuses before the app).
+    signature=st.none()
+    | st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=80).filter(
+        lambda text: text == text.strip()  # h11 itself refuses to send padded values
+    ),
 )
 def test_unsigned_or_forged_webhooks_are_refused(stack, unchanged, payload, signature):
     headers = {"Stripe-Signature": signature} if signature is not None else {}

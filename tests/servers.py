@@ -45,23 +45,31 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> A
     raise AssertionError(f"condition not met within {timeout}s")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
     """A port nobody listens on right now (for servers that must know their own address).
 
     Taken below Linux's ephemeral range (32768-60999), where the kernel picks
     the source ports of outgoing connections: one of those could otherwise
-    land on it between this check and the server binding it.
+    land on it between this check and the server binding it. Never the same
+    port twice in one run: two servers of one test asked for theirs together
+    once drew the same number, and the second could not bind.
     """
     import random
     import socket
 
     for _ in range(200):
         port = random.randint(20000, 32000)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     raise RuntimeError("no free port found")
 

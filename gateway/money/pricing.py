@@ -37,6 +37,12 @@ class Quote:
         return f"{self.width}x{self.height} → {self.output_width}x{self.output_height} pixels"
 
 
+def output_megapixels(width: int, height: int, model: str) -> Decimal:
+    """Megapixels ``model`` makes of a ``width`` x ``height`` image: what is priced and costed."""
+    scale = scale_of(model)
+    return Decimal(width * scale * height * scale) / Decimal(1_000_000)
+
+
 def quote_price(
     width: int, height: int, pricing: PricingConfig, model: str = DEFAULT_MODEL
 ) -> Quote:
@@ -47,9 +53,10 @@ def quote_price(
     if width < 1 or height < 1:
         raise ValueError(f"an image has a positive size, not {width}x{height}")
     scale = scale_of(model)
-    output_megapixels = Decimal(width * scale * height * scale) / Decimal(1_000_000)
     amount = (
-        output_megapixels * Decimal(str(pricing.price_for(model))) * Decimal(str(pricing.markup))
+        output_megapixels(width, height, model)
+        * Decimal(str(pricing.price_for(model)))
+        * Decimal(str(pricing.markup))
     )
     currency = pricing.currency
     return Quote(
@@ -69,7 +76,6 @@ def margin_of(job: Job, pricing: PricingConfig) -> dict[str, int]:
     per_megapixel = pricing.cost_per_megapixel(job.model)
     if per_megapixel is None:
         return {}
-    scale = scale_of(job.model)
-    megapixels = Decimal(job.width * scale * job.height * scale) / Decimal(1_000_000)
+    megapixels = output_megapixels(job.width, job.height, job.model)
     cost = int((megapixels * Decimal(str(per_megapixel))).to_integral_value(rounding=ROUND_CEILING))
     return {"cost_cents": cost, "margin_cents": job.amount_cents - cost}

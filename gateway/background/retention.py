@@ -74,15 +74,23 @@ class Retention:
         return len(jobs)
 
     def _delete(self, session: Session, job: Job) -> None:
-        self.storage.delete(job.source_key)
-        job.source_deleted_at = utcnow()
-        kept = "source"
-        if job.result_key and job.result_deleted_at is None:
-            self.storage.delete(job.result_key)
-            job.result_deleted_at = job.source_deleted_at
-            kept = "source and result"
-        record_audit(session, job, f"retention: {kept} deleted", "retention")
-        log.info("images deleted", extra={"job_id": job.id, "deleted": kept})
+        deleted = delete_images(self.storage, job)
+        record_audit(session, job, f"retention: {deleted} deleted", "retention")
+        log.info("images deleted", extra={"job_id": job.id, "deleted": deleted})
+
+
+def delete_images(storage: Storage, job: Job) -> str:
+    """Delete the job's stored source and result not deleted yet, mark when; says which went."""
+    now, gone = utcnow(), []
+    if job.source_deleted_at is None:
+        storage.delete(job.source_key)
+        job.source_deleted_at = now
+        gone.append("source")
+    if job.result_key and job.result_deleted_at is None:
+        storage.delete(job.result_key)
+        job.result_deleted_at = now
+        gone.append("result")
+    return " and ".join(gone) or "nothing"
 
 
 FINAL = (JobStatus.COMPLETED, JobStatus.REFUNDED, JobStatus.EXPIRED)
@@ -120,13 +128,7 @@ def erase_customer(session: Session, storage: Storage, email: str) -> Erasure:
         if job.status not in FINAL:
             in_progress.append(job.id)
             continue
-        now = utcnow()
-        for key in (job.source_key, job.result_key):
-            if key:
-                storage.delete(key)
-        job.source_deleted_at = job.source_deleted_at or now
-        if job.result_key:
-            job.result_deleted_at = job.result_deleted_at or now
+        delete_images(storage, job)
         job.customer_email = None
         job.image_url = ""
         job.return_url = None

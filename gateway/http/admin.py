@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from gateway.background.retention import erase_customer
 from gateway.errors import RequestError, UnauthorizedError
-from gateway.http.requests import in_session, off_loop, read_json, services_of
+from gateway.http.requests import email_in, in_session, off_loop, read_json, services_of
 from gateway.money.fulfilment import retry_job, settle_from_stripe
 from gateway.money.pricing import margin_of
 from gateway.money.reconciliation import reconcile
@@ -113,10 +113,7 @@ async def refund(request: Request) -> Response:
 
 @admin_only
 async def erase(request: Request) -> Response:
-    body = await read_json(request, BODY_LIMIT)
-    email = body.get("email") if isinstance(body, dict) else None
-    if not isinstance(email, str) or "@" not in email or len(email) > 320:
-        raise RequestError("email must be the customer's email address")
+    email = email_in(await read_json(request, BODY_LIMIT))
     storage = services_of(request).storage
     done = await in_session(request, lambda s: erase_customer(s, storage, email), write=True)
     return JSONResponse(vars(done))

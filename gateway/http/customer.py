@@ -32,7 +32,7 @@ from starlette.routing import Route
 from gateway.delivery.emails import resend_links
 from gateway.delivery.links import DownloadLinks
 from gateway.errors import RequestError
-from gateway.http.requests import in_session, off_loop, read_json, services_of
+from gateway.http.requests import email_in, in_session, off_loop, read_json, services_of
 from gateway.money.checkout import origin_of, parse_checkout_request, start_checkout
 from gateway.money.currencies import exponent
 from gateway.money.fulfilment import fulfil_on_return
@@ -80,15 +80,7 @@ LINKS_SENT = (
 
 async def lost_links(request: Request) -> Response:
     request.app.state.link_limits.take(request.client.host if request.client else "")
-    body = await read_json(request, BODY_LIMIT)
-    address = body.get("email") if isinstance(body, dict) else None
-    if (
-        not isinstance(address, str)
-        or not 3 <= len(address) <= 320
-        or "@" not in address
-        or not address.isprintable()
-    ):
-        raise RequestError("email must be an email address")
+    address = email_in(await read_json(request, BODY_LIMIT))
     await in_session(request, lambda session: resend_links(session, address), write=True)
     return JSONResponse({"message": LINKS_SENT}, status_code=202)
 

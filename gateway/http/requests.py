@@ -60,6 +60,19 @@ async def read_json(request: Request, limit: int, *, empty: Any = None) -> Any:
         raise RequestError("the body is not valid JSON") from exc
 
 
+def email_in(body: Any) -> str:
+    """The ``email`` of a JSON body, if it looks like an address; else ``RequestError``."""
+    address = body.get("email") if isinstance(body, dict) else None
+    if (
+        not isinstance(address, str)
+        or not 3 <= len(address) <= 320
+        or "@" not in address
+        or not address.isprintable()
+    ):
+        raise RequestError("email must be an email address")
+    return address
+
+
 async def off_loop(work: Callable[[], T]) -> T:
     """``work`` in a worker thread, off the event loop; a job id that matches no job is a 404."""
 

@@ -15,65 +15,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.server
 import json
 import os
-import secrets
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import stripe
+from bench_support import free_port, serve_folder, temporary_database, wait_until_up
 from PIL import Image
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 
 from gateway.store.database import create_database_engine, migrate, session_factory
 from gateway.store.tables import Job
 
-POSTGRES_ADMIN_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_until_up(url: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(url, timeout=2)
-            return
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-def image_server(folder: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
+def write_photo(folder: Path) -> None:
     rng = np.random.default_rng(1)
     photo = np.clip(rng.normal(128, 40, (480, 640, 3)), 0, 255).astype(np.uint8)
     Image.fromarray(photo).save(folder / "photo.jpg", quality=90)
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            super().__init__(*args, directory=str(folder), **kwargs)
-
-        def log_message(self, *args):  # type: ignore[no-untyped-def]
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"127.0.0.1:{server.server_address[1]}"
 
 
 async def click(count: int, concurrency: int, url: str, image_url: str) -> tuple[list, float]:
@@ -107,102 +74,97 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    name = f"smi_bench_{secrets.token_hex(4)}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    database_url = f"postgresql://root@127.0.0.1:5432/{name}"
     processes: list[subprocess.Popen[bytes]] = []
     folder = Path(tempfile.mkdtemp(prefix="smi-checkout-bench-"))
-    images, host = image_server(folder)
-    try:
-        migrate(create_database_engine(database_url))
-        emulator_port, port = free_port(), free_port()
-        emulator = f"http://127.0.0.1:{emulator_port}"
-        processes.append(
-            subprocess.Popen(
-                [BIN / "smi-stripe-emulator", "--port", str(emulator_port)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+    write_photo(folder)
+    with temporary_database() as database_url, serve_folder(folder) as host:
+        try:
+            migrate(create_database_engine(database_url))
+            emulator_port, port = free_port(), free_port()
+            emulator = f"http://127.0.0.1:{emulator_port}"
+            processes.append(
+                subprocess.Popen(
+                    [BIN / "smi-stripe-emulator", "--port", str(emulator_port)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             )
-        )
-        env = {
-            **os.environ,
-            "SMI_STRIPE_TEST_SECRET_KEY": "sk_test_bench",
-            "SMI_STRIPE_TEST_WEBHOOK_SECRET": "whsec_bench",
-            "SMI_STRIPE_API_BASE": emulator,
-            "SMI_DATABASE_URL": database_url,
-            "SMI_STORAGE_URL": f"file://{folder / 'storage'}",
-            "SMI_DATA_DIR": str(folder / "data"),
-            "SMI_BROKER_URL": f"filesystem://{folder / 'broker'}",
-            "SMI_SOURCE_HOSTS": host,
-            "SMI_PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "SMI_BACKGROUND_IN_PROCESS": "false",
-            # One client here clicks for everybody: the per-client limit would answer 429.
-            "SMI_CHECKOUT_PER_CLIENT_PER_MINUTE": "1000000",
-            "SMI_CHECKOUT_BURST": "100000",
-            "SMI_CHECKOUT_GLOBAL_PER_MINUTE": "1000000",
-        }
-        command = [BIN / "smi-gateway", "serve", "--port", str(port), "--no-access-log"]
-        command += ["--workers", str(args.workers)]
-        processes.append(
-            subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        )
-        wait_until_up(f"{emulator}/v1/checkout/sessions")
-        wait_until_up(f"http://127.0.0.1:{port}/healthz")
-        url = f"http://127.0.0.1:{port}/api/checkout"
-        image_url = f"http://{host}/photo.jpg"
-        asyncio.run(click(args.concurrency, args.concurrency, url, image_url))  # warm up
-        results, seconds = asyncio.run(click(args.checkouts, args.concurrency, url, image_url))
+            env = {
+                **os.environ,
+                "SMI_STRIPE_TEST_SECRET_KEY": "sk_test_bench",
+                "SMI_STRIPE_TEST_WEBHOOK_SECRET": "whsec_bench",
+                "SMI_STRIPE_API_BASE": emulator,
+                "SMI_DATABASE_URL": database_url,
+                "SMI_STORAGE_URL": f"file://{folder / 'storage'}",
+                "SMI_DATA_DIR": str(folder / "data"),
+                "SMI_BROKER_URL": f"filesystem://{folder / 'broker'}",
+                "SMI_SOURCE_HOSTS": host,
+                "SMI_PUBLIC_URL": f"http://127.0.0.1:{port}",
+                "SMI_BACKGROUND_IN_PROCESS": "false",
+                # One client here clicks for everybody: the per-client limit would answer 429.
+                "SMI_CHECKOUT_PER_CLIENT_PER_MINUTE": "1000000",
+                "SMI_CHECKOUT_BURST": "100000",
+                "SMI_CHECKOUT_GLOBAL_PER_MINUTE": "1000000",
+            }
+            command = [BIN / "smi-gateway", "serve", "--port", str(port), "--no-access-log"]
+            command += ["--workers", str(args.workers)]
+            processes.append(
+                subprocess.Popen(
+                    command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+            )
+            wait_until_up(f"{emulator}/v1/checkout/sessions")
+            wait_until_up(f"http://127.0.0.1:{port}/healthz")
+            url = f"http://127.0.0.1:{port}/api/checkout"
+            image_url = f"http://{host}/photo.jpg"
+            asyncio.run(click(args.concurrency, args.concurrency, url, image_url))  # warm up
+            results, seconds = asyncio.run(click(args.checkouts, args.concurrency, url, image_url))
 
-        created = [job for status, _, job in results if status == 201]
-        statuses: dict[int, int] = {}
-        for status, _, _ in results:
-            statuses[status] = statuses.get(status, 0) + 1
-        latencies = sorted(ms for status, ms, _ in results if status == 201)
-        with session_factory(create_database_engine(database_url))() as session:
-            jobs = set(session.scalars(select(Job.id)))
-            with_session = session.scalar(
-                select(func.count()).select_from(Job).where(Job.stripe_session_id.is_not(None))
+            created = [job for status, _, job in results if status == 201]
+            statuses: dict[int, int] = {}
+            for status, _, _ in results:
+                statuses[status] = statuses.get(status, 0) + 1
+            latencies = sorted(ms for status, ms, _ in results if status == 201)
+            with session_factory(create_database_engine(database_url))() as session:
+                jobs = set(session.scalars(select(Job.id)))
+                with_session = session.scalar(
+                    select(func.count()).select_from(Job).where(Job.stripe_session_id.is_not(None))
+                )
+            client = stripe.StripeClient("sk_test_bench", base_addresses={"api": emulator})
+            sessions = {
+                s.metadata["job_id"]
+                for s in client.v1.checkout.sessions.list({"limit": 100}).auto_paging_iter()
+            }
+            sources = len(list((folder / "storage").rglob("source.*")))
+            report = {
+                "checkouts": args.checkouts,
+                "concurrency": args.concurrency,
+                "uvicorn_workers": args.workers,
+                "statuses": statuses,
+                "checkouts_per_s": len(created) / seconds,
+                "p50_ms": statistics.median(latencies) if latencies else None,
+                "p99_ms": latencies[int(len(latencies) * 0.99) - 1] if latencies else None,
+                "jobs": len(jobs),
+                "jobs_with_a_session": with_session,
+                "sessions_at_stripe": len(sessions),
+                "stored_sources": sources,
+            }
+            warm = args.concurrency
+            ok = (
+                set(created) <= jobs
+                and len(created) == len(set(created))
+                and len(jobs) == len(created) + warm == with_session == sources
+                and set(created) <= sessions
             )
-        client = stripe.StripeClient("sk_test_bench", base_addresses={"api": emulator})
-        sessions = {
-            s.metadata["job_id"]
-            for s in client.v1.checkout.sessions.list({"limit": 100}).auto_paging_iter()
-        }
-        sources = len(list((folder / "storage").rglob("source.*")))
-        report = {
-            "checkouts": args.checkouts,
-            "concurrency": args.concurrency,
-            "uvicorn_workers": args.workers,
-            "statuses": statuses,
-            "checkouts_per_s": len(created) / seconds,
-            "p50_ms": statistics.median(latencies) if latencies else None,
-            "p99_ms": latencies[int(len(latencies) * 0.99) - 1] if latencies else None,
-            "jobs": len(jobs),
-            "jobs_with_a_session": with_session,
-            "sessions_at_stripe": len(sessions),
-            "stored_sources": sources,
-        }
-        warm = args.concurrency
-        ok = (
-            set(created) <= jobs
-            and len(created) == len(set(created))
-            and len(jobs) == len(created) + warm == with_session == sources
-            and set(created) <= sessions
-        )
-        report["every_checkout_once"] = ok
-        print(json.dumps(report, indent=2))
-        if args.json:
-            args.json.write_text(json.dumps(report, indent=2))
-        return 0 if ok else 1
-    finally:
-        for process in processes:
-            process.terminate()
-            process.wait(timeout=30)
-        images.shutdown()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            report["every_checkout_once"] = ok
+            print(json.dumps(report, indent=2))
+            if args.json:
+                args.json.write_text(json.dumps(report, indent=2))
+            return 0 if ok else 1
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -13,31 +13,23 @@ worker's own time per preview from its log.
 from __future__ import annotations
 
 import argparse
-import http.server
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
+from bench_support import free_port, serve_folder, wait_until_up
 
 from shared.images import decode_image
 from upscaler.images import encode_image
 
 BIN = Path(sys.executable).parent
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def main() -> int:
@@ -52,16 +44,12 @@ def main() -> int:
     (folder / "photo.png").write_bytes(encode_image(photo, "png"))
     height, width = photo.shape[:2]
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **k):  # type: ignore[no-untyped-def]
-            super().__init__(*a, directory=str(folder), **k)
+    with serve_folder(folder) as host:
+        return measure(args, folder, host, width, height)
 
-        def log_message(self, *a):  # type: ignore[no-untyped-def]
-            pass
 
-    images = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=images.serve_forever, daemon=True).start()
-    host = f"127.0.0.1:{images.server_address[1]}"
+def measure(args: argparse.Namespace, folder: Path, host: str, width: int, height: int) -> int:
+    """Start a gateway and a worker, and time previews one after another."""
     port = free_port()
     env = {
         **os.environ,
@@ -88,15 +76,7 @@ def main() -> int:
     ]
     gateway = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{gateway}/healthz", timeout=2)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_until_up(f"{gateway}/healthz")
         while b"ready on" not in (folder / "worker.log").read_bytes():
             time.sleep(0.2)
         times = []
@@ -133,7 +113,6 @@ def main() -> int:
         for process in processes:
             process.terminate()
             process.wait(timeout=60)
-        images.shutdown()
 
 
 if __name__ == "__main__":

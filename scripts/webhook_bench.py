@@ -17,31 +17,21 @@ import argparse
 import json
 import os
 import random
-import secrets
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
-from sqlalchemy import create_engine, func, select, text
+from bench_support import free_port, temporary_database, wait_until_up
+from sqlalchemy import func, select
 
 from devtools.emulator.webhooks import sign_payload
 from gateway.store.database import create_database_engine, migrate, session_factory
 from gateway.store.lifecycle import NewJob, create_job
 from gateway.store.tables import AuditEntry, Job, OutboxMessage, WebhookEvent
 
-POSTGRES_ADMIN_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 SECRET = "whsec_bench"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def make_events(sessions, count: int) -> list[dict]:
@@ -158,122 +148,111 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    name = f"smi_bench_{secrets.token_hex(4)}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    database_url = f"postgresql://root@127.0.0.1:5432/{name}"
     port = free_port()
     gateway = None
-    try:
-        engine = create_database_engine(database_url)
-        migrate(engine)
-        sessions = session_factory(engine)
-        events = make_events(sessions, args.jobs)
-        payloads = [json.dumps(e).encode() for e in events for _ in range(1 + args.duplicates)]
-        random.Random(1).shuffle(payloads)
-        env = {
-            **os.environ,
-            "SMI_STRIPE_TEST_SECRET_KEY": "sk_test_bench",
-            "SMI_STRIPE_TEST_WEBHOOK_SECRET": SECRET,
-            "SMI_DATABASE_URL": database_url,
-            "SMI_BACKGROUND_IN_PROCESS": "false",
-            "SMI_DATA_DIR": f"/tmp/{name}",
-        }
-        gateway = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "smi-gateway"),
-                "serve",
-                "--port",
-                str(port),
-                "--workers",
-                str(args.workers),
-                "--no-access-log",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz")
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        url = f"http://127.0.0.1:{port}/webhooks/stripe"
-        folder = Path(f"/tmp/{name}")
-        folder.mkdir(parents=True, exist_ok=True)
-        timed = deliver(url, payloads, args, folder)
-        # Deliveries still in flight when wrk stopped may or may not have been counted.
-        margin = args.concurrency
-        surely_sent = {json.loads(p)["id"] for p in payloads[: timed["deliveries"] - margin]}
-        maybe_sent = {json.loads(p)["id"] for p in payloads[: timed["deliveries"] + margin]}
+    with temporary_database() as database_url:
+        name = database_url.rsplit("/", 1)[1]
+        try:
+            engine = create_database_engine(database_url)
+            migrate(engine)
+            sessions = session_factory(engine)
+            events = make_events(sessions, args.jobs)
+            payloads = [json.dumps(e).encode() for e in events for _ in range(1 + args.duplicates)]
+            random.Random(1).shuffle(payloads)
+            env = {
+                **os.environ,
+                "SMI_STRIPE_TEST_SECRET_KEY": "sk_test_bench",
+                "SMI_STRIPE_TEST_WEBHOOK_SECRET": SECRET,
+                "SMI_DATABASE_URL": database_url,
+                "SMI_BACKGROUND_IN_PROCESS": "false",
+                "SMI_DATA_DIR": f"/tmp/{name}",
+            }
+            gateway = subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "smi-gateway"),
+                    "serve",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    str(args.workers),
+                    "--no-access-log",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            wait_until_up(f"http://127.0.0.1:{port}/healthz")
+            url = f"http://127.0.0.1:{port}/webhooks/stripe"
+            folder = Path(f"/tmp/{name}")
+            folder.mkdir(parents=True, exist_ok=True)
+            timed = deliver(url, payloads, args, folder)
+            # Deliveries still in flight when wrk stopped may or may not have been counted.
+            margin = args.concurrency
+            surely_sent = {json.loads(p)["id"] for p in payloads[: timed["deliveries"] - margin]}
+            maybe_sent = {json.loads(p)["id"] for p in payloads[: timed["deliveries"] + margin]}
 
-        time.sleep(1)  # the last answers' transactions are committed
-        with sessions() as session:
-            claimed = set(session.scalars(select(WebhookEvent.event_id)))
-            pending = session.scalar(
-                select(func.count()).select_from(Job).where(Job.status == "pending")
-            )
-            messages = session.scalar(
-                select(func.count())
-                .select_from(OutboxMessage)
-                .where(OutboxMessage.kind == "upscale")
-            )
-            doubled = session.scalar(
-                select(func.count()).select_from(
-                    select(OutboxMessage.job_id)
-                    .where(OutboxMessage.kind == "upscale")
-                    .group_by(OutboxMessage.job_id)
-                    .having(func.count() > 1)
-                    .subquery()
+            time.sleep(1)  # the last answers' transactions are committed
+            with sessions() as session:
+                claimed = set(session.scalars(select(WebhookEvent.event_id)))
+                pending = session.scalar(
+                    select(func.count()).select_from(Job).where(Job.status == "pending")
                 )
+                messages = session.scalar(
+                    select(func.count())
+                    .select_from(OutboxMessage)
+                    .where(OutboxMessage.kind == "upscale")
+                )
+                doubled = session.scalar(
+                    select(func.count()).select_from(
+                        select(OutboxMessage.job_id)
+                        .where(OutboxMessage.kind == "upscale")
+                        .group_by(OutboxMessage.job_id)
+                        .having(func.count() > 1)
+                        .subquery()
+                    )
+                )
+                paid_audits = session.scalar(
+                    select(func.count())
+                    .select_from(AuditEntry)
+                    .where(AuditEntry.to_status == "pending")
+                )
+            report = {
+                "jobs": args.jobs,
+                "deliveries_timed": timed["deliveries"],
+                "duplicates_per_event": args.duplicates,
+                "concurrency": args.concurrency,
+                "uvicorn_workers": args.workers,
+                "keepalive": args.keepalive,
+                "events_per_s": timed["deliveries"] / timed["seconds"],
+                "p50_ms": timed["p50_ms"],
+                "p99_ms": timed["p99_ms"],
+                "max_ms": timed["max_ms"],
+                "events_claimed": len(claimed),
+                "sent_but_not_claimed": len(surely_sent - claimed),
+                "claimed_but_not_sent": len(claimed - maybe_sent),
+                "jobs_pending": pending,
+                "upscale_messages": messages,
+                "jobs_with_two_messages": doubled,
+                "pending_audit_rows": paid_audits,
+            }
+            ok = (
+                pending == messages == paid_audits == len(claimed)
+                and surely_sent <= claimed <= maybe_sent
+                and doubled == 0
             )
-            paid_audits = session.scalar(
-                select(func.count())
-                .select_from(AuditEntry)
-                .where(AuditEntry.to_status == "pending")
-            )
-        report = {
-            "jobs": args.jobs,
-            "deliveries_timed": timed["deliveries"],
-            "duplicates_per_event": args.duplicates,
-            "concurrency": args.concurrency,
-            "uvicorn_workers": args.workers,
-            "keepalive": args.keepalive,
-            "events_per_s": timed["deliveries"] / timed["seconds"],
-            "p50_ms": timed["p50_ms"],
-            "p99_ms": timed["p99_ms"],
-            "max_ms": timed["max_ms"],
-            "events_claimed": len(claimed),
-            "sent_but_not_claimed": len(surely_sent - claimed),
-            "claimed_but_not_sent": len(claimed - maybe_sent),
-            "jobs_pending": pending,
-            "upscale_messages": messages,
-            "jobs_with_two_messages": doubled,
-            "pending_audit_rows": paid_audits,
-        }
-        ok = (
-            pending == messages == paid_audits == len(claimed)
-            and surely_sent <= claimed <= maybe_sent
-            and doubled == 0
-        )
-        report["nothing_lost_or_doubled"] = ok
-        for key, value in report.items():
-            print(f"{key:28s} {value:.1f}" if isinstance(value, float) else f"{key:28s} {value}")
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(report, indent=2) + "\n")
-        return 0 if ok else 1
-    finally:
-        if gateway is not None:
-            gateway.terminate()
-            gateway.wait(timeout=30)
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            report["nothing_lost_or_doubled"] = ok
+            for key, value in report.items():
+                print(
+                    f"{key:28s} {value:.1f}" if isinstance(value, float) else f"{key:28s} {value}"
+                )
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(report, indent=2) + "\n")
+            return 0 if ok else 1
+        finally:
+            if gateway is not None:
+                gateway.terminate()
+                gateway.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,33 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> A
     raise AssertionError(f"condition not met within {timeout}s")
 
 
+def deliver_at_once(gateways: list[str], payload: bytes, secret: str) -> list[Any]:
+    """POST one signed webhook to every gateway in the list at the same moment (a thread
+    each, released together); the answers, in the list's order."""
+    import httpx
+
+    from devtools.emulator.webhooks import sign_payload
+
+    answers: list[Any] = [None] * len(gateways)
+    start = threading.Barrier(len(gateways))
+
+    def deliver(n: int) -> None:
+        start.wait()
+        answers[n] = httpx.post(
+            f"{gateways[n]}/webhooks/stripe",
+            content=payload,
+            headers={"Stripe-Signature": sign_payload(payload, secret)},
+            timeout=60,
+        )
+
+    threads = [threading.Thread(target=deliver, args=(n,)) for n in range(len(gateways))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
 _HANDED_OUT: set[int] = set()
 
 

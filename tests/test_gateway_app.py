@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +33,7 @@ from gateway.money.sources import check_url
 from gateway.store.database import create_database_engine, session_factory
 from gateway.store.lifecycle import audit_trail
 from gateway.store.tables import Job, OutboxMessage
-from servers import free_port, serve, wait_for
+from servers import deliver_at_once, free_port, serve, wait_for
 from shared.messages import UpscaleRequest
 from upscaler.images import encode_image
 
@@ -284,25 +283,8 @@ def test_five_simultaneous_deliveries_to_two_gateways_take_effect_once(database_
             stack.pay(body["checkout_url"], "4242424242424242")
             event = stack.stripe.v1.events.list({"type": "checkout.session.completed"}).data[0]
             payload = json.dumps(event.to_dict()).encode()
-            results: list[str] = []
-            barrier = threading.Barrier(5)
-
-            def deliver(url: str) -> None:
-                barrier.wait()
-                response = httpx.post(
-                    f"{url}/webhooks/stripe",
-                    content=payload,
-                    timeout=30,
-                    headers={"Stripe-Signature": sign_payload(payload, SECRET)},
-                )
-                results.append(response.json()["result"])
-
-            targets = [stack.gateway, second_gateway] * 3
-            threads = [threading.Thread(target=deliver, args=(url,)) for url in targets[:5]]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            targets = ([stack.gateway, second_gateway] * 3)[:5]
+            results = [r.json()["result"] for r in deliver_at_once(targets, payload, SECRET)]
         assert sorted(results) == ["applied"] + ["duplicate"] * 4
         assert outbox_kinds(stack, body["job_id"]).count("upscale") == 1
         with stack.sessions()() as session:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,8 +20,7 @@ from proxy import TcpProxy
 from system import WEBHOOK_SECRET, System, running_system
 
 from conftest import RABBITMQ_URL, postgres_database, purge_queues
-from devtools.emulator.webhooks import sign_payload
-from servers import wait_for
+from servers import deliver_at_once, wait_for
 from shared.images import decode_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -78,25 +76,9 @@ def test_one_event_twenty_times_at_once_to_two_gateways_is_applied_once(tmp_path
             if e.data.object["id"] == session_id
         ]
         payload = json.dumps(event).encode()
-        results: list[str] = []
-        start = threading.Barrier(20)
-
-        def deliver(copy: int) -> None:
-            start.wait()
-            response = httpx.post(
-                f"{system.gateways[copy % 2]}/webhooks/stripe",
-                content=payload,
-                headers={"Stripe-Signature": sign_payload(payload, WEBHOOK_SECRET)},
-                timeout=60,
-            )
-            assert response.status_code == 200, response.text
-            results.append(response.json()["result"])
-
-        threads = [threading.Thread(target=deliver, args=(n,)) for n in range(20)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        answers = deliver_at_once(system.gateways * 10, payload, WEBHOOK_SECRET)  # 10 each
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        results = [a.json()["result"] for a in answers]
         assert Counter(results) == {"applied": 1, "duplicate": 19}
         system.start_worker()
         assert_money_safe(system)

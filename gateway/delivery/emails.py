@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from gateway.languages import choose, translate
 from gateway.money.currencies import format_money
 from gateway.store.lifecycle import add_outbox_message
-from gateway.store.tables import Job, OutboxMessage
+from gateway.store.tables import Job, OutboxMessage, as_utc, utcnow
 from shared.jobs import JobStatus
 from shared.models import scale_of
 
@@ -93,8 +93,7 @@ def render_email(job: Job, kind: str, settings: EmailSettings, **context: Any) -
 
     kept_until = None
     if settings.result_retention_days and job.finished_at:
-        finished = job.finished_at.replace(tzinfo=job.finished_at.tzinfo or UTC)
-        kept_until = when(finished + timedelta(days=settings.result_retention_days))
+        kept_until = when(as_utc(job.finished_at) + timedelta(days=settings.result_retention_days))
     values = {
         "job": job,
         "language": language,
@@ -149,8 +148,7 @@ def resend_links(session: Session, address: str) -> int:
                 OutboxMessage.job_id == job.id, OutboxMessage.kind == kind
             )
         ).one()
-        latest = last[1].replace(tzinfo=last[1].tzinfo or UTC) if last[1] else None
-        if latest and datetime.now(UTC) - latest < RESEND_EVERY:
+        if last[1] and utcnow() - as_utc(last[1]) < RESEND_EVERY:
             continue
         add_outbox_message(
             session, job, kind, email_row(job.id, "completed")[1], (last[0] or 0) + 1

@@ -105,7 +105,7 @@ def start_preview(
         request = PreviewRequest(preview_id, source_key, prefix, model, x, y, size)
         broker.publish(PREVIEW_QUEUE, request.to_json(), message_id=preview_id)
         log.info("preview requested", extra={"preview_id": preview_id, "model": model})
-    return preview_status(storage, preview_id)
+    return _shown(meta, state)
 
 
 def preview_status(storage: Storage, preview_id: str) -> dict[str, Any]:
@@ -115,9 +115,13 @@ def preview_status(storage: Storage, preview_id: str) -> dict[str, Any]:
         meta = json.loads(storage.get(f"{prefix}/meta.json"))
     except FileNotFoundError as exc:
         raise NotFoundError("no such preview (previews are kept for a while only)") from exc
-    state = _state(storage, prefix)
-    meta.pop("requested_at", None)
-    return {**meta, "status": "pending" if state == "missing" else state}
+    return _shown(meta, _state(storage, prefix))
+
+
+def _shown(meta: dict[str, Any], state: str) -> dict[str, Any]:
+    """The page's view: the request's facts and where it stands (just asked: pending)."""
+    shown = {key: value for key, value in meta.items() if key != "requested_at"}
+    return {**shown, "status": "pending" if state == "missing" else state}
 
 
 def preview_image_key(preview_id: str, which: str) -> str:

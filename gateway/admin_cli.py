@@ -7,6 +7,9 @@
     smi-admin refund JOB_ID --reason "customer complaint"
     smi-admin report [--format csv|json] [--since 2026-11-01] [--until 2026-11-30]
     smi-admin reconcile                   exits 1 when Stripe and our records disagree
+    smi-admin events [--job JOB_ID] [--outcome ignored] [--type refund.failed]
+    smi-admin replay EVENT_ID             apply a received Stripe event again (idempotent)
+    smi-admin erase --email ADDRESS       a customer's images and personal data; says what is kept
 
 The gateway's address comes from ``--url`` or ``SMI_ADMIN_URL``, the token
 from ``SMI_ADMIN_TOKEN``. ``--json`` prints the API's answer as it is.
@@ -48,6 +51,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--since")
     report.add_argument("--until")
     commands.add_parser("reconcile", help="Stripe's records against ours")
+    events = commands.add_parser("events", help="received Stripe events and what each did")
+    events.add_argument("--job")
+    events.add_argument("--outcome", help="applied, no change, ignored, unknown job, error")
+    events.add_argument("--type")
+    events.add_argument("--limit", type=int, default=50)
+    commands.add_parser(
+        "replay", help="apply a received Stripe event again (changes nothing it did before)"
+    ).add_argument("event_id")
     erase = commands.add_parser(
         "erase", help="remove a customer's images and personal data; says what is kept"
     )
@@ -113,6 +124,20 @@ def _run(client: httpx.Client, args: argparse.Namespace) -> int:
         ).json()
         _print(args, body, lambda b: f"{b['job']['job_id']}: {b['job']['status']}")
         return 0
+    if args.command == "events":
+        params = {
+            "job": args.job or "",
+            "outcome": args.outcome or "",
+            "type": args.type or "",
+            "limit": args.limit,
+        }
+        body = _call(client, "GET", "/admin/events", params=params).json()
+        _print(args, body, _events_table)
+        return 0
+    if args.command == "replay":
+        body = _call(client, "POST", f"/admin/events/{args.event_id}/replay").json()
+        _print(args, body, lambda b: f"{args.event_id}: {b['outcome']}")
+        return 1 if body["outcome"] == "error" else 0
     if args.command == "erase":
         body = _call(client, "POST", "/admin/erase", json={"email": args.email}).json()
         _print(args, body, _erasure)
@@ -148,11 +173,38 @@ def _job_details(body: dict[str, Any]) -> str:
             f"  {entry['at'][:19]}  {entry['from'] or '-':>16} -> {entry['to']:<16} "
             f"{entry['reason']} [{entry['source']}]"
         )
+    payment = body.get("payment")
+    if payment:
+        lines.append(
+            f"paid {format_money(payment['amount_cents'], payment['currency'])} "
+            f"(tax {format_money(payment['tax_cents'], payment['currency'])}, "
+            f"discount {format_money(payment['discount_cents'], payment['currency'])})"
+        )
+    for dispute in body.get("disputes", []):
+        lines.append(
+            f"dispute {dispute['id']}: {dispute['status']} ({dispute['reason']}) "
+            f"{format_money(dispute['amount_cents'], dispute['currency'])}"
+        )
     for refund in body["refunds"]:
         lines.append(
             f"refund {refund['idempotency_key']}: {refund['status']} "
             f"{refund['stripe_refund_id'] or ''} after {refund['attempts']} tries "
             f"{refund['last_error'] or ''}"
+        )
+    return "\n".join(lines)
+
+
+def _events_table(body: dict[str, Any]) -> str:
+    lines = [f"{'event':<30} {'type':<32} {'outcome':<12} {'received':<20} job / detail"]
+    for event in body["events"]:
+        detail = event["job_id"] or ""
+        if event["detail"]:
+            detail = f"{detail} {event['detail']}".strip()
+        if event["deliveries"] > 1:
+            detail += f" ({event['deliveries']} deliveries)"
+        lines.append(
+            f"{event['event_id']:<30} {event['type']:<32} {event['outcome']:<12} "
+            f"{(event['received_at'] or '')[:19]:<20} {detail}"
         )
     return "\n".join(lines)
 

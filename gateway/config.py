@@ -124,6 +124,29 @@ class CheckoutLimitsConfig:
 
 
 @dataclass(frozen=True)
+class CheckoutOptions:
+    """Stripe Checkout options a seller turns on; each is passed to every session when set."""
+
+    allow_promotion_codes: bool = False  # SMI_ALLOW_PROMOTION_CODES
+    automatic_tax: bool = False  # SMI_AUTOMATIC_TAX (Stripe Tax computes it)
+    tax_behavior: Literal["exclusive", "inclusive"] = "exclusive"  # SMI_TAX_BEHAVIOR
+    invoice_creation: bool = False  # SMI_INVOICE_CREATION: Stripe emails a receipt/invoice PDF
+    collect_billing_address: bool = False  # SMI_COLLECT_BILLING_ADDRESS
+
+
+@dataclass(frozen=True)
+class SellerConfig:
+    """Where the seller hears of sales, refunds, failed refunds, disputes and mismatches."""
+
+    email: str | None = None  # SMI_SELLER_EMAIL
+    webhook_url: str | None = None  # SMI_SELLER_WEBHOOK_URL, signed with webhook_secret
+    webhook_secret: str | None = None  # SMI_SELLER_WEBHOOK_SECRET
+    reconcile_interval_s: float = 3600.0  # how often Stripe and our records are compared
+    max_attempts: int = 10  # a notification that still fails after these is given up (logged)
+    backoff_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """Everything the gateway process needs, validated."""
 
@@ -148,6 +171,8 @@ class GatewayConfig:
     storefront_origins: tuple[str, ...] = ()
     checkout_limits: CheckoutLimitsConfig = CheckoutLimitsConfig()
     previews: PreviewConfig = PreviewConfig()
+    checkout_options: CheckoutOptions = CheckoutOptions()
+    seller: SellerConfig = SellerConfig()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> GatewayConfig:
@@ -279,6 +304,22 @@ class GatewayConfig:
             seconds_per_megapixel=measured,
         )
 
+        tax_behavior = env.text("TAX_BEHAVIOR", "exclusive").lower()
+        if tax_behavior not in ("exclusive", "inclusive"):
+            env.problem(f"SMI_TAX_BEHAVIOR must be exclusive or inclusive, not {tax_behavior!r}")
+        seller_webhook = env.text("SELLER_WEBHOOK_URL", "") or None
+        seller_secret = env.text("SELLER_WEBHOOK_SECRET", "") or None
+        if seller_webhook and urlsplit(seller_webhook).scheme not in ("http", "https"):
+            env.problem(f"SMI_SELLER_WEBHOOK_URL must be an http(s) URL, not {seller_webhook!r}")
+        if seller_webhook and (not seller_secret or len(seller_secret) < 16):
+            env.problem(
+                "SMI_SELLER_WEBHOOK_SECRET (at least 16 characters) is required with "
+                "SMI_SELLER_WEBHOOK_URL: the seller checks each notification's signature with it"
+            )
+        seller_email = env.text("SELLER_EMAIL", "") or None
+        if seller_email and "@" not in seller_email:
+            env.problem(f"SMI_SELLER_EMAIL must be an email address, not {seller_email!r}")
+
         config = cls(
             stripe=StripeConfig(mode, secret_key, webhook_secret, api_base),  # type: ignore[arg-type]
             pricing=pricing,
@@ -333,6 +374,21 @@ class GatewayConfig:
                 global_per_minute=env.number("PREVIEW_GLOBAL_PER_MINUTE", 300, minimum=0.1),
                 keep_s=env.number("PREVIEW_KEEP_S", 3600, minimum=60),
                 wait_s=env.number("PREVIEW_WAIT_S", 30, minimum=1),
+            ),
+            checkout_options=CheckoutOptions(
+                allow_promotion_codes=env.flag("ALLOW_PROMOTION_CODES", False),
+                automatic_tax=env.flag("AUTOMATIC_TAX", False),
+                tax_behavior="inclusive" if tax_behavior == "inclusive" else "exclusive",
+                invoice_creation=env.flag("INVOICE_CREATION", False),
+                collect_billing_address=env.flag("COLLECT_BILLING_ADDRESS", False),
+            ),
+            seller=SellerConfig(
+                email=seller_email,
+                webhook_url=seller_webhook,
+                webhook_secret=seller_secret,
+                reconcile_interval_s=env.number("RECONCILE_INTERVAL_S", 3600, minimum=1),
+                max_attempts=int(env.number("SELLER_NOTIFY_MAX_ATTEMPTS", 10, minimum=1)),
+                backoff_s=env.number("SELLER_NOTIFY_BACKOFF_S", 5, minimum=0),
             ),
         )
         if env.problems:

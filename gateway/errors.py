@@ -11,6 +11,7 @@ GatewayError                        (500) only if something forgot to be specifi
 ├── DownloadExpiredError            (410) a download token past its lifetime
 ├── WebhookSignatureError           (400) missing, wrong or stale Stripe-Signature
 ├── PaymentProviderUnavailable      (503) Stripe rate limits or network: try later
+├── EventTooEarlyError              (503) a refund or dispute event before its payment's
 └── PaymentProviderRejected         (502) Stripe refused the request as invalid
 """
 
@@ -75,6 +76,13 @@ class PaymentProviderUnavailable(GatewayError):
     def __init__(self, message: str, retry_after_s: int = 5) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class EventTooEarlyError(GatewayError):
+    """Raised when a Stripe event about a payment (a refund, a dispute) arrives before the
+    payment itself is recorded: Stripe delivers it again later, by then in order."""
+
+    retry_after_s = 30
 
 
 class PaymentProviderRejected(GatewayError):

@@ -46,7 +46,7 @@ class Services:
             config=config,
             engine=engine,
             sessions=session_factory(engine),
-            payments=Payments(config.stripe),
+            payments=Payments(config.stripe, config.checkout_options),
             storage=Storage(config.storage_url),
             links=DownloadLinks(config.download_secret, config.public_url, config.download_ttl_s),
             broker=Broker(config.broker_url),

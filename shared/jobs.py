@@ -7,6 +7,8 @@
 
     completed ──admin refund──▶ refunding;  failed / refund_failed ──admin retry──▶ pending
     any paid state ──refunded at Stripe (the Dashboard)──▶ refunded
+    paid, not refunded ──dispute opened──▶ disputed ──won──▶ completed | pending | refunding
+    refunded ──Stripe says the refund failed after all──▶ refund_failed
     awaiting_payment / expired ──paid another amount, or too late──▶ refunding
 
 Every status change goes through ``check_transition``, so an event that
@@ -32,6 +34,8 @@ class JobStatus(StrEnum):
     REFUNDING = "refunding"
     REFUNDED = "refunded"
     REFUND_FAILED = "refund_failed"
+    # The buyer's bank disputes the charge: downloads stop until the dispute is won.
+    DISPUTED = "disputed"
 
     @property
     def is_final(self) -> bool:
@@ -46,6 +50,9 @@ FINAL_STATES = frozenset(
 # A refund made at Stripe (its Dashboard, another tool) ends any paid job:
 # the money is back, so there is nothing left to deliver or to refund.
 _REFUNDED_AT_STRIPE = frozenset({JobStatus.REFUNDED})
+# A dispute may open on any payment that was not refunded; it stops delivery and
+# any refund of ours (the dispute decides where the money goes).
+_DISPUTED = frozenset({JobStatus.DISPUTED})
 
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     # A payment we cannot fulfil (another amount than the price, or after the job
@@ -54,22 +61,32 @@ ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
         {JobStatus.PENDING, JobStatus.EXPIRED, JobStatus.REFUNDING}
     ),
     JobStatus.PENDING: frozenset({JobStatus.PROCESSING, JobStatus.COMPLETED, JobStatus.FAILED})
-    | _REFUNDED_AT_STRIPE,
+    | _REFUNDED_AT_STRIPE
+    | _DISPUTED,
     # processing -> processing records progress and heartbeats.
     JobStatus.PROCESSING: frozenset(
         {JobStatus.PROCESSING, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.PENDING}
     )
-    | _REFUNDED_AT_STRIPE,
-    JobStatus.FAILED: frozenset({JobStatus.REFUNDING, JobStatus.PENDING}) | _REFUNDED_AT_STRIPE,
-    JobStatus.REFUNDING: frozenset({JobStatus.REFUNDED, JobStatus.REFUND_FAILED}),
+    | _REFUNDED_AT_STRIPE
+    | _DISPUTED,
+    JobStatus.FAILED: frozenset({JobStatus.REFUNDING, JobStatus.PENDING})
+    | _REFUNDED_AT_STRIPE
+    | _DISPUTED,
+    JobStatus.REFUNDING: frozenset({JobStatus.REFUNDED, JobStatus.REFUND_FAILED}) | _DISPUTED,
     # An admin may retry the refund, or the processing, of a job whose refund failed.
     JobStatus.REFUND_FAILED: frozenset({JobStatus.REFUNDING, JobStatus.PENDING})
-    | _REFUNDED_AT_STRIPE,
+    | _REFUNDED_AT_STRIPE
+    | _DISPUTED,
     # Only an admin refunds a delivered job (a customer complaint), or Stripe reports
     # that someone did in its Dashboard; no worker event does.
-    JobStatus.COMPLETED: frozenset({JobStatus.REFUNDING}) | _REFUNDED_AT_STRIPE,
+    JobStatus.COMPLETED: frozenset({JobStatus.REFUNDING}) | _REFUNDED_AT_STRIPE | _DISPUTED,
     JobStatus.EXPIRED: frozenset({JobStatus.REFUNDING}),
-    JobStatus.REFUNDED: frozenset(),
+    # Stripe may report days later that a refund failed (the card was closed): an admin acts.
+    JobStatus.REFUNDED: frozenset({JobStatus.REFUND_FAILED}),
+    # A won dispute restores delivery (or the work, or the refund, whichever was due);
+    # a lost one leaves the job here: the money went back through the bank.
+    JobStatus.DISPUTED: frozenset({JobStatus.COMPLETED, JobStatus.PENDING, JobStatus.REFUNDING})
+    | _REFUNDED_AT_STRIPE,
 }
 
 

@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -240,7 +241,7 @@ def test_duplicated_and_reordered_deliveries(emulator):
     )
     session = emulator.client.v1.checkout.sessions.create(session_params())
     emulator.pay(session.id, "4242424242424242")
-    wait_for(lambda: len(emulator.receiver.events) == 6)
+    wait_for(lambda: len(emulator.receiver.events) == 9)  # three events, three copies each
     copies = emulator.receiver.of_type("checkout.session.completed")
     assert len(copies) == 3 and len({event["id"] for event in copies}) == 1
     types = [event["type"] for event in emulator.receiver.events]
@@ -268,6 +269,7 @@ def test_events_are_listed_newest_first(emulator):
     assert [e.type for e in events.data] == [
         "checkout.session.completed",
         "payment_intent.succeeded",
+        "charge.succeeded",
     ]
     assert json.loads(json.dumps(events.data[0].to_dict()))["data"]["object"]["id"] == session.id
 
@@ -299,3 +301,117 @@ def test_three_decimal_and_whole_krona_amounts_follow_stripes_special_cases(emul
     assert emulator.client.v1.checkout.sessions.create(in_currency("kwd", 5130)).amount_total == (
         5130
     )
+
+
+FIXTURES = json.loads((Path(__file__).parent / "data" / "stripe_fixture_fields.json").read_text())
+JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object"}
+
+
+def json_type(value: Any) -> str | None:
+    if value is None:
+        return None
+    return "array" if isinstance(value, list) else JSON_TYPES[type(value)]
+
+
+def test_objects_carry_stripes_full_shapes_field_by_field(emulator):
+    """Every object the gateway reads, against Stripe's published fixtures (stripe/openapi)."""
+    client = emulator.client
+    session = client.v1.checkout.sessions.create(session_params())
+    emulator.pay(session.id, "4000000000000259")  # pays, then disputed
+    session = client.v1.checkout.sessions.retrieve(session.id)
+    intent = client.v1.payment_intents.retrieve(str(session.payment_intent))
+    charge = client.v1.charges.retrieve(str(intent.latest_charge))
+    (dispute,) = client.v1.disputes.list().data
+    other = client.v1.checkout.sessions.create(session_params("job_2"))
+    emulator.pay(other.id, "4242424242424242")
+    refund = client.v1.refunds.create(
+        {"payment_intent": str(client.v1.checkout.sessions.retrieve(other.id).payment_intent)}
+    )
+    event = client.v1.events.list().data[0]
+    objects = {
+        "checkout.session": session,
+        "payment_intent": intent,
+        "charge": charge,
+        "refund": refund,
+        "dispute": dispute,
+        "event": event,
+    }
+    for name, obj in objects.items():
+        ours = obj.to_dict()
+        theirs = FIXTURES["objects"][name]
+        present = [key for key in theirs if key in ours]
+        assert len(present) >= 0.9 * len(theirs), (name, sorted(set(theirs) - set(ours)))
+        for key in present:
+            want, got = theirs[key], json_type(ours[key])
+            if want is not None and got is not None:
+                assert got == want or {got, want} == {"integer", "number"}, (name, key, got)
+        assert ours["object"] == name and ours["id"].startswith(
+            {"checkout.session": "cs_test_", "payment_intent": "pi_", "charge": "ch_",
+             "refund": "re_", "dispute": "dp_", "event": "evt_"}[name]
+        )  # fmt: skip
+
+
+def test_promotion_codes_tax_and_invoices(emulator):
+    client = emulator.client
+    coupon = client.v1.coupons.create({"amount_off": 100, "currency": "usd"})
+    client.v1.promotion_codes.create(
+        {"promotion": {"type": "coupon", "coupon": coupon.id}, "code": "HUNDRED"}
+    )
+    params = session_params(amount=1000)
+    params["line_items"][0]["price_data"]["tax_behavior"] = "inclusive"
+    params |= {
+        "allow_promotion_codes": True,
+        "automatic_tax": {"enabled": True},
+        "invoice_creation": {"enabled": True},
+    }
+    session = client.v1.checkout.sessions.create(params)
+    paid = httpx.post(
+        f"{emulator.url}/_emulator/checkout/{session.id}/pay",
+        data={"card": "4242424242424242", "promotion_code": "hundred", "country": "DE"},
+    ).json()
+    assert paid["outcome"] == "paid"
+    session = client.v1.checkout.sessions.retrieve(session.id)
+    # 10.00 less 1.00, German VAT (19%) inside the price: 9.00 / 1.19 * 0.19 = 1.44.
+    assert (session.amount_subtotal, session.amount_total) == (1000, 900)
+    assert session.total_details.amount_discount == 100
+    assert session.total_details.amount_tax == 144
+    assert session.customer_details.address.country == "DE"
+    invoice = client.v1.invoices.retrieve(str(session.invoice))
+    assert invoice.amount_paid == 900 and invoice.tax == 144
+    pdf = httpx.get(invoice.invoice_pdf)
+    assert pdf.headers["content-type"] == "application/pdf" and pdf.content.startswith(b"%PDF-")
+    assert client.v1.payment_intents.retrieve(str(session.payment_intent)).amount == 900
+    # Automatic tax needs each price's tax behaviour, as Stripe does.
+    params["line_items"][0]["price_data"].pop("tax_behavior")
+    with pytest.raises(stripe.InvalidRequestError, match="tax_behavior"):
+        client.v1.checkout.sessions.create(params)
+
+
+def test_disputes_are_opened_by_card_0259_and_decided_by_evidence(emulator):
+    client = emulator.client
+    for evidence, outcome in (("winning_evidence", "won"), ("losing_evidence", "lost")):
+        session = client.v1.checkout.sessions.create(session_params())
+        emulator.pay(session.id, "4000000000000259")
+        dispute = client.v1.disputes.list().data[0]
+        assert dispute.status == "needs_response" and dispute.payment_intent is None
+        charge = client.v1.charges.retrieve(dispute.charge)
+        assert charge.disputed is True
+        with pytest.raises(stripe.InvalidRequestError, match="charged back"):
+            client.v1.refunds.create({"charge": charge.id})
+        client.v1.disputes.update(dispute.id, {"evidence": {"uncategorized_text": evidence}})
+        assert client.v1.disputes.retrieve(dispute.id).status == outcome
+    wait_for(lambda: len(emulator.receiver.of_type("charge.dispute.closed")) == 2)
+    assert len(emulator.receiver.of_type("charge.dispute.created")) == 2
+
+
+def test_a_refund_of_card_5126_fails_after_it_seemed_to_succeed(emulator):
+    client = emulator.client
+    session = client.v1.checkout.sessions.create(session_params())
+    emulator.pay(session.id, "4000000000005126")
+    intent = str(client.v1.checkout.sessions.retrieve(session.id).payment_intent)
+    refund = client.v1.refunds.create({"payment_intent": intent})
+    assert refund.status == "succeeded"
+    wait_for(lambda: emulator.receiver.of_type("refund.failed"))
+    assert client.v1.refunds.list({"payment_intent": intent}).data[0].status == "failed"
+    charge = client.v1.charges.retrieve(refund.charge)
+    assert (charge.amount_refunded, charge.refunded) == (0, False)

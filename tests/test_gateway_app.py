@@ -97,10 +97,13 @@ class Stack:
             f"{self.gateway}/api/jobs/{job_id}/return", json={"session_id": session_id}, timeout=30
         )
 
-    def pay(self, checkout_url: str, card: str) -> dict:
+    def pay(self, checkout_url: str, card: str, **form: str) -> dict:
+        """Pay on the hosted page: a card, and a promotion code or country when given."""
         session_id = checkout_url.rsplit("/", 1)[1]
         return httpx.post(
-            f"{self.emulator}/_emulator/checkout/{session_id}/pay", data={"card": card}, timeout=30
+            f"{self.emulator}/_emulator/checkout/{session_id}/pay",
+            data={"card": card, **form},
+            timeout=30,
         ).json()
 
     def sessions(self):

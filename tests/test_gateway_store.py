@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -34,6 +35,11 @@ from shared.jobs import IllegalTransitionError, JobStatus
 
 NEW_JOB = NewJob("https://img.example/cat.jpg", "jobs/x/source.png", 2000, 2000, 192, "usd")
 PAID = Paid(session_id="cs_1", payment_intent_id="pi_1", customer_email="buyer@example.com")
+
+
+def event(event_id: str, event_type: str) -> dict:
+    """A Stripe event as the webhook receives it (only what the store reads)."""
+    return {"id": event_id, "type": event_type, "data": {"object": {"id": f"cs_{event_id}"}}}
 
 
 @pytest.fixture
@@ -95,17 +101,23 @@ class TestJobStoreContract:
         with session_factory(engine)() as session, pytest.raises(UnknownJobError):
             get_job(session, "job_nope")
 
-    def test_an_event_takes_effect_once(self, engine):
+    def test_an_event_takes_effect_once_unless_it_failed_or_is_replayed(self, engine):
         Session = session_factory(engine)
         with Session.begin() as session:
-            job = create_job(session, NEW_JOB)
-            claim_event(session, "evt_1", "checkout.session.completed", job.id)
+            create_job(session, NEW_JOB)
+            claim_event(session, event("evt_1", "checkout.session.completed"))
         with pytest.raises(DuplicateEventError), Session.begin() as session:
-            claim_event(session, "evt_1", "checkout.session.completed", job.id)
+            claim_event(session, event("evt_1", "checkout.session.completed"))
         with Session.begin() as session:
-            claim_event(session, "evt_2", "checkout.session.expired", job.id)
+            claim_event(session, event("evt_2", "checkout.session.expired")).outcome = "error"
+        with Session.begin() as session:  # an error rolled its effect back: claimable again
+            assert claim_event(session, event("evt_2", "checkout.session.expired")).deliveries == 2
+        with Session.begin() as session:  # an admin's replay
+            assert claim_event(session, event("evt_1", "x"), replay=True).event_id == "evt_1"
         with Session() as session:
             assert session.scalar(select(func.count()).select_from(WebhookEvent)) == 2
+            stored = session.get_one(WebhookEvent, "evt_1")
+            assert json.loads(stored.payload or "")["data"]["object"]["id"] == "cs_evt_1"
 
     def test_outbox_holds_one_message_per_job_kind_and_attempt(self, engine):
         Session = session_factory(engine)
@@ -129,7 +141,7 @@ class TestJobStoreContract:
             barrier.wait()
             try:
                 with Session.begin() as session:
-                    claim_event(session, "evt_paid", "checkout.session.completed", job_id)
+                    claim_event(session, event("evt_paid", "checkout.session.completed"))
                     locked = lock_for_payment(session, job_id)
                     mark_paid(session, job_id, locked, PAID, "evt_paid", [])
                 outcomes.append("applied")

@@ -54,10 +54,10 @@ class Loop:
     stack: Stack
     sessions: object
 
-    def buy(self) -> str:
+    def buy(self, card: str = "4242424242424242", **form: str) -> str:
         body = self.stack.checkout().json()
-        assert self.stack.pay(body["checkout_url"], "4242424242424242")["outcome"] == "paid"
-        wait_for(lambda: self.stack.status(body["job_id"])["status"] == "pending")  # webhook
+        assert self.stack.pay(body["checkout_url"], card, **form)["outcome"] == "paid"
+        wait_for(lambda: self.stack.status(body["job_id"])["status"] != "awaiting_payment")
         return str(body["job_id"])
 
     def event(self, job_id: str, kind: EventKind, **fields) -> str:
@@ -163,6 +163,7 @@ def test_three_simultaneous_failure_events_refund_once(loop):
     assert len(stripe_refunds) == 1
     assert stripe_refunds[0].metadata.to_dict() == {
         "job_id": job_id,
+        "refund_key": f"refund-{job_id}-1",
         "failure_reason": "CorruptImageError: broken",
     }
     assert loop.refunds(job_id)[0].stripe_refund_id == stripe_refunds[0].id
@@ -423,16 +424,23 @@ class TestAdmin:
                 "refunds": 1,
                 "refunded_cents": 50,
                 "net_cents": 50,
+                "tax_cents": 0,
+                "discount_cents": 0,
+                "disputed_cents": 0,
                 "gross": "$1.00",
                 "refunded": "$0.50",
                 "net": "$0.50",
+                "tax": "$0.00",
+                "discount": "$0.00",
+                "disputed": "$0.00",
             }
         ]
         csv = loop.admin("GET", "/admin/reports/revenue", params={"format": "csv"})
         assert csv.headers["content-type"].startswith("text/csv")
         assert csv.text.splitlines() == [
-            "day,currency,payments,gross_cents,refunds,refunded_cents,net_cents,gross,refunded,net",
-            f"{today},usd,2,100,1,50,50,$1.00,$0.50,$0.50",
+            "day,currency,payments,gross_cents,refunds,refunded_cents,net_cents,tax_cents,"
+            "discount_cents,disputed_cents,gross,refunded,net,tax,discount,disputed",
+            f"{today},usd,2,100,1,50,50,0,0,0,$1.00,$0.50,$0.50,$0.00,$0.00,$0.00",
         ]
         empty = loop.admin("GET", "/admin/reports/revenue", params={"since": "2099-01-01"})
         assert empty.json()["days"] == []

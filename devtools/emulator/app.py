@@ -23,8 +23,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from devtools.emulator.errors import StripeError
 from devtools.emulator.forms import FormError, parse_form
-from devtools.emulator.state import EmulatorState, PaymentOutcome, StripeError
+from devtools.emulator.state import Buyer, EmulatorState, PaymentOutcome
 from devtools.emulator.webhooks import Faults, WebhookSender
 from gateway.money.currencies import format_money
 
@@ -177,6 +178,41 @@ def create_emulator_app(settings: EmulatorSettings) -> Starlette:
         refunds = state.list_refunds(request.query_params.get("payment_intent"))
         return _list_body(refunds, request, "/v1/refunds")
 
+    async def get_charge(request: Request, params: dict[str, Any]) -> Any:
+        return state.get_charge(request.path_params["charge_id"])
+
+    async def list_charges(request: Request, params: dict[str, Any]) -> Any:
+        charges = state.list_charges(request.query_params.get("payment_intent"))
+        return _list_body(charges, request, "/v1/charges")
+
+    async def get_dispute(request: Request, params: dict[str, Any]) -> Any:
+        return state.get_dispute(request.path_params["dispute_id"])
+
+    async def list_disputes(request: Request, params: dict[str, Any]) -> Any:
+        return _list_body(state.list_disputes(), request, "/v1/disputes")
+
+    async def update_dispute(request: Request, params: dict[str, Any]) -> Any:
+        return state.update_dispute(request.path_params["dispute_id"], params)
+
+    async def close_dispute(request: Request, params: dict[str, Any]) -> Any:
+        return state.close_dispute(request.path_params["dispute_id"])
+
+    async def create_coupon(request: Request, params: dict[str, Any]) -> Any:
+        return state.create_coupon(params)
+
+    async def create_promotion_code(request: Request, params: dict[str, Any]) -> Any:
+        return state.create_promotion_code(params)
+
+    async def get_invoice(request: Request, params: dict[str, Any]) -> Any:
+        return state.get_invoice(request.path_params["invoice_id"])
+
+    async def invoice_pdf(request: Request) -> Response:
+        try:
+            invoice = state.get_invoice(request.path_params["invoice_id"])
+        except StripeError:
+            return Response(status_code=404)
+        return Response(_invoice_pdf(invoice), media_type="application/pdf")
+
     async def list_events(request: Request, params: dict[str, Any]) -> Any:
         query = request.query_params
         types = [value for key, value in query.multi_items() if key.startswith("types[")]
@@ -195,9 +231,7 @@ def create_emulator_app(settings: EmulatorSettings) -> Starlette:
         if request.method == "GET":
             return HTMLResponse(_checkout_page(session, state.line_items(session_id), None))
         form = dict(await _form_pairs(request))
-        outcome = await asyncio.to_thread(
-            state.pay, session_id, form.get("card", ""), form.get("email", "")
-        )
+        outcome = await asyncio.to_thread(state.pay, session_id, _buyer(form))
         if outcome.redirect:
             return RedirectResponse(outcome.redirect, status_code=303)
         session = state.get_session(session_id)
@@ -210,10 +244,7 @@ def create_emulator_app(settings: EmulatorSettings) -> Starlette:
         form = dict(await _form_pairs(request))
         try:
             outcome = await asyncio.to_thread(
-                state.pay,
-                request.path_params["session_id"],
-                form.get("card", ""),
-                form.get("email", ""),
+                state.pay, request.path_params["session_id"], _buyer(form)
             )
         except StripeError as exc:
             return JSONResponse({"error": exc.body}, status_code=exc.status)
@@ -257,6 +288,16 @@ def create_emulator_app(settings: EmulatorSettings) -> Starlette:
             Route("/v1/refunds", api(create_refund), methods=["POST"]),
             Route("/v1/refunds", api(list_refunds), methods=["GET"]),
             Route("/v1/events", api(list_events), methods=["GET"]),
+            Route("/v1/charges", api(list_charges), methods=["GET"]),
+            Route("/v1/charges/{charge_id}", api(get_charge), methods=["GET"]),
+            Route("/v1/disputes", api(list_disputes), methods=["GET"]),
+            Route("/v1/disputes/{dispute_id}", api(get_dispute), methods=["GET"]),
+            Route("/v1/disputes/{dispute_id}", api(update_dispute), methods=["POST"]),
+            Route("/v1/disputes/{dispute_id}/close", api(close_dispute), methods=["POST"]),
+            Route("/v1/coupons", api(create_coupon), methods=["POST"]),
+            Route("/v1/promotion_codes", api(create_promotion_code), methods=["POST"]),
+            Route("/v1/invoices/{invoice_id}", api(get_invoice), methods=["GET"]),
+            Route("/invoices/{invoice_id}.pdf", invoice_pdf, methods=["GET"]),
             Route("/pay/{session_id}", hosted_page, methods=["GET", "POST"]),
             Route("/_emulator/checkout/{session_id}/pay", scripted_pay, methods=["POST"]),
             Route("/_emulator/faults", set_faults, methods=["POST"]),
@@ -273,6 +314,49 @@ async def _form_pairs(request: Request) -> list[tuple[str, str]]:
     """The ``application/x-www-form-urlencoded`` body Stripe's clients and browsers send."""
     body = (await request.body()).decode("utf-8", errors="replace")
     return parse_qsl(body, keep_blank_values=True)
+
+
+def _buyer(form: dict[str, str]) -> Buyer:
+    return Buyer(
+        card=form.get("card", ""),
+        email=form.get("email", ""),
+        promotion_code=form.get("promotion_code", ""),
+        country=form.get("country", ""),
+        name=form.get("name", ""),
+    )
+
+
+def _invoice_pdf(invoice: dict[str, Any]) -> bytes:
+    """A one-page PDF receipt (the smallest valid PDF: one text line per fact)."""
+    facts = [
+        f"Receipt {invoice['number']}",
+        f"Paid: {format_money(invoice['amount_paid'], invoice['currency'])}",
+        f"Tax: {format_money(invoice['tax'], invoice['currency'])}",
+        f"Email: {invoice['customer_email']}",
+    ]
+    text = " ".join(
+        f"BT /F1 12 Tf 50 {760 - 20 * i} Td ({line.replace('(', '[').replace(')', ']')}) Tj ET"
+        for i, line in enumerate(facts)
+    )
+    objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>",
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        "/Resources << /Font << /F1 5 0 R >> >> >>",
+        f"<< /Length {len(text)} >>\nstream\n{text}\nendstream",
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out, offsets = b"%PDF-1.4\n", []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n{body}\nendobj\n".encode("latin-1", "replace")
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
+    out += (
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    )
+    return out
 
 
 def _api_key(request: Request) -> str:
@@ -321,6 +405,18 @@ def _checkout_page(
         note = "already paid" if session["status"] == "complete" else "expired"
         return _page("Checkout", f"<h1>Checkout</h1><p>This checkout session is {note}.</p>")
     error = f"<p class='error' role='alert'>{html.escape(outcome.message)}</p>" if outcome else ""
+    extra_fields = ""
+    if session.get("automatic_tax", {}).get("enabled") or session.get("billing_address_collection"):
+        extra_fields += (
+            '<label for="name">Name on card</label><input id="name" name="name" '
+            'autocomplete="cc-name"><label for="country">Billing country (two letters)</label>'
+            '<input id="country" name="country" maxlength="2" value="US" autocomplete="country">'
+        )
+    if session.get("allow_promotion_codes"):
+        extra_fields += (
+            '<label for="promotion_code">Promotion code</label>'
+            '<input id="promotion_code" name="promotion_code" autocomplete="off">'
+        )
     return _page(
         "Checkout",
         f"""
@@ -330,6 +426,7 @@ def _checkout_page(
 <form method="post">
  <label for="email">Email</label>
  <input id="email" name="email" type="email" autocomplete="email" value="customer@example.com">
+ {extra_fields}
  <label for="card">Card number</label>
  <input id="card" name="card" inputmode="numeric" autocomplete="cc-number"
         placeholder="4242 4242 4242 4242" required>

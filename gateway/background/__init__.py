@@ -10,7 +10,10 @@
 - watchdog: stalled jobs published again or refunded (``gateway.background.watchdog``);
 - Stripe catch-up: events whose webhook never came (``gateway.background.catch_up``);
 - retention: stored images deleted when they are no longer needed
-  (``gateway.background.retention``).
+  (``gateway.background.retention``);
+- seller: notifications to the seller sent (``gateway.delivery.seller``);
+- reconciliation: Stripe against our records, mismatches to the seller
+  (``gateway.money.reconciliation``).
 
 Each may run in any number of gateway processes at once: rows are claimed
 with ``SKIP LOCKED`` or leases, effects are guarded by unique keys.
@@ -28,7 +31,9 @@ from gateway.background.loops import Periodic
 from gateway.background.relay import OutboxRelay
 from gateway.background.retention import Retention
 from gateway.background.watchdog import Watchdog
-from gateway.delivery.mailer import EmailRelay
+from gateway.delivery.mailer import EmailRelay, Mailer
+from gateway.delivery.seller import SellerNotifier
+from gateway.money.reconciliation import Reconciler
 from gateway.money.refunds import Refunder
 from gateway.services import Services
 
@@ -70,6 +75,18 @@ class Background:
                     config.previews.keep_s,
                 ).sweep,
                 interval_s=config.recovery.retention_interval_s,
+            ),
+            Periodic(
+                "seller",
+                SellerNotifier(
+                    sessions, config.seller, Mailer(config.mail), config.mail.sender
+                ).send_due,
+            ),
+            Periodic(
+                "reconciliation",
+                Reconciler(sessions, services.payments).check,
+                interval_s=config.seller.reconcile_interval_s,
+                max_backoff_s=max(config.seller.reconcile_interval_s, 300.0),
             ),
         ]
         background = cls()

@@ -41,7 +41,7 @@ class StripeCatchUp:
         events = self.payments.list_events(sorted(HANDLERS), self.cursor - MARGIN_S)
         applied = 0
         for event in sorted(events, key=lambda e: (e.get("created", 0), str(e.get("id")))):
-            if apply_event(self.sessions, event) == "applied":
+            if apply_event(self.sessions, event, self.payments) == "applied":
                 applied += 1
                 log.warning(
                     "applied a Stripe event whose webhook never came",

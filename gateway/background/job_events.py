@@ -38,6 +38,11 @@ def apply_job_event(session: Session, event: JobEvent) -> str:
     """Apply one worker event to its job (locked); returns what happened."""
     job = get_job(session, event.job_id, lock=True)
     source = f"worker:{event.worker or 'unknown'}"
+    if job.status == JobStatus.DISPUTED and event.kind == EventKind.COMPLETED and event.result_key:
+        # Kept for a won dispute, which then delivers it; nothing is sent meanwhile.
+        job.result_key = event.result_key
+        lifecycle.record_audit(session, job, "result stored while disputed", source)
+        return "stored"
     if job.status not in ACTIVE:
         return "ignored"  # late, duplicated or from an attempt that was superseded
     if event.kind in (EventKind.STARTED, EventKind.PROGRESS):

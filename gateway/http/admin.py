@@ -7,6 +7,10 @@
     POST /admin/jobs/{id}/refund           {"reason"}: refund a job by hand
     GET  /admin/reports/revenue?format=json|csv&since=&until=
     GET  /admin/reconciliation             Stripe's sessions and refunds against our records
+    GET  /admin/events?job=&outcome=&type=&limit=   received Stripe events and what each did
+    GET  /admin/events/{id}                one event with its payload
+    POST /admin/events/{id}/replay         apply a stored event again (idempotent)
+    POST /admin/erase                      {"email"}: a customer's images and personal data
 
 Every handler is wrapped in ``admin_only``: without the token (or with no
 token configured) it answers 401 before looking at anything, so nothing
@@ -27,15 +31,17 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway.background.retention import erase_customer
-from gateway.errors import RequestError, UnauthorizedError
+from gateway.errors import NotFoundError, RequestError, UnauthorizedError
 from gateway.http.requests import email_in, in_session, off_loop, read_json, services_of
 from gateway.money.fulfilment import retry_job, settle_from_stripe
 from gateway.money.pricing import margin_of
 from gateway.money.reconciliation import reconcile
 from gateway.money.refunds import refund_job
 from gateway.money.reports import as_csv, as_json, revenue_by_day
+from gateway.money.stripe_events import replay_event
 from gateway.store.lifecycle import get_job
-from gateway.store.queries import job_details, job_record, list_jobs
+from gateway.store.queries import event_record, job_details, job_record, list_events, list_jobs
+from gateway.store.tables import WebhookEvent
 
 BODY_LIMIT = 16 * 1024
 Handler = Callable[[Request], Awaitable[Response]]
@@ -135,6 +141,57 @@ async def reconciliation(request: Request) -> Response:
     return JSONResponse(await in_session(request, lambda s: reconcile(s, payments)))
 
 
+@admin_only
+async def events(request: Request) -> Response:
+    params = request.query_params
+    limit = _integer(params.get("limit", "100"), "limit", 1, 1000)
+    found = await in_session(
+        request,
+        lambda s: list_events(
+            s,
+            params.get("job") or None,
+            params.get("outcome") or None,
+            params.get("type") or None,
+            limit,
+        ),
+    )
+    return JSONResponse({"events": found})
+
+
+@admin_only
+async def event(request: Request) -> Response:
+    event_id = request.path_params["event_id"]
+
+    def work(session: Session) -> dict[str, Any]:
+        found = session.get(WebhookEvent, event_id)
+        if found is None:
+            raise NotFoundError("no such event")
+        return event_record(found, payload=True)
+
+    return JSONResponse({"event": await in_session(request, work)})
+
+
+@admin_only
+async def replay(request: Request) -> Response:
+    services = services_of(request)
+    event_id = request.path_params["event_id"]
+
+    def work() -> dict[str, Any]:
+        try:
+            outcome = replay_event(services.sessions, event_id, services.payments)
+        except LookupError:
+            raise NotFoundError(
+                "no such event (or it was received before payloads were kept)"
+            ) from None
+        with services.sessions() as session:
+            return {
+                "outcome": outcome,
+                "event": event_record(session.get_one(WebhookEvent, event_id)),
+            }
+
+    return JSONResponse(await off_loop(work))
+
+
 ROUTES = [
     Route("/admin/jobs", jobs, methods=["GET"]),
     Route("/admin/jobs/{job_id}", job, methods=["GET"]),
@@ -144,6 +201,9 @@ ROUTES = [
     Route("/admin/reports/revenue", revenue, methods=["GET"]),
     Route("/admin/reconciliation", reconciliation, methods=["GET"]),
     Route("/admin/erase", erase, methods=["POST"]),
+    Route("/admin/events", events, methods=["GET"]),
+    Route("/admin/events/{event_id}", event, methods=["GET"]),
+    Route("/admin/events/{event_id}/replay", replay, methods=["POST"]),
 ]
 
 

@@ -16,6 +16,7 @@ from gateway.errors import (
     ConflictError,
     DownloadExpiredError,
     DownloadForbiddenError,
+    EventTooEarlyError,
     GatewayError,
     NotFoundError,
     PayloadTooLargeError,
@@ -46,6 +47,7 @@ ANSWERS: dict[type[GatewayError], tuple[int, str]] = {
     DownloadExpiredError: (410, "link_expired"),
     WebhookSignatureError: (400, "invalid_signature"),
     PaymentProviderUnavailable: (503, "payment_provider_unavailable"),
+    EventTooEarlyError: (503, "event_too_early"),
     PaymentProviderRejected: (502, "payment_provider_rejected"),
 }
 
@@ -61,7 +63,7 @@ def answer_for(error: GatewayError) -> tuple[int, str]:
 def error_response(error: GatewayError) -> JSONResponse:
     status, kind = answer_for(error)
     headers = {}
-    if isinstance(error, PaymentProviderUnavailable | RateLimitedError):
+    if isinstance(error, PaymentProviderUnavailable | RateLimitedError | EventTooEarlyError):
         headers["Retry-After"] = str(error.retry_after_s)
     if isinstance(error, UnauthorizedError):
         headers["WWW-Authenticate"] = 'Bearer realm="smi-admin"'

@@ -23,7 +23,7 @@ async def stripe_webhook(request: Request) -> Response:
         stripe.webhook_secret,
         live=stripe.mode == "live",
     )
-    result = await run_in_threadpool(apply_event, services.sessions, event)
+    result = await run_in_threadpool(apply_event, services.sessions, event, services.payments)
     return JSONResponse({"received": True, "result": result})
 
 

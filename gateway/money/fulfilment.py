@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.delivery.emails import email_row
+from gateway.delivery.seller import notify_seller
 from gateway.errors import ConflictError
 from gateway.money.payments import Payments
 from gateway.money.refunds import start_refund
@@ -47,6 +48,8 @@ DECLINE_MESSAGES = {
     "incorrect_cvc": "The card's security code was incorrect. Nothing was charged.",
 }
 RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.REFUND_FAILED})
+# Checkout's payment statuses that let the work start (a 100% promotion code: nothing due).
+PAID_STATUSES = frozenset({"paid", "no_payment_required"})
 
 
 def job_id_of(stripe_object: Mapping[str, Any]) -> str | None:
@@ -60,13 +63,16 @@ def job_id_of(stripe_object: Mapping[str, Any]) -> str | None:
 def fulfil_checkout(session: Session, checkout: Mapping[str, Any], source: str) -> bool:
     """Mark a paid checkout's job ``pending`` and queue its work; ``False`` if nothing to do.
 
-    A payment the job cannot be fulfilled with (another amount or currency
-    than its price, or one that came after the job expired) is refunded
-    instead: money is never kept for nothing. A session that is not the
-    job's changes nothing (logged; reconciliation lists it).
+    The price is checked against the session's subtotal (before promotion
+    codes and tax); what is recorded as paid is Stripe's total, with its tax
+    and discount beside it. A payment the job cannot be fulfilled with
+    (another price or currency, or one that came after the job expired) is
+    refunded instead: money is never kept for nothing. A session that is
+    not the job's changes nothing (logged; reconciliation lists it). An
+    order a promotion code made free (``no_payment_required``) is fulfilled.
     """
     job_id = job_id_of(checkout)
-    if not job_id or checkout.get("payment_status") != "paid":
+    if not job_id or checkout.get("payment_status") not in PAID_STATUSES:
         return False
     locked = lock_for_payment(session, job_id)
     context = {"job_id": job_id, "session_id": checkout.get("id"), "source": source}
@@ -76,15 +82,22 @@ def fulfil_checkout(session: Session, checkout: Mapping[str, Any], source: str) 
     if locked.status not in (JobStatus.AWAITING_PAYMENT, JobStatus.EXPIRED):
         return False  # already fulfilled, or already being refunded
     details = checkout.get("customer_details") or {}
+    totals = checkout.get("total_details") or {}
+    amount, currency = checkout.get("amount_total"), checkout.get("currency")
+    subtotal = checkout.get("amount_subtotal", amount)
     paid = Paid(
         session_id=str(checkout["id"]),
         payment_intent_id=str(checkout.get("payment_intent") or "") or None,
         customer_email=details.get("email") or checkout.get("customer_email"),
+        amount_cents=amount if isinstance(amount, int) else None,
+        tax_cents=int(totals.get("amount_tax") or 0),
+        discount_cents=int(totals.get("amount_discount") or 0),
     )
-    amount, currency = checkout.get("amount_total"), checkout.get("currency")
     problem = None
-    if (amount, currency) != (locked.amount_cents, locked.currency):
-        problem = f"paid {amount} {currency}, the price is {locked.amount_cents} {locked.currency}"
+    if (subtotal, currency) != (locked.amount_cents, locked.currency):
+        before = f" (subtotal {subtotal})" if subtotal != amount else ""
+        price = f"{locked.amount_cents} {locked.currency}"
+        problem = f"paid {amount} {currency}{before}, the price is {price}"
     elif locked.status == JobStatus.EXPIRED:
         problem = "paid after the checkout had expired"
     if problem is not None:
@@ -96,6 +109,19 @@ def fulfil_checkout(session: Session, checkout: Mapping[str, Any], source: str) 
         start_refund(session, job, problem, source, paid_amount, paid_currency)
         return True
     mark_paid(session, job_id, locked, paid, source, [email_row(job_id, "payment_confirmation")])
+    notify_seller(
+        session,
+        "sale",
+        f"sale:{job_id}",
+        job_id,
+        amount_cents=paid.amount_cents,
+        currency=currency,
+        tax_cents=paid.tax_cents,
+        discount_cents=paid.discount_cents,
+        model=locked.model,
+        customer_email=paid.customer_email,
+        session_id=paid.session_id,
+    )
     log.info("checkout fulfilled", extra=context)
     return True
 
@@ -133,7 +159,7 @@ def settle_from_stripe(sessions: sessionmaker[Session], payments: Payments, job_
     if not job.stripe_session_id:
         raise ConflictError("this job never got a Checkout Session")
     checkout = payments.retrieve_checkout_session(job.stripe_session_id).to_dict()
-    if checkout.get("payment_status") != "paid":
+    if checkout.get("payment_status") not in PAID_STATUSES:
         raise ConflictError(f"Stripe says this checkout is {checkout.get('payment_status')}")
     with sessions.begin() as session:
         fulfil_checkout(session, checkout, "admin")

@@ -17,7 +17,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import stripe
 
-from gateway.config import StripeConfig
+from gateway.config import CheckoutOptions, StripeConfig
 from gateway.errors import PaymentProviderRejected, PaymentProviderUnavailable
 from gateway.money.pricing import Quote
 
@@ -46,11 +46,12 @@ def with_query(url: str, params: dict[str, str]) -> str:
 class Payments:
     """The Stripe operations the gateway uses."""
 
-    def __init__(self, config: StripeConfig) -> None:
+    def __init__(self, config: StripeConfig, options: CheckoutOptions | None = None) -> None:
         base: Any = {"api": config.api_base} if config.api_base else None
         self.client = stripe.StripeClient(
             config.secret_key, base_addresses=base, max_network_retries=MAX_NETWORK_RETRIES
         )
+        self.options = options or CheckoutOptions()
 
     def create_checkout_session(
         self,
@@ -73,6 +74,11 @@ class Payments:
                             "metadata": {"model": quote.model},
                         },
                         "unit_amount": quote.amount_cents,
+                        **(
+                            {"tax_behavior": self.options.tax_behavior}
+                            if self.options.automatic_tax
+                            else {}
+                        ),
                     },
                     "quantity": 1,
                 }
@@ -90,12 +96,27 @@ class Payments:
             # Stripe's page in the buyer's language (ours are all Checkout locales).
             "locale": language,
             "expires_at": int(time.time()) + expires_minutes * 60,
+            **self._seller_options(),
         }
         return self._call(
             lambda: self.client.v1.checkout.sessions.create(
                 params, {"idempotency_key": f"checkout-{job_id}"}
             )
         )
+
+    def _seller_options(self) -> dict[str, Any]:
+        """The Checkout options the seller turned on (``CheckoutOptions``), as Stripe names them."""
+        options = self.options
+        params: dict[str, Any] = {}
+        if options.allow_promotion_codes:
+            params["allow_promotion_codes"] = True
+        if options.automatic_tax:
+            params["automatic_tax"] = {"enabled": True}
+        if options.invoice_creation:
+            params["invoice_creation"] = {"enabled": True}
+        if options.collect_billing_address:
+            params["billing_address_collection"] = "required"
+        return params
 
     def retrieve_checkout_session(self, session_id: str) -> Any:
         return self._call(lambda: self.client.v1.checkout.sessions.retrieve(session_id))
@@ -112,7 +133,12 @@ class Payments:
         params: Any = {
             "payment_intent": payment_intent,
             "reason": REFUND_REASON,
-            "metadata": {"job_id": job_id, "failure_reason": failure_reason[:500]},
+            # The key tells our refund's events from a refund made in the Dashboard.
+            "metadata": {
+                "job_id": job_id,
+                "refund_key": idempotency_key,
+                "failure_reason": failure_reason[:500],
+            },
         }
 
         def create() -> Any:
@@ -144,6 +170,19 @@ class Payments:
         return self._call(
             lambda: [r.to_dict() for r in self.client.v1.refunds.list(params).auto_paging_iter()]
         )
+
+    def payment_intent_of_charge(self, charge_id: str) -> str | None:
+        """The payment intent a charge belongs to (events about disputes may name only the
+        charge)."""
+        charge = self._call(lambda: self.client.v1.charges.retrieve(charge_id).to_dict())
+        intent = charge.get("payment_intent")
+        return intent if isinstance(intent, str) else None
+
+    def job_id_of_payment_intent(self, intent_id: str) -> str | None:
+        """The job id a payment intent carries in its metadata (ours all do)."""
+        intent = self._call(lambda: self.client.v1.payment_intents.retrieve(intent_id).to_dict())
+        job_id = (intent.get("metadata") or {}).get("job_id")
+        return job_id if isinstance(job_id, str) else None
 
     def list_events(self, types: list[str], created_since: int) -> list[dict[str, Any]]:
         """Events of ``types`` created at or after ``created_since`` (Unix time), newest first."""

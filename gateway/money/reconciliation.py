@@ -16,17 +16,22 @@ Stripe object, the job when there is one, and what to look at:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.delivery.seller import notify_seller
 from gateway.money.fulfilment import job_id_of
 from gateway.money.payments import LIVE_REFUND_STATUSES, Payments
 from gateway.store.tables import Job, Refund, RefundStatus
 from shared.jobs import JobStatus
+
+log = logging.getLogger(__name__)
 
 UNPAID_STATES = (JobStatus.AWAITING_PAYMENT, JobStatus.EXPIRED)
 
@@ -38,6 +43,48 @@ class Mismatch:
     job_id: str | None
     amount_cents: int | None
     detail: str
+
+
+class Reconciler:
+    """Reconciles every ``SMI_RECONCILE_INTERVAL_S`` and tells the seller of each new mismatch.
+
+    A mismatch is notified when two passes in a row find it (one pass may
+    fall between a payment and its webhook), and once only (keyed by its kind
+    and Stripe object), however many passes still find it.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], payments: Payments) -> None:
+        self.sessions = sessions
+        self.payments = payments
+        self.found_before: set[str] = set()
+
+    def check(self) -> int:
+        """One pass; returns 0 (the loop then waits its interval)."""
+        with self.sessions() as session:
+            report = reconcile(session, self.payments)
+        found = {}
+        for mismatch in report["mismatches"]:
+            key = f"mismatch:{mismatch['kind']}:{mismatch['stripe_id'] or mismatch['job_id']}"
+            found[key] = mismatch
+        lasting = [(key, found[key]) for key in found if key in self.found_before]
+        self.found_before = set(found)
+        for key, mismatch in lasting:
+            try:
+                with self.sessions.begin() as session:
+                    if notify_seller(
+                        session,
+                        "reconciliation_mismatch",
+                        key,
+                        mismatch["job_id"],
+                        mismatch=mismatch["kind"],
+                        stripe_id=mismatch["stripe_id"],
+                        amount_cents=mismatch["amount_cents"],
+                        detail=mismatch["detail"],
+                    ):
+                        log.error("reconciliation mismatch: %s", mismatch["detail"], extra=mismatch)
+            except IntegrityError:
+                pass  # another gateway process notified it at the same moment
+        return 0
 
 
 def reconcile(session: Session, payments: Payments) -> dict[str, Any]:
@@ -67,9 +114,11 @@ def _check_sessions(
     paid_at_stripe = set()
     for checkout in checkout_sessions:
         session_id, amount = str(checkout["id"]), checkout.get("amount_total")
+        # The price is what came before promotion codes and tax.
+        subtotal = checkout.get("amount_subtotal", amount)
         job_id = job_id_of(checkout)
         job = jobs.get(job_id or "")
-        if checkout.get("payment_status") != "paid":
+        if checkout.get("payment_status") not in ("paid", "no_payment_required"):
             continue
         paid_at_stripe.add(session_id)
         if job is None:
@@ -89,7 +138,7 @@ def _check_sessions(
                 f"the session is paid but the job is {job.status} "
                 f"(linked session: {job.stripe_session_id})",
             )
-        elif amount != job.amount_cents or checkout.get("currency") != job.currency:
+        elif subtotal != job.amount_cents or checkout.get("currency") != job.currency:
             yield Mismatch(
                 "amount_mismatch",
                 session_id,
@@ -128,7 +177,12 @@ def _check_refunds(
             f"of {refund.get('payment_intent')}; our records have no such refund",
         )
     for row in refunds:
-        if row.status == RefundStatus.SUCCEEDED and row.stripe_refund_id not in live:
+        nothing_paid = not row.amount_cents and row.stripe_refund_id is None  # a free order
+        if (
+            row.status == RefundStatus.SUCCEEDED
+            and not nothing_paid
+            and row.stripe_refund_id not in live
+        ):
             yield Mismatch(
                 "refund_missing_at_stripe",
                 row.stripe_refund_id,

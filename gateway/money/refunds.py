@@ -10,8 +10,15 @@ already refunding and changes nothing. The ``Refunder`` then calls Stripe
 ``refund-{job_id}-{round}``: however often a call is retried, by this
 process or another, Stripe refunds once. Unavailable: retried with
 backoff; refused, or still failing after the last attempt: the job becomes
-``refund_failed`` for an admin. Every attempt is written to the row and
-the audit trail.
+``refund_failed`` for an admin (and the seller is told). Every attempt is
+written to the row and the audit trail.
+
+Refunds Stripe reports (``refund.created``/``updated``/``failed``,
+``refund_reported``) are matched to our rows by the ``refund_key`` in
+their metadata or by id; any other is a refund made at Stripe (the
+Dashboard) and gets a row of its own, partial or full, so reports and
+reconciliation see it. A refund Stripe later reports failed moves the job
+to ``refund_failed`` and alerts the seller.
 """
 
 from __future__ import annotations
@@ -21,22 +28,25 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import RecoveryConfig
 from gateway.delivery.emails import queue_email
+from gateway.delivery.seller import notify_seller
 from gateway.errors import ConflictError, PaymentProviderRejected, PaymentProviderUnavailable
 from gateway.money.payments import LIVE_REFUND_STATUSES, Payments
 from gateway.store import lifecycle
 from gateway.store.leases import backoff_s, claim_due
-from gateway.store.lifecycle import get_job, job_paid_by, record_audit
-from gateway.store.tables import Job, Refund, RefundStatus, utcnow
+from gateway.store.lifecycle import get_job, job_of_payment, record_audit
+from gateway.store.tables import Job, Payment, Refund, RefundStatus, utcnow
 from shared.failpoints import failpoint
-from shared.jobs import JobStatus
+from shared.jobs import IllegalTransitionError, JobStatus
 
 log = logging.getLogger(__name__)
 
+# Stripe's refund statuses that mean no money went back (after it may have seemed so).
+FAILED_REFUND_STATUSES = frozenset({"failed", "canceled"})
 REFUNDABLE = frozenset({JobStatus.FAILED, JobStatus.COMPLETED, JobStatus.REFUND_FAILED})
 
 
@@ -67,50 +77,182 @@ def start_refund(
 ) -> Refund:
     """``refunding`` and a new refund row (a new round, with its own key); call under lock.
 
-    Stripe refunds the whole payment; ``amount_cents`` and ``currency`` say
-    what it was when that is not the job's price.
+    Stripe refunds the whole payment: what the buyer paid (after discounts,
+    with tax), unless ``amount_cents`` and ``currency`` say otherwise. An
+    order that cost nothing (a 100% promotion code) has nothing to send
+    back: it is refunded at once.
     """
     lifecycle.start_refunding(session, job, reason, source)
     rounds = session.scalar(select(func.count()).where(Refund.job_id == job.id)) or 0
+    payment = payment_of(session, job)
+    if amount_cents is None and payment is not None:
+        amount_cents = payment.amount_cents
+    elif amount_cents is None:  # no payment intent: a free order has nothing to send back
+        amount_cents = 0 if job.paid_at is not None else job.amount_cents
     refund = Refund(
         job_id=job.id,
         idempotency_key=f"refund-{job.id}-{rounds + 1}",
         reason=reason,
         status=RefundStatus.PENDING,
-        amount_cents=job.amount_cents if amount_cents is None else amount_cents,
-        currency=currency or job.currency,
+        amount_cents=amount_cents,
+        currency=currency or (payment.currency if payment is not None else job.currency),
         attempts=0,
         next_attempt_at=utcnow(),
     )
     session.add(refund)
+    if amount_cents == 0 and job.paid_at is not None and not job.stripe_payment_intent_id:
+        refund.status, refund.next_attempt_at = RefundStatus.SUCCEEDED, None
+        refund.last_error = "nothing was paid"
+        if lifecycle.refunded(session, job, "nothing to refund", source):
+            queue_email(session, job, "refunded")
     return refund
+
+
+def payment_of(session: Session, job: Job) -> Payment | None:
+    """The job's payment (the one its payment intent made), if it has one."""
+    if not job.stripe_payment_intent_id:
+        return None
+    return session.scalars(
+        select(Payment).where(Payment.stripe_payment_intent_id == job.stripe_payment_intent_id)
+    ).first()
+
+
+def refunded_in_full(session: Session, job: Job, source: str) -> bool:
+    """The whole payment went back: the job is ``refunded``, waiting refunds of ours are
+    canceled (never sent), the customer is emailed once. ``False`` if it already was."""
+    if job.status == JobStatus.REFUNDING:
+        changed = lifecycle.refunded(session, job, "refunded at Stripe", source)
+    else:
+        try:
+            changed = lifecycle.refunded_at_stripe(session, job, source)
+        except IllegalTransitionError:
+            changed = False
+    if not changed:
+        return False
+    waiting = select(Refund).where(Refund.job_id == job.id, Refund.status == RefundStatus.PENDING)
+    for refund in session.scalars(waiting):
+        refund.status = RefundStatus.CANCELED
+        refund.next_attempt_at = None
+        refund.last_error = "not needed: the charge was refunded at Stripe"
+    queue_email(session, job, "refunded")
+    return True
 
 
 def refunded_at_stripe(session: Session, charge: Mapping[str, Any], source: str) -> bool:
     """``charge.refunded``: money went back at Stripe, by our refund or by hand in its Dashboard.
 
-    Fully refunded: the job is ``refunded`` (its download stops working), a
-    refund of ours still waiting counts as done (so it is never sent again),
-    and the customer is emailed once. Partly refunded: noted in the audit
-    trail, nothing else changes. Our own refund's echo changes nothing.
+    Fully refunded: ``refunded_in_full`` (the download stops working, no
+    refund of ours is ever sent again, one email). Partly refunded: noted in
+    the audit trail (the refund's own event records its row). Our own
+    refund's echo changes nothing.
     """
-    intent = charge.get("payment_intent")
-    job = job_paid_by(session, intent) if isinstance(intent, str) else None
+    job = job_of_payment(session, charge)
     if job is None:
         return False
     amount, refunded = charge.get("amount"), charge.get("amount_refunded")
     if not charge.get("refunded"):
         record_audit(session, job, f"partly refunded at Stripe: {refunded} of {amount}", source)
         return True
-    if not lifecycle.refunded_at_stripe(session, job, source):
+    if not refunded_in_full(session, job, source):
         return False
-    waiting = select(Refund).where(Refund.job_id == job.id, Refund.status == RefundStatus.PENDING)
-    for refund in session.scalars(waiting):
-        refund.status = RefundStatus.SUCCEEDED
-        refund.next_attempt_at = None
-        refund.last_error = "the charge was refunded at Stripe"
-    queue_email(session, job, "refunded")
     log.info("refunded at Stripe", extra={"job_id": job.id, "source": source})
+    return True
+
+
+def refund_reported(session: Session, refund: Mapping[str, Any], source: str) -> bool:
+    """``refund.created`` / ``refund.updated`` / ``refund.failed``: one refund as Stripe sees it.
+
+    Ours (by ``refund_key`` or id) is brought up to date; any other is
+    recorded as a refund made at Stripe. A refund that went through tells
+    the seller and, when the payment is now refunded in full, ends the job;
+    one that failed or was canceled puts the job in ``refund_failed`` for an
+    admin and alerts the seller. Returns whether anything changed.
+    """
+    job = job_of_payment(session, refund)
+    if job is None:
+        return False
+    stripe_id, status = str(refund["id"]), str(refund.get("status"))
+    amount = int(refund.get("amount") or 0)
+    key = (refund.get("metadata") or {}).get("refund_key")
+    row = session.scalars(
+        select(Refund).where(
+            Refund.job_id == job.id,
+            or_(Refund.stripe_refund_id == stripe_id, Refund.idempotency_key == str(key)),
+        )
+    ).first()
+    changed = False
+    if row is None:
+        row = Refund(
+            job_id=job.id,
+            idempotency_key=f"stripe-{stripe_id}",
+            reason="refunded at Stripe (its Dashboard or another tool)",
+            status=RefundStatus.PENDING,
+            stripe_refund_id=stripe_id,
+            amount_cents=amount,
+            currency=str(refund.get("currency") or job.currency),
+            attempts=0,
+        )
+        session.add(row)
+        record_audit(session, job, f"refund {stripe_id} of {amount} made at Stripe", source)
+        changed = True
+    elif row.stripe_refund_id is None:
+        row.stripe_refund_id = stripe_id
+        changed = True
+    if status not in FAILED_REFUND_STATUSES:  # succeeded, pending, requires_action
+        changed |= _refund_went_through(session, job, row, amount, source)
+    elif row.status != RefundStatus.FAILED:
+        changed |= _refund_did_not_go_through(session, job, row, status, source)
+    return changed
+
+
+def _refund_went_through(session: Session, job: Job, row: Refund, amount: int, source: str) -> bool:
+    changed = row.status != RefundStatus.SUCCEEDED
+    row.status, row.next_attempt_at, row.amount_cents = RefundStatus.SUCCEEDED, None, amount
+    notify_seller(
+        session,
+        "refund",
+        f"refund:{row.stripe_refund_id}",
+        job.id,
+        refund_id=row.stripe_refund_id,
+        amount_cents=amount,
+        currency=row.currency,
+        reason=row.reason,
+    )
+    payment = payment_of(session, job)
+    session.flush()
+    back = session.scalar(
+        select(func.coalesce(func.sum(Refund.amount_cents), 0)).where(
+            Refund.job_id == job.id, Refund.status == RefundStatus.SUCCEEDED
+        )
+    )
+    if payment is not None and int(back or 0) >= payment.amount_cents:
+        changed |= refunded_in_full(session, job, source)
+    elif changed:
+        paid = payment.amount_cents if payment is not None else "?"
+        record_audit(session, job, f"refunded {back} of {paid} so far", source)
+    return changed
+
+
+def _refund_did_not_go_through(
+    session: Session, job: Job, row: Refund, status: str, source: str
+) -> bool:
+    row.status, row.next_attempt_at = RefundStatus.FAILED, None
+    row.last_error = f"Stripe reports the refund {status}"
+    error = f"Stripe reports refund {row.stripe_refund_id} {status}"
+    if not lifecycle.refund_failed(session, job, error, source):
+        lifecycle.refund_failed_after_all(session, job, error, source)
+    notify_seller(
+        session,
+        "refund_failed",
+        f"refund_failed:{row.stripe_refund_id}",
+        job.id,
+        refund_id=row.stripe_refund_id,
+        amount_cents=row.amount_cents,
+        currency=row.currency,
+        error=error,
+        customer_email=job.customer_email,
+    )
+    log.error("refund failed at Stripe; an admin must act", extra={"job_id": job.id})
     return True
 
 
@@ -171,11 +313,29 @@ class Refunder:
     def _succeeded(self, refund_id: int, stripe_refund: Any) -> None:
         with self.sessions.begin() as session:
             refund, job = self._count_attempt(session, refund_id, None)
-            refund.status = RefundStatus.SUCCEEDED
-            refund.stripe_refund_id = str(stripe_refund["id"])
-            refund.amount_cents = int(stripe_refund.get("amount") or refund.amount_cents or 0)
+            stripe_id = str(stripe_refund["id"])
+            recorded = session.scalars(
+                select(Refund).where(Refund.stripe_refund_id == stripe_id, Refund.id != refund.id)
+            ).first()
             refund.next_attempt_at = None
-            if lifecycle.refunded(session, job, str(stripe_refund["id"]), "refunder"):
+            if recorded is not None:  # a refund made at Stripe, on its own row already
+                refund.status = RefundStatus.CANCELED
+                refund.last_error = f"not needed: {stripe_id} was made at Stripe"
+            else:
+                refund.status = RefundStatus.SUCCEEDED
+                refund.stripe_refund_id = stripe_id
+                refund.amount_cents = int(stripe_refund.get("amount") or refund.amount_cents or 0)
+                notify_seller(
+                    session,
+                    "refund",
+                    f"refund:{stripe_id}",
+                    job.id,
+                    refund_id=stripe_id,
+                    amount_cents=refund.amount_cents,
+                    currency=refund.currency,
+                    reason=refund.reason,
+                )
+            if lifecycle.refunded(session, job, stripe_id, "refunder"):
                 queue_email(session, job, "refunded")
         log.info("refunded", extra={"job_id": refund.job_id, "refund": stripe_refund["id"]})
 
@@ -210,4 +370,15 @@ class Refunder:
         refund.status = RefundStatus.FAILED
         refund.next_attempt_at = None
         lifecycle.refund_failed(session, job, error, "refunder")
+        notify_seller(
+            session,
+            "refund_failed",
+            f"refund_failed:{refund.idempotency_key}",
+            job.id,
+            amount_cents=refund.amount_cents,
+            currency=refund.currency,
+            error=error,
+            attempts=refund.attempts,
+            customer_email=job.customer_email,
+        )
         log.error("refund failed; an admin must act", extra={"job_id": job.id, "error": error})

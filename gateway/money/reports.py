@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.money.currencies import format_money
-from gateway.store.tables import Payment, Refund, RefundStatus
+from gateway.store.tables import Dispute, Payment, Refund, RefundStatus
 
 
 @dataclass
@@ -27,12 +27,16 @@ class DayTotals:
     refunds: int = 0
     refunded_cents: int = 0
     net_cents: int = 0
+    tax_cents: int = 0  # collected for the tax authorities, inside gross
+    discount_cents: int = 0  # promotion codes: taken off before gross
+    disputed_cents: int = 0  # lost disputes: the bank took it back
 
 
 def revenue_by_day(
     session: Session, since: date | None = None, until: date | None = None
 ) -> list[DayTotals]:
-    """Payments and completed refunds per day (UTC) and currency, oldest first."""
+    """Payments (what Stripe took: after discounts, tax included), completed refunds and
+    lost disputes per day (UTC) and currency, oldest first."""
     totals: dict[tuple[str, str], DayTotals] = {}
 
     def row(at: datetime, currency: str) -> DayTotals | None:
@@ -48,16 +52,21 @@ def revenue_by_day(
         if (day := row(payment.created_at, payment.currency)) is not None:
             day.payments += 1
             day.gross_cents += payment.amount_cents
+            day.tax_cents += payment.tax_cents
+            day.discount_cents += payment.discount_cents
     for refund in session.scalars(select(Refund).where(Refund.status == RefundStatus.SUCCEEDED)):
         if (day := row(refund.updated_at, refund.currency or "usd")) is not None:
             day.refunds += 1
             day.refunded_cents += refund.amount_cents or 0
+    for dispute in session.scalars(select(Dispute).where(Dispute.status == "lost")):
+        if (day := row(dispute.closed_at or dispute.created_at, dispute.currency)) is not None:
+            day.disputed_cents += dispute.amount_cents
     for day in totals.values():
-        day.net_cents = day.gross_cents - day.refunded_cents
+        day.net_cents = day.gross_cents - day.refunded_cents - day.disputed_cents
     return [totals[key] for key in sorted(totals)]
 
 
-DISPLAYED = ("gross", "refunded", "net")
+DISPLAYED = ("gross", "refunded", "net", "tax", "discount", "disputed")
 
 
 def as_csv(rows: list[DayTotals]) -> str:

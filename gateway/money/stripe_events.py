@@ -1,10 +1,17 @@
 """Stripe webhooks: verify the signature on the raw body, then apply each event once.
 
+    event = verify_event(body, request.headers["stripe-signature"], secret)
+    apply_event(sessions, event, payments)     # "applied", "duplicate", "ignored" ...
+    replay_event(sessions, "evt_...", payments)  # an admin's second try of a stored event
+
 ``HANDLERS`` says what each event type does (fulfil a paid checkout,
-record a decline, expire an unpaid job, take note of a refund made at
-Stripe); others get 200 and no effect. An event's id is claimed in the
-same transaction as its effect, so duplicates, concurrent deliveries and
-replays change nothing.
+record a decline, expire an unpaid job, a refund or dispute made at
+Stripe); others are stored as ignored. Every received event is stored
+with its payload and outcome (``webhook_events``); its id is claimed in
+the same transaction as its effect, so duplicates, concurrent deliveries
+and replays change nothing. An event may name its job by metadata, by
+payment intent or only by charge (a dispute, a Dashboard refund): the
+charge's payment intent is asked of Stripe before the transaction.
 """
 
 from __future__ import annotations
@@ -12,21 +19,25 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import stripe
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.errors import RequestError, WebhookSignatureError
+from gateway.errors import EventTooEarlyError, GatewayError, RequestError, WebhookSignatureError
+from gateway.money.disputes import dispute_closed, dispute_opened
 from gateway.money.fulfilment import (
     decline_checkout,
     expire_checkout,
     fulfil_checkout,
     job_id_of,
 )
-from gateway.money.refunds import refunded_at_stripe
+from gateway.money.payments import Payments
+from gateway.money.refunds import refund_reported, refunded_at_stripe
 from gateway.store.lifecycle import DuplicateEventError, UnknownJobError, claim_event
+from gateway.store.tables import EventOutcome, Job, Payment, WebhookEvent, utcnow
 from shared.failpoints import failpoint
 
 log = logging.getLogger(__name__)
@@ -40,7 +51,23 @@ HANDLERS: dict[str, Callable[[Session, dict[str, Any], str], bool]] = {
     "payment_intent.payment_failed": decline_checkout,
     "checkout.session.expired": expire_checkout,
     "charge.refunded": refunded_at_stripe,
+    "refund.created": refund_reported,
+    "refund.updated": refund_reported,
+    "refund.failed": refund_reported,
+    "charge.dispute.created": dispute_opened,
+    "charge.dispute.closed": dispute_closed,
 }
+# Events about a payment rather than a checkout: they may name only the charge.
+PAYMENT_EVENTS = frozenset(
+    {
+        "charge.refunded",
+        "refund.created",
+        "refund.updated",
+        "refund.failed",
+        "charge.dispute.created",
+        "charge.dispute.closed",
+    }
+)
 
 
 def verify_event(
@@ -85,27 +112,160 @@ def verify_event(
     return event
 
 
-def apply_event(sessions: sessionmaker[Session], event: dict[str, Any]) -> str:
-    """Apply one verified event; returns what happened (for logs and tests)."""
+def apply_event(
+    sessions: sessionmaker[Session],
+    event: dict[str, Any],
+    payments: Payments | None = None,
+    *,
+    replay: bool = False,
+) -> str:
+    """Apply one verified event and store it with its outcome; returns the outcome.
+
+    ``payments`` looks up the payment intent of an event that names only a
+    charge; ``replay`` applies an event that was stored before (an admin's
+    second try: the handlers are idempotent, so an event that took effect
+    changes nothing again).
+    """
     handler = HANDLERS.get(event["type"])
-    if handler is None:
-        return "ignored"
-    stripe_object = event["data"]["object"]
-    job_id = job_id_of(stripe_object)
-    context = {"event_id": event.get("id"), "type": event.get("type"), "job_id": job_id}
-    if not job_id and not isinstance(stripe_object.get("payment_intent"), str):
-        log.info("event for no job of ours", extra=context)
-        return "ignored"
+    stripe_object = dict(event["data"]["object"])
+    if handler is not None and payments is not None and event["type"] in PAYMENT_EVENTS:
+        try:
+            _resolve_payment(sessions, stripe_object, payments)
+        except GatewayError as exc:
+            _record(sessions, event, EventOutcome.ERROR, str(exc))
+            raise
+    context = {"event_id": event.get("id"), "type": event.get("type")}
     try:
         with sessions.begin() as session:
-            claim_event(session, str(event["id"]), str(event["type"]), job_id)
-            changed = handler(session, stripe_object, f"stripe:{event['id']}")
+            row = claim_event(session, event, replay=replay)
+            job_id = _job_id(session, stripe_object) if handler is not None else None
+            row.job_id = job_id
+            if handler is None:
+                row.outcome, row.detail = EventOutcome.IGNORED, "not a type the gateway acts on"
+            elif job_id is None:
+                row.outcome, row.detail = EventOutcome.IGNORED, "about no job of ours"
+            else:
+                changed = handler(session, stripe_object, f"stripe:{event['id']}")
+                row.outcome = EventOutcome.APPLIED if changed else EventOutcome.NO_CHANGE
+                row.detail = "replayed by an admin" if replay else None
             failpoint("webhook.applied")
+            outcome = str(row.outcome)
         failpoint("webhook.committed")
     except DuplicateEventError:
+        _count_delivery(sessions, str(event["id"]))
         return "duplicate"
-    except UnknownJobError:
-        log.warning("event for an unknown job", extra=context)
-        return "unknown job"
-    log.info("event applied", extra={**context, "changed": changed})
-    return "applied" if changed else "no change"
+    except UnknownJobError as exc:
+        log.warning("event for an unknown job", extra={**context, "job_id": exc.job_id})
+        _record(sessions, event, EventOutcome.UNKNOWN_JOB, f"no job {exc.job_id}")
+        return str(EventOutcome.UNKNOWN_JOB)
+    except Exception as exc:
+        _record(sessions, event, EventOutcome.ERROR, f"{type(exc).__name__}: {exc}")
+        raise
+    log.info("event %s", outcome, extra={**context, "job_id": job_id})
+    return outcome
+
+
+def replay_event(sessions: sessionmaker[Session], event_id: str, payments: Payments) -> str:
+    """Apply a stored event again; ``LookupError`` if no event with that id was received."""
+    with sessions() as session:
+        payload = session.scalar(
+            select(WebhookEvent.payload).where(WebhookEvent.event_id == event_id)
+        )
+    if payload is None:
+        raise LookupError(event_id)
+    return apply_event(sessions, json.loads(payload), payments, replay=True)
+
+
+def _job_id(session: Session, stripe_object: Mapping[str, Any]) -> str | None:
+    """The job an event is about: by metadata, else by payment intent, else by charge."""
+    job_id = job_id_of(stripe_object)
+    if job_id:
+        return job_id
+    intent, charge = stripe_object.get("payment_intent"), stripe_object.get("charge")
+    if stripe_object.get("object") == "charge":
+        charge = stripe_object.get("id")
+    payment = None
+    if isinstance(intent, str):
+        payment = session.scalars(
+            select(Payment).where(Payment.stripe_payment_intent_id == intent)
+        ).first()
+    if payment is None and isinstance(charge, str):
+        payment = session.scalars(select(Payment).where(Payment.stripe_charge_id == charge)).first()
+    if payment is None:
+        return None
+    if isinstance(charge, str) and not payment.stripe_charge_id:
+        payment.stripe_charge_id = charge  # the next event naming only the charge finds it
+    return payment.job_id
+
+
+def _resolve_payment(
+    sessions: sessionmaker[Session], stripe_object: dict[str, Any], payments: Payments
+) -> None:
+    """Before a refund or dispute event's transaction: the payment it names, made findable.
+
+    Naming only a charge we have not seen, it gets the charge's payment intent
+    (asked of Stripe). Naming a payment of one of our jobs that is not
+    recorded yet (its ``checkout.session.completed`` is still on its way),
+    ``EventTooEarlyError``: Stripe (or the catch-up) delivers it again.
+    """
+    if job_id_of(stripe_object):
+        return
+    intent, charge = stripe_object.get("payment_intent"), stripe_object.get("charge")
+    if stripe_object.get("object") == "charge":
+        charge = stripe_object.get("id")
+    if not isinstance(intent, str) and isinstance(charge, str):
+        if _payment_known(sessions, None, charge):
+            return
+        intent = payments.payment_intent_of_charge(charge)
+        stripe_object["payment_intent"] = intent
+    if not isinstance(intent, str) or _payment_known(sessions, intent, None):
+        return
+    job_id = payments.job_id_of_payment_intent(intent)
+    if job_id is None:
+        return  # not a payment of ours
+    with sessions() as session:
+        if session.get(Job, job_id) is not None:
+            raise EventTooEarlyError(
+                f"the payment of {job_id} is not recorded yet; this event is applied when "
+                "it is delivered again"
+            )
+
+
+def _payment_known(sessions: sessionmaker[Session], intent: str | None, charge: str | None) -> bool:
+    """Whether a payment of ours has this payment intent or charge."""
+    column, value = (
+        (Payment.stripe_payment_intent_id, intent) if intent else (Payment.stripe_charge_id, charge)
+    )
+    with sessions() as session:
+        return session.scalar(select(Payment.id).where(column == value)) is not None
+
+
+def _record(
+    sessions: sessionmaker[Session], event: dict[str, Any], outcome: str, detail: str
+) -> None:
+    """Store an event whose own transaction rolled back, with why (best effort: logged)."""
+    try:
+        with sessions.begin() as session:
+            row = session.get(WebhookEvent, str(event["id"]))
+            if row is None:
+                row = WebhookEvent(event_id=str(event["id"]), type=str(event["type"]))
+                session.add(row)
+            elif row.outcome not in (EventOutcome.ERROR, EventOutcome.UNKNOWN_JOB):
+                return  # another delivery took effect meanwhile
+            row.payload = json.dumps(event)
+            row.outcome, row.detail = outcome, detail[:1000]
+            row.last_received_at = utcnow()
+    except Exception:
+        log.exception("could not store the event's outcome", extra={"event_id": event.get("id")})
+
+
+def _count_delivery(sessions: sessionmaker[Session], event_id: str) -> None:
+    try:
+        with sessions.begin() as session:
+            session.execute(
+                update(WebhookEvent)
+                .where(WebhookEvent.event_id == event_id)
+                .values(deliveries=WebhookEvent.deliveries + 1, last_received_at=utcnow())
+            )
+    except Exception:
+        log.exception("could not count a duplicate delivery", extra={"event_id": event_id})

@@ -21,6 +21,7 @@ kind, attempt)), so a duplicate delivery rolls back whole.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from dataclasses import dataclass
@@ -31,7 +32,15 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway.store.tables import AuditEntry, Job, OutboxMessage, Payment, WebhookEvent, utcnow
+from gateway.store.tables import (
+    AuditEntry,
+    EventOutcome,
+    Job,
+    OutboxMessage,
+    Payment,
+    WebhookEvent,
+    utcnow,
+)
 from shared.jobs import IllegalTransitionError, JobStatus, check_transition
 from shared.messages import UpscaleRequest
 from shared.models import DEFAULT_MODEL
@@ -51,6 +60,9 @@ FAILED_MESSAGE = "We could not upscale your image. You will be refunded automati
 REFUNDING_MESSAGE = "We could not upscale your image. Your payment is being refunded."
 REFUNDED_MESSAGE = "We could not upscale your image, so your payment has been refunded in full."
 REFUNDED_BY_HAND_MESSAGE = "Your payment has been refunded in full."
+DISPUTED_MESSAGE = (
+    "Your bank has disputed this payment, so the download is paused until the dispute is settled."
+)
 REFUND_FAILED_MESSAGE = (
     "We could not upscale your image and the automatic refund did not go through. "
     "It needs a person now: please write to our support (the address is in your "
@@ -71,6 +83,7 @@ MESSAGE_KEYS = {
     REFUNDED_BY_HAND_MESSAGE: "message.refunded_by_hand",
     REFUND_FAILED_MESSAGE: "message.refund_failed",
     RETRY_MESSAGE: "message.retry",
+    DISPUTED_MESSAGE: "message.disputed",
 }
 
 
@@ -144,6 +157,18 @@ def job_paid_by(session: Session, payment_intent: str) -> Job | None:
     return session.scalars(query).first()
 
 
+def job_of_payment(session: Session, stripe_object: Any) -> Job | None:
+    """The job (locked) a refund, charge or dispute is about: by payment intent, else charge."""
+    intent, charge = stripe_object.get("payment_intent"), stripe_object.get("charge")
+    if stripe_object.get("object") == "charge":
+        charge = stripe_object.get("id")
+    job = job_paid_by(session, intent) if isinstance(intent, str) else None
+    if job is None and isinstance(charge, str):
+        job_id = session.scalar(select(Payment.job_id).where(Payment.stripe_charge_id == charge))
+        job = get_job(session, job_id, lock=True) if job_id else None
+    return job
+
+
 def get_job(session: Session, job_id: str, *, lock: bool = False) -> Job:
     """The job, locked for update when ``lock``; ``UnknownJobError`` if there is none."""
     query = select(Job).where(Job.id == job_id)
@@ -165,6 +190,9 @@ class Paid:
     session_id: str
     payment_intent_id: str | None
     customer_email: str | None
+    amount_cents: int | None = None  # what Stripe took, tax included; None: the price
+    tax_cents: int = 0
+    discount_cents: int = 0
 
 
 def lock_for_payment(session: Session, job_id: str) -> Any:
@@ -230,9 +258,13 @@ def mark_paid(
                 "job_id": job_id,
                 "stripe_payment_intent_id": paid.payment_intent_id,
                 "stripe_session_id": paid.session_id,
-                "amount_cents": locked.amount_cents,
+                "amount_cents": (
+                    locked.amount_cents if paid.amount_cents is None else paid.amount_cents
+                ),
                 "currency": locked.currency,
                 "created_at": now,
+                "tax_cents": paid.tax_cents,
+                "discount_cents": paid.discount_cents,
             },
         )
     request = upscale_request(job_id, locked.source_key, locked.result_key, attempt, locked.model)
@@ -365,6 +397,34 @@ def refund_failed(session: Session, job: Job, error: str, source: str) -> bool:
     return True
 
 
+def refund_failed_after_all(session: Session, job: Job, error: str, source: str) -> bool:
+    """``refunded -> refund_failed``: Stripe says, later, that the refund did not go through."""
+    if job.status != JobStatus.REFUNDED:
+        return False
+    _move(
+        session,
+        job,
+        JobStatus.REFUND_FAILED,
+        f"refund failed after all: {error}",
+        source,
+        REFUND_FAILED_MESSAGE,
+    )
+    return True
+
+
+def disputed(session: Session, job: Job, reason: str, source: str) -> bool:
+    """Any paid status but refunded ``-> disputed``; ``False`` if it cannot be (or is)."""
+    try:
+        return _move(session, job, JobStatus.DISPUTED, reason, source, DISPUTED_MESSAGE)
+    except IllegalTransitionError:
+        return False
+
+
+def dispute_won(session: Session, job: Job, source: str) -> None:
+    """``disputed -> completed``: the money stays with the seller, the download works again."""
+    _move(session, job, JobStatus.COMPLETED, "dispute won", source, COMPLETED_MESSAGE)
+
+
 def queue_again(
     session: Session, job: Job, reason: str, source: str, message: str | None = None
 ) -> UpscaleRequest:
@@ -450,19 +510,40 @@ def record_audit(session: Session, job: Job, reason: str, source: str) -> None:
     )
 
 
-def claim_event(session: Session, event_id: str, event_type: str, job_id: str | None) -> None:
-    """Record that a Stripe event takes effect now; ``DuplicateEventError`` if it already did.
+def claim_event(session: Session, event: dict[str, Any], *, replay: bool = False) -> WebhookEvent:
+    """Store a Stripe event as taking effect now; ``DuplicateEventError`` if it already did.
 
     Call it first in the transaction that applies the event, and roll that
-    transaction back on ``DuplicateEventError``. On PostgreSQL a concurrent
-    claim of the same id waits for the first transaction and then fails
-    here, which is what makes five simultaneous deliveries take effect once.
+    transaction back on ``DuplicateEventError``. An event stored with outcome
+    ``error`` or ``unknown job`` (its effect rolled back) may be claimed
+    again, any event by a ``replay``. On PostgreSQL a concurrent claim of the
+    same id waits for the first transaction and then fails here, which is
+    what makes five simultaneous deliveries take effect once.
     """
-    session.add(WebhookEvent(event_id=event_id, type=event_type, job_id=job_id))
+    event_id = str(event["id"])
+    now = utcnow()
+    row = session.get(WebhookEvent, event_id, with_for_update=True)
+    if row is not None:
+        if not replay and row.outcome not in (EventOutcome.ERROR, EventOutcome.UNKNOWN_JOB):
+            raise DuplicateEventError(event_id)
+        row.deliveries += 0 if replay else 1
+        row.last_received_at = now
+        return row
+    row = WebhookEvent(
+        event_id=event_id,
+        type=str(event["type"]),
+        payload=json.dumps(event),
+        outcome=EventOutcome.APPLIED,
+        deliveries=1,
+        received_at=now,
+        last_received_at=now,
+    )
+    session.add(row)
     try:
         session.flush()
     except IntegrityError as exc:
         raise DuplicateEventError(event_id) from exc
+    return row
 
 
 def add_outbox_message(session: Session, job: Job, kind: str, body: str, attempt: int = 1) -> None:

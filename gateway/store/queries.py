@@ -1,11 +1,13 @@
 """What an admin reads about jobs: search, one job in full, its records.
 
 jobs = list_jobs(session, status="failed", query="buyer@example.com", limit=50)
-details = job_details(session, job_id)       # job, audit trail, refunds, outbox
+details = job_details(session, job_id)       # job, audit trail, refunds, disputes, outbox, events
+events = list_events(session, job_id=None, outcome="ignored", event_type=None, limit=50)
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +15,15 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from gateway.store.lifecycle import audit_trail, get_job
-from gateway.store.tables import Job, OutboxMessage, Refund
+from gateway.store.tables import (
+    Dispute,
+    Job,
+    Notification,
+    OutboxMessage,
+    Payment,
+    Refund,
+    WebhookEvent,
+)
 
 
 def stamp(value: datetime | None) -> str | None:
@@ -67,14 +77,28 @@ def list_jobs(session: Session, status: str | None, query: str | None, limit: in
 
 
 def job_details(session: Session, job_id: str) -> dict[str, Any]:
-    """The job, its audit trail, refunds and outbox messages."""
+    """The job, its payment, audit trail, refunds, disputes, outbox, events and notifications."""
     job = get_job(session, job_id)
+    payment = session.scalars(select(Payment).where(Payment.job_id == job_id)).first()
+    disputes = session.scalars(select(Dispute).where(Dispute.job_id == job_id))
+    notifications = session.scalars(
+        select(Notification).where(Notification.job_id == job_id).order_by(Notification.id)
+    )
     refunds = session.scalars(select(Refund).where(Refund.job_id == job_id).order_by(Refund.id))
     outbox = session.scalars(
         select(OutboxMessage).where(OutboxMessage.job_id == job_id).order_by(OutboxMessage.id)
     )
     return {
         "job": job_record(job),
+        "payment": None
+        if payment is None
+        else {
+            "amount_cents": payment.amount_cents,
+            "currency": payment.currency,
+            "tax_cents": payment.tax_cents,
+            "discount_cents": payment.discount_cents,
+            "stripe_charge_id": payment.stripe_charge_id,
+        },
         "audit": [
             {
                 "at": stamp(entry.at),
@@ -97,6 +121,29 @@ def job_details(session: Session, job_id: str) -> dict[str, Any]:
             }
             for r in refunds
         ],
+        "disputes": [
+            {
+                "id": d.id,
+                "status": d.status,
+                "reason": d.reason,
+                "amount_cents": d.amount_cents,
+                "currency": d.currency,
+                "created_at": stamp(d.created_at),
+                "closed_at": stamp(d.closed_at),
+            }
+            for d in disputes
+        ],
+        "events": list_events(session, job_id=job_id, limit=200),
+        "notifications": [
+            {
+                "key": n.key,
+                "kind": n.kind,
+                "sent_at": stamp(n.sent_at),
+                "attempts": n.attempts,
+                "last_error": n.last_error,
+            }
+            for n in notifications
+        ],
         "outbox": [
             {
                 "kind": m.kind,
@@ -108,3 +155,42 @@ def job_details(session: Session, job_id: str) -> dict[str, Any]:
             for m in outbox
         ],
     }
+
+
+def event_record(event: WebhookEvent, *, payload: bool = False) -> dict[str, Any]:
+    """A received Stripe event: id, type, job, outcome and why; the payload when asked."""
+    record: dict[str, Any] = {
+        "event_id": event.event_id,
+        "type": event.type,
+        "job_id": event.job_id,
+        "outcome": event.outcome,
+        "detail": event.detail,
+        "deliveries": event.deliveries,
+        "received_at": stamp(event.received_at),
+        "last_received_at": stamp(event.last_received_at),
+    }
+    if payload:
+        record["payload"] = json.loads(event.payload) if event.payload else None
+    return record
+
+
+def list_events(
+    session: Session,
+    job_id: str | None = None,
+    outcome: str | None = None,
+    event_type: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Received Stripe events, newest first, of one job, outcome or type when given."""
+    statement = (
+        select(WebhookEvent)
+        .order_by(WebhookEvent.received_at.desc(), WebhookEvent.event_id)
+        .limit(limit)
+    )
+    if job_id:
+        statement = statement.where(WebhookEvent.job_id == job_id)
+    if outcome:
+        statement = statement.where(WebhookEvent.outcome == outcome)
+    if event_type:
+        statement = statement.where(WebhookEvent.type == event_type)
+    return [event_record(event) for event in session.scalars(statement)]

@@ -94,15 +94,36 @@ class AuditEntry(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class EventOutcome(StrEnum):
+    """What a received Stripe event did (``webhook_events.outcome``)."""
+
+    APPLIED = "applied"  # it changed our records
+    NO_CHANGE = "no change"  # it was ours to handle, and there was nothing left to do
+    IGNORED = "ignored"  # not a type we act on, or not about a job of ours (``detail`` says)
+    UNKNOWN_JOB = "unknown job"  # names a job id we do not have
+    ERROR = "error"  # failed; rolled back, so the next delivery (or a replay) tries again
+
+
 class WebhookEvent(Base):
-    """A Stripe event that took effect: its id may never take effect again."""
+    """Every Stripe event received, with its payload and what it did.
+
+    The id is the once-only key: an event whose outcome is anything but
+    ``error`` never takes effect again, except by an admin's replay.
+    """
 
     __tablename__ = "webhook_events"
 
     event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     type: Mapped[str] = mapped_column(String(128))
-    job_id: Mapped[str | None] = mapped_column(String(64))
+    job_id: Mapped[str | None] = mapped_column(String(64), index=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    payload: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(
+        String(32), default=EventOutcome.APPLIED, server_default="applied"
+    )
+    detail: Mapped[str | None] = mapped_column(Text)
+    deliveries: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    last_received_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Payment(Base):
@@ -116,9 +137,51 @@ class Payment(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
     stripe_payment_intent_id: Mapped[str] = mapped_column(String(255), unique=True)
     stripe_session_id: Mapped[str] = mapped_column(String(255))
-    amount_cents: Mapped[int] = mapped_column(Integer)
+    amount_cents: Mapped[int] = mapped_column(Integer)  # what the buyer paid, tax included
     currency: Mapped[str] = mapped_column(String(3))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stripe_charge_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    tax_cents: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    discount_cents: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class Dispute(Base):
+    """A chargeback the buyer's bank opened on a job's payment, and how it ended."""
+
+    __tablename__ = "disputes"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # Stripe's dp_ id
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    stripe_charge_id: Mapped[str | None] = mapped_column(String(255))
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+    reason: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[str] = mapped_column(String(32))  # Stripe's: needs_response, won, lost ...
+    # What the job was when the dispute opened: a won dispute goes back to it.
+    job_status_before: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Notification(Base):
+    """One message to the seller (by email or signed webhook), sent once, retried until then."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_due", "sent_at", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    key: Mapped[str] = mapped_column(String(255), unique=True)  # what makes it once-only
+    channel: Mapped[str] = mapped_column(String(16))  # email | webhook
+    kind: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    body: Mapped[str] = mapped_column(Text)  # JSON
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 class OutboxMessage(Base):
@@ -151,6 +214,8 @@ class RefundStatus(StrEnum):
     PENDING = "pending"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    # Not needed after all: the charge was refunded at Stripe, or is disputed.
+    CANCELED = "canceled"
 
 
 class Refund(Base):

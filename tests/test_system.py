@@ -16,10 +16,16 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from sqlalchemy import delete
+from starlette.applications import Starlette
+from starlette.routing import Route
 from system import BIN, System, running_system
+from test_seller import SELLER_SECRET, SellerEndpoint
 
 from conftest import RABBITMQ_URL, postgres_database, purge_queues
-from servers import wait_for
+from gateway.store.database import create_database_engine, session_factory
+from gateway.store.tables import Refund
+from servers import serve, wait_for
 from shared.broker import Broker
 from shared.images import decode_image
 from shared.messages import EventKind, JobEvent
@@ -110,7 +116,11 @@ def test_a_corrupt_source_is_refunded_exactly_once(tmp_path):
         refunds = system.stripe.v1.refunds.list({"payment_intent": payment_intent}).data
         assert len(refunds) == 1
         assert refunds[0].reason == "requested_by_customer"
-        assert refunds[0].metadata.to_dict() == {"job_id": job_id, "failure_reason": failure}
+        assert refunds[0].metadata.to_dict() == {
+            "job_id": job_id,
+            "refund_key": f"refund-{job_id}-1",
+            "failure_reason": failure,
+        }
         assert [r["status"] for r in details["refunds"]] == ["succeeded"]
         assert len(system.mail.of_kind("refunded", job_id)) == 1
         assert not system.mail.of_kind("completed", job_id)
@@ -143,6 +153,13 @@ def test_reconciliation_finds_what_stripe_has_and_we_do_not(system):
         }
     )
     assert system.pay({"checkout_url": stray.url})["outcome"] == "paid"
+    # The Dashboard refund is recorded from its webhook; a database restored from a
+    # backup taken before it would not have it.
+    system.wait_for_status(job_id, "refunded")
+    engine = create_database_engine(system.env["SMI_DATABASE_URL"])
+    with session_factory(engine).begin() as session:
+        session.execute(delete(Refund).where(Refund.job_id == job_id))
+    engine.dispose()
 
     report = system.admin("GET", "/admin/reconciliation").json()
     found = {(m["kind"], m["stripe_id"]) for m in report["mismatches"]}
@@ -190,3 +207,77 @@ def test_on_the_embedded_broker_the_watchdog_recovers_a_killed_worker_s_job(tmp_
         assert any(e["source"] == "watchdog" and e["to"] == "pending" for e in trail), trail
         wait_for(lambda: system.mail.of_kind("completed", job_id), timeout=30)
         assert len(system.mail.of_kind("completed", job_id)) == 1
+
+
+def test_money_events_from_stripe_reach_the_job_and_the_seller_once(tmp_path):
+    """A Dashboard refund, a dispute won, a refund that fails later: real processes throughout,
+    the seller told by email and by signed webhook, each thing once."""
+    endpoint = SellerEndpoint()
+    hooks = Starlette(routes=[Route("/seller", endpoint.endpoint, methods=["POST"])])
+    purge_queues()
+    with (
+        serve(hooks) as hooks_url,
+        postgres_database() as url,
+        running_system(
+            tmp_path,
+            url,
+            RABBITMQ_URL,
+            SMI_SELLER_EMAIL="seller@shop.test",
+            SMI_SELLER_WEBHOOK_URL=f"{hooks_url}/seller",
+            SMI_SELLER_WEBHOOK_SECRET=SELLER_SECRET,
+        ) as system,
+    ):
+        system.start_worker()
+        refunded = system.buy("photo.png")
+        disputed = system.checkout("photo.png")
+        assert system.pay(disputed, card="4000000000000259")["outcome"] == "paid"
+        failing = system.checkout("photo.png")
+        assert system.pay(failing, card="4000000000005126")["outcome"] == "paid"
+        disputed_id, failing_id = disputed["job_id"], failing["job_id"]
+
+        link = system.wait_for_status(refunded, "completed")["download_url"]
+        intent = system.admin("GET", f"/admin/jobs/{refunded}").json()["job"][
+            "stripe_payment_intent_id"
+        ]
+        system.stripe.v1.refunds.create({"payment_intent": intent})  # in the Dashboard
+        system.wait_for_status(refunded, "refunded")
+        assert httpx.get(link, timeout=30).status_code == 410
+
+        system.wait_for_status(disputed_id, "disputed")
+        (dispute,) = system.admin("GET", f"/admin/jobs/{disputed_id}").json()["disputes"]
+        time.sleep(3)  # the worker finishes meanwhile; nothing is delivered
+        assert system.status(disputed_id)["status"] == "disputed"
+        system.stripe.v1.disputes.update(
+            dispute["id"], {"evidence": {"uncategorized_text": "winning_evidence"}}
+        )
+        won = system.wait_for_status(disputed_id, "completed")
+        assert httpx.get(won["download_url"], timeout=30).status_code == 200
+
+        system.wait_for_status(failing_id, "completed")
+        assert system.admin("POST", f"/admin/jobs/{failing_id}/refund", json={}).status_code == 202
+        system.wait_for_status(failing_id, "refund_failed")
+
+        expected = {
+            "sale": 3,
+            "refund": 2,
+            "refund_failed": 1,
+            "dispute_opened": 1,
+            "dispute_closed": 1,
+        }
+        wait_for(
+            lambda: {kind: len(endpoint.of_type(kind)) for kind in expected} == expected,
+            timeout=60,
+        )
+        wait_for(
+            lambda: {k: len(system.mail.of_kind(f"seller-{k}")) for k in expected} == expected,
+            timeout=60,
+        )
+        time.sleep(3)  # nothing twice
+        assert {kind: len(endpoint.of_type(kind)) for kind in expected} == expected
+        events = system.admin("GET", "/admin/events", params={"limit": 1000}).json()["events"]
+        # A dispute may have come before its payment (503, stored as an error): delivered
+        # again, it was applied; nothing is left failed.
+        assert [e for e in events if e["outcome"] in ("error", "unknown job")] == []
+        report = system.admin("GET", "/admin/reconciliation").json()
+        assert report["mismatches"] == [], report
+    purge_queues()

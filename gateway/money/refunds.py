@@ -153,10 +153,34 @@ def refunded_at_stripe(session: Session, charge: Mapping[str, Any], source: str)
     if not charge.get("refunded"):
         record_audit(session, job, f"partly refunded at Stripe: {refunded} of {amount}", source)
         return True
+    if _a_refund_failed_since(session, job):
+        record_audit(session, job, "charge.refunded is out of date: a refund failed since", source)
+        return True
     if not refunded_in_full(session, job, source):
         return False
     log.info("refunded at Stripe", extra={"job_id": job.id, "source": source})
     return True
+
+
+def _a_refund_failed_since(session: Session, job: Job) -> bool:
+    """Whether a refund Stripe reported failed leaves the payment no longer refunded in full
+    (a ``charge.refunded`` delivered after ``refund.failed`` tells an older state)."""
+    failed = session.scalar(
+        select(func.count()).where(
+            Refund.job_id == job.id,
+            Refund.status == RefundStatus.FAILED,
+            Refund.stripe_refund_id.is_not(None),
+        )
+    )
+    if not failed:
+        return False
+    payment = payment_of(session, job)
+    back = session.scalar(
+        select(func.coalesce(func.sum(Refund.amount_cents), 0)).where(
+            Refund.job_id == job.id, Refund.status == RefundStatus.SUCCEEDED
+        )
+    )
+    return payment is not None and int(back or 0) < payment.amount_cents
 
 
 def refund_reported(session: Session, refund: Mapping[str, Any], source: str) -> bool:

@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS := models/weights/RealESRGAN_x4plus.ncnn.pth
 
-.PHONY: setup weights browser demo compare test test-fast lint bench gpu-bundle gpu-rehearsal gpu-bench clean
+.PHONY: setup weights browser ops-tools demo compare test test-fast lint bench gpu-bundle gpu-rehearsal gpu-bench clean
 
 setup: $(STAMP) $(WEIGHTS)
 
@@ -40,16 +40,22 @@ compare: setup
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
+# promtool checks and unit-tests the alert rules in deploy/prometheus (Debian's prometheus
+# package; its server is not started).
+ops-tools:
+	command -v promtool >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: setup browser lint
+test: setup browser ops-tools lint
 	$(BIN)/pytest
 
 # For development: everything but the tests marked slow (the fault suite, whole-system runs).
-test-fast: setup lint
+test-fast: setup ops-tools lint
 	$(BIN)/pytest -m "not slow"
 
 BENCH := $(BIN)/smi-bench --input-size 128 --tile 64 --overlap 10 --baseline --no-seams --warmup 1 --repeat 15

@@ -11,11 +11,14 @@ Configuration comes from ``SMI_*`` variables; every problem is listed at once.
 from __future__ import annotations
 
 import argparse
+import atexit
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from types import FrameType
@@ -63,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "port": args.port,
         "log_level": "info",
         "access_log": args.access_log,
+        "log_config": None,  # its lines go through ours (JSON, with job ids)
     }
     if args.workers > 1:
         return _serve_workers(args.host, args.port, args.workers, args.access_log)
@@ -77,6 +81,12 @@ def _serve_workers(host: str, port: int, workers: int, access_log: bool) -> int:
     one shared socket (uvicorn's ``--workers``) it often hands every
     kept-alive connection to the same process, leaving the others idle.
     """
+    # Each process counts into files here; whichever one a scrape reaches adds them up
+    # (gateway.metrics). A fresh folder per start: old processes' counts must not linger.
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        folder = tempfile.mkdtemp(prefix="smi-metrics-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(target=_serve_one, args=(host, port, access_log), name=f"gateway-{n}")
@@ -119,7 +129,7 @@ def _serve_one(host: str, port: int, access_log: bool) -> None:
     sock.listen(2048)
     configure_service_logging()
     app = create_app(GatewayConfig.from_env())
-    config = uvicorn.Config(app, log_level="info", access_log=access_log)
+    config = uvicorn.Config(app, log_level="info", access_log=access_log, log_config=None)
     uvicorn.Server(config).run(sockets=[sock])
 
 

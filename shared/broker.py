@@ -133,6 +133,36 @@ class Broker:
         """
         _Consumer(self, source, handle, prefetch, stop, drain_timeout_s).run_until_stopped()
 
+    def queue_stats(self, names: list[str], timeout_s: float = 3.0) -> dict[str, tuple[int, int]]:
+        """Each queue's (messages waiting, consumers attached), on a connection of its own.
+
+        A queue not declared yet counts (0, 0). ``BrokerError`` when the broker
+        does not answer within ``timeout_s``.
+        """
+        connection = self.connection()
+        connection.connect_timeout = timeout_s  # type: ignore[assignment]
+        stats: dict[str, tuple[int, int]] = {}
+        try:
+            connection.ensure_connection(max_retries=0, timeout=timeout_s)
+            for name in names:
+                channel = connection.channel()
+                try:
+                    _, messages, consumers = channel.queue_declare(queue=name, passive=True)
+                    stats[name] = (int(messages), int(consumers))
+                except _KOMBU_ERRORS:
+                    raise
+                except Exception:  # not declared yet (a 404 closes the channel)
+                    stats[name] = (0, 0)
+                finally:
+                    with contextlib.suppress(Exception):
+                        channel.close()
+        except _KOMBU_ERRORS as exc:
+            raise BrokerError(f"the broker does not answer: {exc}") from exc
+        finally:
+            with contextlib.suppress(Exception):
+                connection.release()
+        return stats
+
     def close(self) -> None:
         """Release the publishing connection (a later publish opens a new one)."""
         with self._lock:

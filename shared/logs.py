@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -62,12 +63,33 @@ class TextFormatter(logging.Formatter):
         return f"{first} {fields}{newline}{rest}"
 
 
+# Job ids as ``gateway.store.lifecycle.new_job_id`` makes them.
+_JOB_ID = re.compile(r"(?<![\w-])job_[\w-]{22}(?![\w-])")
+
+
+class JobIdFilter(logging.Filter):
+    """A line that names a job in its text (an access log's path, a library's message)
+    but not in its fields gets the ``job_id`` field too: a job's whole life is one search."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "job_id", None) is None:
+            found = _JOB_ID.search(record.getMessage())
+            if found:
+                record.job_id = found.group(0)
+        return True
+
+
 def configure_service_logging() -> None:
-    """INFO and above to stderr: text on a terminal, JSON lines otherwise."""
+    """INFO and above to stderr: text on a terminal, JSON lines otherwise.
+
+    uvicorn's own loggers (started with ``log_config=None``) come here too, so
+    its access lines are JSON with the rest.
+    """
     choice = os.environ.get("SMI_LOG_FORMAT", "").strip().lower()
     as_json = choice == "json" or (choice != "text" and not sys.stderr.isatty())
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if as_json else TextFormatter())
+    handler.addFilter(JobIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)

@@ -13,6 +13,7 @@ side knows the other's URLs or database.
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import secrets
 import time
@@ -101,6 +102,17 @@ class Storage:
             if stamp and stamp < cutoff:
                 keys.append(posixpath.relpath(path, self.root))
         return sorted(keys)
+
+    def check(self) -> None:
+        """Write, read back and delete a small object; raises ``OSError`` when storage fails."""
+        key = f"health/{secrets.token_hex(8)}"
+        try:
+            self.put(key, b"ok")
+            if self.get(key) != b"ok":
+                raise OSError("storage returned other bytes than were written")
+        finally:
+            with contextlib.suppress(Exception):
+                self.delete(key)
 
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self.path(key)))

@@ -49,6 +49,7 @@ from shared.images import decode_image
 from shared.messages import EventKind, JobEvent, MessageError, PreviewRequest, UpscaleRequest
 from shared.storage import Storage
 from shared.topology import EVENTS_QUEUE, PREVIEW_QUEUE, UPSCALE_QUEUE
+from upscaler import metrics
 from upscaler.errors import PERMANENT, PermanentError, UpscalerError
 from upscaler.images import encode_image, ensure_encodable, output_format
 from upscaler.pipeline import Upscaler
@@ -61,6 +62,9 @@ log = logging.getLogger(__name__)
 # the device, one on it, one being finished.
 PIPELINE_PREFETCH = 4
 REPORT_POLL_S = 0.05
+
+
+STORAGE_RETRY_S = 5.0
 
 
 class SourceMissingError(PermanentError):
@@ -107,6 +111,8 @@ class Job:
     fraction: float = 0.0
     reported: float = 0.0  # the ``started`` event says 0
     stages: dict[str, float] = field(default_factory=dict)
+    received: float = field(default_factory=time.monotonic)
+    output_pixels: int = 0
 
     @property
     def context(self) -> dict[str, Any]:
@@ -191,6 +197,30 @@ class UpscaleWorker:
             self._finished.set()
             reporter.join()
 
+    def readiness(self) -> dict[str, str | None]:
+        """What ``/readyz`` reports: ``None`` for each check that passes, else why not."""
+        checks: dict[str, str | None] = {}
+        for name, check in (
+            ("broker", lambda: self.broker.queue_stats([UPSCALE_QUEUE.name])),
+            ("storage", self.storage.check),
+        ):
+            try:
+                check()
+                checks[name] = None
+            except Exception as exc:
+                checks[name] = f"{type(exc).__name__}: {exc}"[:300]
+        checks["model"] = None if self._upscalers else "no model loaded yet"
+        return checks
+
+    def _wait_for_storage(self, job: Job) -> None:
+        """Hold the prepare stage (no new job starts) until storage answers or we stop."""
+        while not self.stop.is_set():
+            problem = self.readiness()["storage"]
+            if problem is None:
+                return
+            log.warning("storage not ready, no job taken: %s", problem, extra=job.context)
+            self.stop.wait(STORAGE_RETRY_S)
+
     def _on_delivery(self, delivery: Delivery) -> None:
         try:
             request = UpscaleRequest.from_json(delivery.body)
@@ -211,6 +241,7 @@ class UpscaleWorker:
         try:
             self.make_preview(request)
         except Exception as exc:  # the gateway shows "preview unavailable"; nothing is owed
+            metrics.PREVIEWS.labels(outcome="failed").inc()
             log.warning("preview failed: %s", exc, extra=context)
             with contextlib.suppress(OSError):
                 self.storage.put(f"{request.prefix}/error.txt", str(exc)[:500].encode())
@@ -242,6 +273,7 @@ class UpscaleWorker:
         before = cv2.resize(crop, (width, height), interpolation=cv2.INTER_CUBIC)
         self.storage.put(f"{request.prefix}/before.png", encode_image(before, "png"))
         self.storage.put(f"{request.prefix}/after.png", encode_image(after, "png"))
+        metrics.PREVIEWS.labels(outcome="made").inc()
         log.info(
             "preview made in %.2f s",
             time.perf_counter() - started,
@@ -296,6 +328,10 @@ class UpscaleWorker:
             data = self.storage.get(request.source_key)
         except FileNotFoundError as exc:
             raise SourceMissingError(f"no source image at {request.source_key}") from exc
+        except OSError:
+            # Storage itself is away: take no job (and fail none) until it answers again.
+            self._wait_for_storage(job)
+            data = self.storage.get(request.source_key)
         image = decode_image(data, max_pixels=self.config.max_pixels)
         fmt = output_format(Path(request.result_key))
         ensure_encodable(len(image.mode), image.pixels.dtype, fmt)  # before the device's time
@@ -325,6 +361,7 @@ class UpscaleWorker:
             self._buffers.give(source)
             job.pixels = None
         job.result = result.pixels
+        job.output_pixels = shape[0] * shape[1]
         job.stages["upscale_s"] = time.perf_counter() - started
         job.stages["model_s"] = result.infer_s
         return True
@@ -352,6 +389,13 @@ class UpscaleWorker:
             result_key=job.request.result_key,
             extra={name: round(seconds, 3) for name, seconds in stages.items()},
         )
+        metrics.JOBS.labels(outcome="completed").inc()
+        if "upscale_s" in stages:  # not an announcement of a result stored before
+            metrics.JOB_SECONDS.observe(time.monotonic() - job.received)
+            metrics.MODEL_SECONDS.observe(stages.get("model_s", 0.0))
+            metrics.OUTPUT_MEGAPIXELS.inc(job.output_pixels / 1e6)
+            for stage in ("prepare", "upscale", "encode", "store"):
+                metrics.STAGE_SECONDS.labels(stage=stage).observe(stages.get(f"{stage}_s", 0.0))
         self._settle(job)
 
     def _failed(self, job: Job, exc: Exception) -> None:
@@ -363,6 +407,7 @@ class UpscaleWorker:
         request, context = job.request, job.context
         try:
             if isinstance(exc, PERMANENT):
+                metrics.JOBS.labels(outcome="failed").inc()
                 log.warning("job failed for good: %s", exc, extra=context)
                 self.events.publish(
                     request, EventKind.FAILED, error=_describe(exc), retryable=False
@@ -370,6 +415,7 @@ class UpscaleWorker:
             elif job.tries >= self.config.max_attempts:
                 if not isinstance(exc, UpscalerError | OSError):
                     log.error("unexpected error", exc_info=exc, extra=context)
+                metrics.JOBS.labels(outcome="failed").inc()
                 error = f"{_describe(exc)} (after {job.tries} tries)"
                 self.events.publish(request, EventKind.FAILED, error=error, retryable=True)
             else:
@@ -378,6 +424,7 @@ class UpscaleWorker:
                     "try %d failed, again in %.1fs: %s", job.tries, delay, exc, extra=context
                 )
                 job.tries += 1
+                metrics.JOBS.labels(outcome="retried").inc()
                 timer = threading.Timer(delay, self._inbox.put, args=(job,))
                 timer.daemon = True
                 timer.start()

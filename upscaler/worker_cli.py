@@ -22,6 +22,7 @@ from shared.env import ConfigError
 from shared.logs import configure_service_logging
 from shared.storage import Storage
 from upscaler.errors import UpscalerError
+from upscaler.metrics import serve_health
 from upscaler.registry import ModelRegistry
 from upscaler.worker import UpscaleWorker
 from upscaler.worker_config import WorkerConfig
@@ -67,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    if config.metrics_port is not None:
+        health = serve_health(config.metrics_port, worker.readiness)
+        log.info("metrics and health on port %d", health.server_address[1])
     log.info(
         "worker %s ready on %s (%s, %s, warm-up %.1fs)",
         config.name,

@@ -50,6 +50,7 @@ class WorkerConfig:
     heartbeat_s: float
     progress_interval_s: float
     max_jobs: int = 0  # stop after this many jobs (0: never); for tests and rolling restarts
+    metrics_port: int | None = None  # /metrics, /healthz, /readyz (None: not served)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> WorkerConfig:
@@ -84,6 +85,9 @@ class WorkerConfig:
             retry_backoff_s=env.number("WORKER_RETRY_BACKOFF_S", 2.0, minimum=0),
             heartbeat_s=env.number("WORKER_HEARTBEAT_S", 15.0, minimum=0.1),
             progress_interval_s=env.number("WORKER_PROGRESS_INTERVAL_S", 1.0, minimum=0),
+            metrics_port=int(env.number("WORKER_METRICS_PORT", 0, minimum=0, maximum=65535))
+            if env.text("WORKER_METRICS_PORT", "")
+            else None,
         )
         env.check()
         return config

@@ -31,8 +31,9 @@ from starlette.routing import Route
 
 from gateway.delivery.emails import resend_links
 from gateway.delivery.links import DownloadLinks
-from gateway.errors import RequestError
+from gateway.errors import GatewayError, RequestError
 from gateway.http.requests import email_in, in_session, off_loop, read_json, services_of
+from gateway.metrics import CHECKOUTS
 from gateway.money.checkout import origin_of, parse_checkout_request, start_checkout
 from gateway.money.currencies import exponent
 from gateway.money.fulfilment import fulfil_on_return
@@ -50,6 +51,18 @@ SESSION_HEADER = "X-Checkout-Session"
 
 
 async def checkout(request: Request) -> Response:
+    try:
+        response = await _checkout(request)
+    except Exception as exc:
+        CHECKOUTS.labels(
+            outcome=type(exc).__name__ if isinstance(exc, GatewayError) else "error"
+        ).inc()
+        raise
+    CHECKOUTS.labels(outcome="created").inc()
+    return response
+
+
+async def _checkout(request: Request) -> Response:
     services = services_of(request)
     request.app.state.checkout_limits.take(request.client.host if request.client else "")
     body = await read_json(request, BODY_LIMIT)

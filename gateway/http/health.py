@@ -1,14 +1,70 @@
-"""``GET /healthz``: the process answers."""
+"""``GET /healthz`` (the process answers), ``/readyz`` (what it needs answers), ``/metrics``.
+
+``/readyz`` checks the database (``SELECT 1``), the broker (its queues, on a
+connection of its own) and storage (a small object written, read, deleted),
+each with a short timeout, and answers 200, or 503 naming what failed:
+
+    {"ready": false, "checks": {"database": "ok", "broker": "the broker does not answer: ...",
+                                "storage": "ok"}}
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from gateway.http.requests import services_of
+from gateway.metrics import render
+from gateway.services import Services
+from shared.topology import UPSCALE_QUEUE
+
+READY_TIMEOUT_S = 3.0
 
 
 async def healthz(request: Request) -> Response:
     return JSONResponse({"ok": True})
 
 
-ROUTES = [Route("/healthz", healthz, methods=["GET"])]
+async def readyz(request: Request) -> Response:
+    checks = await run_in_threadpool(readiness, services_of(request))
+    ready = all(result == "ok" for result in checks.values())
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+def readiness(services: Services) -> dict[str, str]:
+    """Each dependency: ``ok`` or why not."""
+    checks: dict[str, str] = {}
+    for name, check in (
+        ("database", lambda: _database(services)),
+        ("broker", lambda: services.broker.queue_stats([UPSCALE_QUEUE.name], READY_TIMEOUT_S)),
+        ("storage", services.storage.check),
+    ):
+        try:
+            check()
+            checks[name] = "ok"
+        except Exception as exc:  # each failure is reported, none stops the others
+            checks[name] = f"{type(exc).__name__}: {exc}"[:300]
+    return checks
+
+
+def _database(services: Services) -> Any:
+    with services.engine.connect() as connection:
+        return connection.execute(text("SELECT 1")).scalar_one()
+
+
+async def metrics(request: Request) -> Response:
+    services = services_of(request)
+    body, content_type = await run_in_threadpool(render, services.sessions, services.broker)
+    return Response(body, media_type=content_type)
+
+
+ROUTES = [
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]

@@ -2,28 +2,41 @@
 
 from __future__ import annotations
 
+import time
+
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.http.requests import read_body, services_of
-from gateway.money.stripe_events import apply_event, verify_event
+from gateway.metrics import WEBHOOK_EVENTS, WEBHOOK_SECONDS
+from gateway.money.stripe_events import HANDLERS, apply_event, verify_event
 
 BODY_LIMIT = 1024 * 1024
 
 
 async def stripe_webhook(request: Request) -> Response:
     services = services_of(request)
-    payload = await read_body(request, BODY_LIMIT)
-    stripe = services.config.stripe
-    event = verify_event(
-        payload,
-        request.headers.get("stripe-signature"),
-        stripe.webhook_secret,
-        live=stripe.mode == "live",
-    )
-    result = await run_in_threadpool(apply_event, services.sessions, event, services.payments)
+    started = time.perf_counter()
+    event_type, outcome = "unknown", "refused"
+    try:
+        payload = await read_body(request, BODY_LIMIT)
+        stripe = services.config.stripe
+        event = verify_event(
+            payload,
+            request.headers.get("stripe-signature"),
+            stripe.webhook_secret,
+            live=stripe.mode == "live",
+        )
+        # Only types we know become labels: a label per made-up type would grow forever.
+        event_type = event["type"] if event["type"] in HANDLERS else "other"
+        outcome = "error"
+        result = await run_in_threadpool(apply_event, services.sessions, event, services.payments)
+        outcome = result
+    finally:
+        WEBHOOK_EVENTS.labels(type=event_type, outcome=outcome).inc()
+        WEBHOOK_SECONDS.observe(time.perf_counter() - started)
     return JSONResponse({"received": True, "result": result})
 
 

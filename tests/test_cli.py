@@ -155,3 +155,41 @@ def test_bench_prints_stages_and_writes_json(registry, tmp_path):
     assert report["baseline"]["upscale_s"] > 0
     assert report["seams"]["untiled_ours_vs_baseline_max_abs"] <= 1
     assert "speed ratio" in done.stdout and "seams ours" in done.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU here: cuda is accepted")
+def test_the_worker_image_s_settings_without_a_gpu_say_so_and_cpu_still_works(tmp_path):
+    """SMI_WORKER_DEVICE=cuda (as the image sets it) on a machine without a GPU: one clear
+    line and exit 1; ``--device cpu`` then runs with the CPU's precision."""
+    env = {
+        **os.environ,
+        "SMI_WORKER_DEVICE": "cuda",
+        "SMI_BROKER_URL": f"filesystem://{tmp_path / 'broker'}",
+        "SMI_STORAGE_URL": f"file://{tmp_path / 'storage'}",
+        "SMI_LOG_FORMAT": "text",
+    }
+    bin_dir = Path(sys.executable).parent
+    refused = subprocess.run(
+        [bin_dir / "smi-worker"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "smi-worker: no CUDA GPU is visible to PyTorch, so cuda is refused"
+    )
+    started = subprocess.Popen(
+        [bin_dir / "smi-worker", "--device", "cpu"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert started.stderr is not None
+        for line in started.stderr:
+            if "ready on" in line:
+                assert "ready on cpu (fp32" in line
+                break
+        else:
+            raise AssertionError("the worker never said it was ready")
+    finally:
+        started.terminate()
+        started.wait(timeout=60)

@@ -433,6 +433,16 @@ class TestBadInput:
         response = stack.checkout(image_url="http://example.com/cat.jpg")
         assert response.status_code == 422 and "not accepted" in response.text
 
+    def test_unknown_paths_and_methods_answer_in_the_error_shape(self, stack):
+        for method, path, status in (
+            ("GET", "/downloads/.", 404),  # normalised to /downloads/: no such route
+            ("GET", "/nowhere", 404),
+            ("DELETE", "/api/checkout", 405),
+        ):
+            response = httpx.request(method, f"{stack.gateway}{path}", timeout=30)
+            assert response.status_code == status
+            assert response.json()["error"]["type"] in ("not_found", "method_not_allowed")
+
     def test_unknown_jobs_are_404(self, stack):
         response = httpx.get(f"{stack.gateway}/api/jobs/job_nope")
         assert response.status_code == 404 and response.json()["error"]["type"] == "not_found"

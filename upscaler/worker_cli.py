@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from shared.logs import configure_service_logging
 from shared.storage import Storage
 from upscaler.errors import UpscalerError
 from upscaler.metrics import serve_health
+from upscaler.options import default_precision
 from upscaler.registry import ModelRegistry
 from upscaler.worker import UpscaleWorker
 from upscaler.worker_config import WorkerConfig
@@ -51,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch": args.batch,
         "max_jobs": args.max_jobs,
     }
+    if args.device and not args.precision and not os.environ.get("SMI_WORKER_PRECISION"):
+        # The precision follows the device asked for here, not the one of the environment.
+        overrides["precision"] = default_precision(args.device)
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     broker = Broker(config.broker_url)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -82,4 +83,19 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     return error_response(GatewayError("something went wrong on our side"))
 
 
-HANDLERS = {GatewayError: gateway_error, Exception: unexpected_error}
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own answers (no such route, method not allowed) in our error shape."""
+    assert isinstance(exc, HTTPException)
+    kinds = {404: "not_found", 405: "method_not_allowed"}
+    return JSONResponse(
+        {"error": {"type": kinds.get(exc.status_code, "http_error"), "message": exc.detail}},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+HANDLERS = {
+    GatewayError: gateway_error,
+    HTTPException: http_error,
+    Exception: unexpected_error,
+}

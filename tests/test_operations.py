@@ -18,8 +18,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from proxy import TcpProxy
 from system import BIN, running_system
-from test_gateway_app import start_stack
-from test_recovery import TOKEN, Loop
+from test_recovery import Loop, hand_driven
 
 from conftest import RABBITMQ_URL, postgres_database, purge_queues
 from servers import free_port, wait_for
@@ -85,14 +84,8 @@ def test_the_alert_rules_are_valid_and_fire_on_what_they_should():
 
 @pytest.fixture
 def loop(database_url, tmp_path) -> Iterator[Loop]:
-    settings = {
-        "SMI_BACKGROUND_IN_PROCESS": "false",
-        "SMI_ADMIN_TOKEN": TOKEN,
-        "SMI_REFUND_BACKOFF_S": "0",
-        "SMI_MAIL_DIR": str(tmp_path / "mail"),
-    }
-    with start_stack(database_url, tmp_path, **settings) as stack:
-        yield Loop(stack, stack.sessions())
+    with hand_driven(database_url, tmp_path) as hand:
+        yield hand
 
 
 def test_a_purchase_and_a_refund_move_the_counters_by_exactly_those(loop):

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from email import policy
@@ -100,16 +101,24 @@ class Loop:
         )
 
 
-@pytest.fixture
-def loop(database_url, tmp_path) -> Iterator[Loop]:
+@contextmanager
+def hand_driven(database_url: str, tmp_path: Path, **extra: str) -> Iterator[Loop]:
+    """A gateway whose background work the test drives by hand (``Loop``)."""
     settings = {
         "SMI_BACKGROUND_IN_PROCESS": "false",
         "SMI_ADMIN_TOKEN": TOKEN,
         "SMI_REFUND_BACKOFF_S": "0",
         "SMI_MAIL_DIR": str(tmp_path / "mail"),
+        **extra,
     }
     with start_stack(database_url, tmp_path, **settings) as stack:
         yield Loop(stack, stack.sessions())
+
+
+@pytest.fixture
+def loop(database_url, tmp_path) -> Iterator[Loop]:
+    with hand_driven(database_url, tmp_path) as hand:
+        yield hand
 
 
 def test_worker_events_drive_the_job_and_queue_each_email_once(loop):

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,10 +29,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from test_gateway_app import post_event, start_stack
-from test_recovery import TOKEN, Loop
+from test_recovery import TOKEN, Loop, hand_driven
 
 from gateway.delivery.mailer import Mailer
 from gateway.delivery.seller import SellerNotifier
+from gateway.money.payments import Payments
+from gateway.money.reconciliation import Reconciler
 from gateway.store.tables import Dispute, Notification, Payment, Refund, WebhookEvent
 from servers import MailSink, serve, wait_for
 from shared.messages import EventKind
@@ -100,27 +103,25 @@ class Shop:
             return list(session.scalars(query))
 
 
-def shop_settings(endpoint_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {
-        "SMI_BACKGROUND_IN_PROCESS": "false",
-        "SMI_ADMIN_TOKEN": TOKEN,
-        "SMI_REFUND_BACKOFF_S": "0",
-        "SMI_MAIL_DIR": str(tmp_path / "mail"),
-        "SMI_SELLER_EMAIL": "seller@shop.test",
-        "SMI_SELLER_WEBHOOK_URL": endpoint_url,
-        "SMI_SELLER_WEBHOOK_SECRET": SELLER_SECRET,
-        **extra,
-    }
+@contextmanager
+def open_shop(database_url: str, tmp_path: Path, **extra: str) -> Iterator[Shop]:
+    """A hand-driven gateway whose seller listens by email and by signed webhook."""
+    endpoint = SellerEndpoint()
+    hooks = Starlette(routes=[Route("/seller", endpoint.endpoint, methods=["POST"])])
+    with serve(hooks) as hooks_url, MailSink() as mail:
+        seller = {
+            "SMI_SELLER_EMAIL": "seller@shop.test",
+            "SMI_SELLER_WEBHOOK_URL": f"{hooks_url}/seller",
+            "SMI_SELLER_WEBHOOK_SECRET": SELLER_SECRET,
+        }
+        with hand_driven(database_url, tmp_path, **seller, **extra) as loop:
+            yield Shop(loop, mail, endpoint)
 
 
 @pytest.fixture
 def shop(database_url, tmp_path) -> Iterator[Shop]:
-    endpoint = SellerEndpoint()
-    hooks = Starlette(routes=[Route("/seller", endpoint.endpoint, methods=["POST"])])
-    with serve(hooks) as hooks_url, MailSink() as mail:
-        settings = shop_settings(f"{hooks_url}/seller", tmp_path)
-        with start_stack(database_url, tmp_path, **settings) as stack:
-            yield Shop(Loop(stack, stack.sessions()), mail, endpoint)
+    with open_shop(database_url, tmp_path) as opened:
+        yield opened
 
 
 def test_dashboard_refunds_are_recorded_partial_then_full_and_the_seller_told_once(shop):
@@ -342,19 +343,15 @@ def test_an_event_before_its_payment_is_refused_for_now_then_applied(database_ur
 
 @pytest.fixture
 def options_shop(database_url, tmp_path) -> Iterator[Shop]:
-    endpoint = SellerEndpoint()
-    hooks = Starlette(routes=[Route("/seller", endpoint.endpoint, methods=["POST"])])
-    with serve(hooks) as hooks_url, MailSink() as mail:
-        settings = shop_settings(
-            f"{hooks_url}/seller",
-            tmp_path,
-            SMI_ALLOW_PROMOTION_CODES="true",
-            SMI_AUTOMATIC_TAX="true",
-            SMI_INVOICE_CREATION="true",
-            SMI_COLLECT_BILLING_ADDRESS="true",
-        )
-        with start_stack(database_url, tmp_path, **settings) as stack:
-            yield Shop(Loop(stack, stack.sessions()), mail, endpoint)
+    with open_shop(
+        database_url,
+        tmp_path,
+        SMI_ALLOW_PROMOTION_CODES="true",
+        SMI_AUTOMATIC_TAX="true",
+        SMI_INVOICE_CREATION="true",
+        SMI_COLLECT_BILLING_ADDRESS="true",
+    ) as opened:
+        yield opened
 
 
 def test_checkout_options_pass_through_and_what_stripe_took_is_what_is_recorded(options_shop):
@@ -418,3 +415,38 @@ def test_a_wrong_code_or_missing_country_changes_nothing(options_shop):
     refused = loop.stack.pay(body["checkout_url"], "4242424242424242")
     assert refused["outcome"] == "address_required"
     assert loop.job(body["job_id"]).status == "awaiting_payment"
+
+
+def test_a_lasting_reconciliation_mismatch_is_sent_to_the_seller_once(shop):
+    loop = shop.loop
+    loop.buy()
+    # A session paid at Stripe that no job knows (another tool on the same account).
+    stray = loop.stack.stripe.v1.checkout.sessions.create(
+        {
+            "mode": "payment",
+            "success_url": "http://shop.test/",
+            "metadata": {"job_id": "job_made_up_elsewhere_000000"},
+            "line_items": [
+                {
+                    "price_data": {
+                        "currency": "usd",
+                        "unit_amount": 700,
+                        "product_data": {"name": "Something else"},
+                    },
+                    "quantity": 1,
+                }
+            ],
+        }
+    )
+    assert loop.stack.pay(str(stray.url), "4242424242424242")["outcome"] == "paid"
+    reconciler = Reconciler(loop.sessions, Payments(loop.stack.config.stripe))
+    reconciler.check()
+    assert shop.rows(Notification, kind="reconciliation_mismatch") == []  # once may be a race
+    reconciler.check()
+    reconciler.check()
+    rows = shop.rows(Notification, kind="reconciliation_mismatch")
+    assert len(rows) == 2  # one by email, one by webhook
+    shop.notify()
+    (notice,) = shop.endpoint.of_type("reconciliation_mismatch")
+    assert notice["mismatch"] == "paid_session_without_job" and notice["stripe_id"] == stray.id
+    assert shop.mail.of_kind("seller-reconciliation_mismatch")

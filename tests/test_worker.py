@@ -281,3 +281,42 @@ def test_a_stopping_worker_hands_back_what_it_has_not_started(storage, registry)
         left = connection.SimpleQueue(UPSCALE_QUEUE).qsize()
     assert len(completed) + left == 4 and left >= 1
     purge_queues()
+
+
+class FlakyStorage(Storage):
+    """Storage that is away (every call raises ``OSError``) until ``back`` is set."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.back = threading.Event()
+        self.refused = 0
+
+    def get(self, key: str) -> bytes:
+        self._answer()
+        return super().get(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        self._answer()
+        super().put(key, data)
+
+    def _answer(self) -> None:
+        if not self.back.is_set():
+            self.refused += 1
+            raise OSError("connection refused (storage away)")
+
+
+def test_while_storage_is_away_the_worker_takes_no_job_and_fails_none(
+    tmp_path, registry, monkeypatch
+):
+    monkeypatch.setattr("upscaler.worker.STORAGE_RETRY_S", 0.1)
+    broker_url = f"filesystem://{tmp_path / 'broker'}"
+    good = Storage(f"file://{tmp_path / 'storage'}")
+    photo(good, "jobs/j1/source.png")
+    submit(broker_url, UpscaleRequest("j1", "jobs/j1/source.png", "jobs/j1/result.png").to_json())
+    flaky = FlakyStorage(good.url)
+    threading.Timer(2.0, flaky.back.set).start()  # far more than max_attempts tries' worth
+    worker = run_worker(broker_url, flaky, registry, jobs=1, max_attempts=2)
+    assert flaky.refused > 2 and worker.readiness()["storage"] is None
+    kinds = [event.kind for event in events_of(broker_url, None)]
+    assert EventKind.FAILED not in kinds and EventKind.COMPLETED in kinds
+    assert good.exists("jobs/j1/result.png")

@@ -168,14 +168,27 @@ def test_readyz_names_the_broker_while_it_is_away_and_metrics_add_up_over_proces
             system.start_worker(SMI_WORKER_METRICS_PORT=str(worker_port))
             worker = f"http://127.0.0.1:{worker_port}"
             wait_for(lambda: _status(worker, "/readyz") == 200, timeout=120)
-            # Two purchases, webhooks to the first gateway; the 2-process one counts the same.
+            # Two purchases and one refund, webhooks to the first gateway; the 2-process
+            # one counts exactly those, whichever of its processes answers.
+            before = scrape(gateway)
             jobs = [system.buy() for _ in range(2)]
             for job_id in jobs:
                 system.wait_for_status(job_id, "completed")
-            wait_for(
-                lambda: value(scrape(gateway), "smi_payments_total", currency="usd") == 2,
-                timeout=60,
-            )
+            refund = system.admin("POST", f"/admin/jobs/{jobs[0]}/refund", json={"reason": "x"})
+            assert refund.status_code == 202
+            system.wait_for_status(jobs[0], "refunded")
+
+            def moved(name: str, **labels: str) -> float:
+                return value(scrape(gateway), name, **labels) - value(before, name, **labels)
+
+            wait_for(lambda: moved("smi_payments_total", currency="usd") == 2, timeout=60)
+            for _ in range(4):
+                assert moved("smi_payments_total", currency="usd") == 2
+                assert moved("smi_paid_minor_units_total", currency="usd") == 100
+                assert moved("smi_refunds", status="succeeded", origin="ours") == 1
+                assert moved("smi_refunded_minor_units", currency="usd") == 50
+                assert moved("smi_jobs", status="completed") == 1
+                assert moved("smi_jobs", status="refunded") == 1
             done = scrape(worker)
             assert value(done, "smi_worker_jobs_total", outcome="completed") == 2
             assert value(done, "smi_worker_job_seconds_count") == 2

@@ -50,6 +50,16 @@ if [ "$ENGINE" = podman ]; then
   # The docker format keeps HEALTHCHECK; pip in the build trusts what the host's pip trusts.
   build+=(--pull=never --format docker -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
 fi
+# The host's pip mirrors on disk (file:// extra indexes) serve the builds too: PyTorch's
+# wheels are not downloaded again where the machine has them.
+mirrors=$(pip3 config get global.extra-index-url 2>/dev/null | tr ' ' '\n' | grep '^file://' || true)
+if [ -n "$mirrors" ] && [ "$ENGINE" = podman ]; then
+  for mirror in $mirrors; do
+    root=$(dirname "${mirror#file://}")
+    [ -d "$root" ] && build+=(-v "$root:$root:ro")
+  done
+  build+=(--build-arg "PIP_EXTRA_INDEX_URL=$(echo $mirrors)")
+fi
 for target in "${targets[@]}"; do
   case "$target" in
     gateway) file=Dockerfile.gateway tag=smi-gateway ;;

@@ -79,17 +79,34 @@ class JobIdFilter(logging.Filter):
         return True
 
 
-def configure_service_logging() -> None:
+class ProcessFields(logging.Filter):
+    """Fields every line of this process carries (a worker's name), unless a line sets them."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__()
+        self.fields = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in self.fields.items():
+            if getattr(record, name, None) is None:
+                setattr(record, name, value)
+        return True
+
+
+def configure_service_logging(**fields: str) -> None:
     """INFO and above to stderr: text on a terminal, JSON lines otherwise.
 
-    uvicorn's own loggers (started with ``log_config=None``) come here too, so
-    its access lines are JSON with the rest.
+    ``fields`` go on every line (``worker="gpu-3:12"``). uvicorn's own loggers
+    (started with ``log_config=None``) come here too, so its access lines are
+    JSON with the rest.
     """
     choice = os.environ.get("SMI_LOG_FORMAT", "").strip().lower()
     as_json = choice == "json" or (choice != "text" and not sys.stderr.isatty())
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if as_json else TextFormatter())
     handler.addFilter(JobIdFilter())
+    if fields:
+        handler.addFilter(ProcessFields(fields))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)

@@ -206,6 +206,8 @@ def test_readyz_names_the_broker_while_it_is_away_and_metrics_add_up_over_proces
                 ]
                 parsed = [json.loads(line) for line in lines]  # every one is JSON
                 assert all(entry.get("job_id") == job_id for entry in parsed), lines
+                from_worker = [e for e in parsed if e["logger"].startswith("upscaler")]
+                assert from_worker and all(e.get("worker") == "worker" for e in from_worker)
                 loggers = {entry["logger"] for entry in parsed}
                 assert {"uvicorn.access", "upscaler.worker"} <= loggers, loggers
                 assert any(e["logger"].startswith("gateway.money") for e in parsed), loggers

@@ -57,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The precision follows the device asked for here, not the one of the environment.
         overrides["precision"] = default_precision(args.device)
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    configure_service_logging(worker=config.name)  # every line says which worker
     broker = Broker(config.broker_url)
     try:
         worker = UpscaleWorker(

@@ -151,7 +151,10 @@ def start_checkout(
         job = get_job(session, job_id, lock=True)
         job.stripe_session_id = checkout.id
         job.checkout_url = str(checkout.url)
-    log.info("checkout created", extra={"job_id": job_id, "amount_cents": quote.amount_cents})
+    log.info(
+        "checkout created",
+        extra={"job_id": job_id, "session_id": checkout.id, "amount_cents": quote.amount_cents},
+    )
     return CheckoutStarted(
         job_id,
         str(checkout.url),

@@ -337,6 +337,14 @@ def test_an_event_before_its_payment_is_refused_for_now_then_applied(database_ur
             if e.type == "charge.dispute.created" and e.id != dispute["id"]
         )
         assert post_event(stack, foreign).json()["result"] == "ignored"
+        # A refund of a payment Stripe itself does not know (404 there): not ours, ignored.
+        unknown = {
+            "id": "evt_unknown_refund",
+            "type": "refund.created",
+            "livemode": False,
+            "data": {"object": {"id": "re_x", "object": "refund", "payment_intent": "pi_nope"}},
+        }
+        assert post_event(stack, unknown).json()["result"] == "ignored"
         stored = loop.admin("GET", f"/admin/events/{foreign['id']}").json()["event"]
         assert stored["detail"] == "about no job of ours"
 

@@ -26,7 +26,13 @@ import stripe
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.errors import EventTooEarlyError, GatewayError, RequestError, WebhookSignatureError
+from gateway.errors import (
+    EventTooEarlyError,
+    GatewayError,
+    PaymentProviderRejected,
+    RequestError,
+    WebhookSignatureError,
+)
 from gateway.money.disputes import dispute_closed, dispute_opened
 from gateway.money.fulfilment import (
     decline_checkout,
@@ -213,14 +219,17 @@ def _resolve_payment(
     intent, charge = stripe_object.get("payment_intent"), stripe_object.get("charge")
     if stripe_object.get("object") == "charge":
         charge = stripe_object.get("id")
-    if not isinstance(intent, str) and isinstance(charge, str):
-        if _payment_known(sessions, None, charge):
+    try:
+        if not isinstance(intent, str) and isinstance(charge, str):
+            if _payment_known(sessions, None, charge):
+                return
+            intent = payments.payment_intent_of_charge(charge)
+            stripe_object["payment_intent"] = intent
+        if not isinstance(intent, str) or _payment_known(sessions, intent, None):
             return
-        intent = payments.payment_intent_of_charge(charge)
-        stripe_object["payment_intent"] = intent
-    if not isinstance(intent, str) or _payment_known(sessions, intent, None):
-        return
-    job_id = payments.job_id_of_payment_intent(intent)
+        job_id = payments.job_id_of_payment_intent(intent)
+    except PaymentProviderRejected:
+        return  # Stripe does not know it (404): no payment of ours
     if job_id is None:
         return  # not a payment of ours
     with sessions() as session:

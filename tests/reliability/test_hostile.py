@@ -164,7 +164,8 @@ def test_return_with_hostile_bodies_changes_nothing(stack, unchanged, paid_job, 
 @given(
     event_type=st.sampled_from(
         ["checkout.session.completed", "checkout.session.expired", "charge.refunded",
-         "payment_intent.payment_failed", "checkout.session.async_payment_succeeded", "x"]
+         "payment_intent.payment_failed", "checkout.session.async_payment_succeeded", "x",
+         "refund.created", "refund.failed", "charge.dispute.created", "charge.dispute.closed"]
     ),
     stripe_object=json_values,
     job_id=st.none() | st.text(max_size=30),

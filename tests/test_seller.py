@@ -35,7 +35,7 @@ from gateway.delivery.mailer import Mailer
 from gateway.delivery.seller import SellerNotifier
 from gateway.money.payments import Payments
 from gateway.money.reconciliation import Reconciler
-from gateway.store.tables import Dispute, Notification, Payment, Refund, WebhookEvent
+from gateway.store.tables import Dispute, Job, Notification, Payment, Refund, WebhookEvent
 from servers import MailSink, serve, wait_for
 from shared.messages import EventKind
 from shared.storage import Storage
@@ -272,7 +272,8 @@ def test_every_event_is_stored_with_its_outcome_and_replays_change_nothing(shop)
     assert stored["payload"]["data"]["object"]["metadata"]["job_id"] == job_id
     replayed = loop.admin("POST", f"/admin/events/{paid}/replay").json()
     assert (
-        replayed["outcome"] == "no change" and replayed["event"]["detail"] == "replayed by an admin"
+        replayed["outcome"] == "no change"
+        and replayed["event"]["detail"] == "replayed by an admin (it was applied)"
     )
     assert loop.outbox(job_id).count("upscale:1") == 1  # nothing happened twice
     assert loop.admin("POST", "/admin/events/evt_nope/replay").status_code == 404
@@ -289,7 +290,8 @@ def test_every_event_is_stored_with_its_outcome_and_replays_change_nothing(shop)
         [BIN / "smi-admin", "events", "--job", job_id], env=env, capture_output=True, text=True
     )
     assert listed.returncode == 0 and paid in listed.stdout
-    assert "no change" in listed.stdout and "replayed by an admin (2 deliveries)" in listed.stdout
+    assert "no change" in listed.stdout and "replayed by an admin" in listed.stdout
+    assert "(2 deliveries)" in listed.stdout
     again = subprocess.run(
         [BIN / "smi-admin", "replay", paid], env=env, capture_output=True, text=True
     )
@@ -458,3 +460,58 @@ def test_a_lasting_reconciliation_mismatch_is_sent_to_the_seller_once(shop):
     (notice,) = shop.endpoint.of_type("reconciliation_mismatch")
     assert notice["mismatch"] == "paid_session_without_job" and notice["stripe_id"] == stray.id
     assert shop.mail.of_kind("seller-reconciliation_mismatch")
+
+
+def test_after_a_partial_dashboard_refund_ours_returns_the_rest_and_no_more(shop):
+    loop = shop.loop
+    job_id = loop.buy()
+    intent = loop.job(job_id).stripe_payment_intent_id
+    by_hand = loop.stack.stripe.v1.refunds.create({"payment_intent": intent, "amount": 20})
+    wait_for(lambda: len(shop.rows(Refund, job_id=job_id)) == 1)
+    loop.event(job_id, EventKind.FAILED, error="CorruptImageError: broken")
+    assert loop.refunder().refund_due() == 1
+    wait_for(lambda: loop.job(job_id).status == "refunded")
+    at_stripe = loop.stack.stripe.v1.refunds.list({"payment_intent": intent}).data
+    assert sorted(r.amount for r in at_stripe) == [20, 30]  # the rest, not the whole again
+    ours = next(
+        r for r in shop.rows(Refund, job_id=job_id) if r.idempotency_key.startswith("refund-")
+    )
+    assert ours.idempotency_key == f"refund-{job_id}-1" and ours.amount_cents == 30
+    assert ours.status == "succeeded" and ours.stripe_refund_id != by_hand.id
+    report = loop.admin("GET", "/admin/reports/revenue").json()["days"][0]
+    assert (report["refunded_cents"], report["net_cents"]) == (50, 0)
+    assert loop.admin("GET", "/admin/reconciliation").json()["mismatches"] == []
+
+
+def test_a_replayed_refund_created_after_the_refund_failed_changes_nothing(shop):
+    loop = shop.loop
+    job_id = loop.buy(REFUND_FAILS_CARD)
+    loop.event(job_id, EventKind.FAILED, error="CorruptImageError: broken")
+    assert loop.refunder().refund_due() == 1
+    wait_for(lambda: loop.job(job_id).status == "refund_failed", timeout=20)
+    events = loop.admin("GET", "/admin/events", params={"job": job_id}).json()["events"]
+    created = next(e for e in events if e["type"] == "refund.created")
+    replayed = loop.admin("POST", f"/admin/events/{created['event_id']}/replay").json()
+    assert replayed["outcome"] == "no change"
+    assert loop.job(job_id).status == "refund_failed"
+    assert [r.status for r in shop.rows(Refund, job_id=job_id)] == ["failed"]
+
+
+def test_a_dispute_won_after_retention_deleted_the_result_keeps_the_money(shop):
+    loop = shop.loop
+    job_id = loop.buy(DISPUTE_CARD)
+    wait_for(lambda: loop.job(job_id).status == "disputed")
+    (dispute,) = shop.rows(Dispute, job_id=job_id)
+    with loop.sessions.begin() as session:  # delivered long ago, its result since deleted
+        session.get_one(Dispute, dispute.id).job_status_before = "completed"
+        job = session.get_one(Job, job_id)
+        job.result_key = f"jobs/{job_id}/result.png"
+        job.result_deleted_at = job.paid_at
+    loop.stack.stripe.v1.disputes.update(
+        dispute.id, {"evidence": {"uncategorized_text": "winning_evidence"}}
+    )
+    wait_for(lambda: loop.job(job_id).status == "completed")
+    assert loop.refunder().refund_due() == 0
+    intent = loop.job(job_id).stripe_payment_intent_id
+    assert loop.stack.stripe.v1.refunds.list({"payment_intent": intent}).data == []
+    assert loop.job(job_id).finished_at is not None  # retention has a date to count from

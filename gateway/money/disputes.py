@@ -112,8 +112,14 @@ def dispute_closed(session: Session, dispute: Mapping[str, Any], source: str) ->
 
 
 def _restore(session: Session, job: Any, before: str, dispute_id: str, source: str) -> None:
-    """After a won dispute: the download, the work, or the refund, whichever was owed."""
-    if job.result_key and job.result_deleted_at is None:
+    """After a won dispute: the download, the work, or the refund, whichever was owed.
+
+    A job that was delivered stays delivered, even if retention has deleted
+    its result since: the buyer had it, the money is the seller's.
+    """
+    if before == JobStatus.COMPLETED:
+        lifecycle.dispute_won(session, job, source)
+    elif job.result_key and job.result_deleted_at is None:  # finished while disputed
         lifecycle.dispute_won(session, job, source)
         queue_email(session, job, "completed")
     elif before in (JobStatus.PENDING, JobStatus.PROCESSING):

@@ -122,9 +122,14 @@ class Payments:
         return self._call(lambda: self.client.v1.checkout.sessions.retrieve(session_id))
 
     def refund(
-        self, payment_intent: str, job_id: str, failure_reason: str, idempotency_key: str
+        self,
+        payment_intent: str,
+        job_id: str,
+        failure_reason: str,
+        idempotency_key: str,
+        amount: int | None = None,
     ) -> dict[str, Any]:
-        """The spec's ``process_refund``: refund the whole payment, once per key.
+        """The spec's ``process_refund``: refund the payment (or ``amount`` of it), once per key.
 
         When Stripe says the charge is already refunded (a retry after the
         key's 24 hours, or a refund made elsewhere), the existing refund is
@@ -132,6 +137,7 @@ class Payments:
         """
         params: Any = {
             "payment_intent": payment_intent,
+            **({"amount": amount} if amount else {}),
             "reason": REFUND_REASON,
             # The key tells our refund's events from a refund made in the Dashboard.
             "metadata": {
@@ -148,17 +154,21 @@ class Payments:
             except stripe.InvalidRequestError as exc:
                 if exc.code != "charge_already_refunded":
                     raise
-                existing = self.existing_refund(payment_intent)
+                existing = self.existing_refund(payment_intent, ours_only=False)
                 if existing is None:
                     raise
                 return existing
 
         return self._call(create)
 
-    def existing_refund(self, payment_intent: str) -> dict[str, Any] | None:
-        """A refund of ``payment_intent`` that has gone through or is on its way, if any."""
+    def existing_refund(
+        self, payment_intent: str, *, ours_only: bool = True
+    ) -> dict[str, Any] | None:
+        """A refund of ``payment_intent`` that has gone through or is on its way, if any:
+        one of ours (it carries our ``refund_key``) unless ``ours_only`` is false."""
         for refund in self.list_refunds(payment_intent):
-            if refund.get("status") in LIVE_REFUND_STATUSES:
+            ours = bool((refund.get("metadata") or {}).get("refund_key"))
+            if refund.get("status") in LIVE_REFUND_STATUSES and (ours or not ours_only):
                 return refund
         return None
 

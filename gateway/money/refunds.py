@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import RecoveryConfig
@@ -83,10 +83,19 @@ def start_refund(
     back: it is refunded at once.
     """
     lifecycle.start_refunding(session, job, reason, source)
-    rounds = session.scalar(select(func.count()).where(Refund.job_id == job.id)) or 0
+    # Rounds of ours only: a refund made at Stripe has a row too, but not our key.
+    rounds = (
+        session.scalar(
+            select(func.count()).where(
+                Refund.job_id == job.id, Refund.idempotency_key.like("refund-%")
+            )
+        )
+        or 0
+    )
     payment = payment_of(session, job)
     if amount_cents is None and payment is not None:
-        amount_cents = payment.amount_cents
+        # What is left of the payment: a part refunded at Stripe already stays refunded.
+        amount_cents = payment.amount_cents - refunded_so_far(session, job)
     elif amount_cents is None:  # no payment intent: a free order has nothing to send back
         amount_cents = 0 if job.paid_at is not None else job.amount_cents
     refund = Refund(
@@ -115,6 +124,16 @@ def payment_of(session: Session, job: Job) -> Payment | None:
     return session.scalars(
         select(Payment).where(Payment.stripe_payment_intent_id == job.stripe_payment_intent_id)
     ).first()
+
+
+def refunded_so_far(session: Session, job: Job) -> int:
+    """What went back of the job's payment: its succeeded refunds, ours and Stripe's."""
+    back = session.scalar(
+        select(func.coalesce(func.sum(Refund.amount_cents), 0)).where(
+            Refund.job_id == job.id, Refund.status == RefundStatus.SUCCEEDED
+        )
+    )
+    return int(back or 0)
 
 
 def refunded_in_full(session: Session, job: Job, source: str) -> bool:
@@ -175,12 +194,7 @@ def _a_refund_failed_since(session: Session, job: Job) -> bool:
     if not failed:
         return False
     payment = payment_of(session, job)
-    back = session.scalar(
-        select(func.coalesce(func.sum(Refund.amount_cents), 0)).where(
-            Refund.job_id == job.id, Refund.status == RefundStatus.SUCCEEDED
-        )
-    )
-    return payment is not None and int(back or 0) < payment.amount_cents
+    return payment is not None and refunded_so_far(session, job) < payment.amount_cents
 
 
 def refund_reported(session: Session, refund: Mapping[str, Any], source: str) -> bool:
@@ -199,11 +213,14 @@ def refund_reported(session: Session, refund: Mapping[str, Any], source: str) ->
     amount = int(refund.get("amount") or 0)
     key = (refund.get("metadata") or {}).get("refund_key")
     row = session.scalars(
-        select(Refund).where(
-            Refund.job_id == job.id,
-            or_(Refund.stripe_refund_id == stripe_id, Refund.idempotency_key == str(key)),
-        )
+        select(Refund).where(Refund.job_id == job.id, Refund.stripe_refund_id == stripe_id)
     ).first()
+    if row is None and isinstance(key, str):
+        row = session.scalars(
+            select(Refund).where(Refund.job_id == job.id, Refund.idempotency_key == key)
+        ).first()
+    if row is not None and row.status == RefundStatus.FAILED:
+        return False  # failed is final at Stripe: a late or replayed older event changes nothing
     changed = False
     if row is None:
         row = Refund(
@@ -244,12 +261,8 @@ def _refund_went_through(session: Session, job: Job, row: Refund, amount: int, s
     )
     payment = payment_of(session, job)
     session.flush()
-    back = session.scalar(
-        select(func.coalesce(func.sum(Refund.amount_cents), 0)).where(
-            Refund.job_id == job.id, Refund.status == RefundStatus.SUCCEEDED
-        )
-    )
-    if payment is not None and int(back or 0) >= payment.amount_cents:
+    back = refunded_so_far(session, job)
+    if payment is not None and back >= payment.amount_cents:
         changed |= refunded_in_full(session, job, source)
     elif changed:
         paid = payment.amount_cents if payment is not None else "?"
@@ -268,7 +281,7 @@ def _refund_did_not_go_through(
     notify_seller(
         session,
         "refund_failed",
-        f"refund_failed:{row.stripe_refund_id}",
+        f"refund_failed:{row.idempotency_key}",
         job.id,
         refund_id=row.stripe_refund_id,
         amount_cents=row.amount_cents,
@@ -306,10 +319,11 @@ class Refunder:
         with self.sessions() as session:
             refund = session.get_one(Refund, refund_id)
             job = get_job(session, refund.job_id)
-            intent, key, reason = (
+            intent, key, reason, amount = (
                 job.stripe_payment_intent_id,
                 refund.idempotency_key,
                 refund.reason,
+                refund.amount_cents,
             )
         context = {"job_id": refund.job_id, "refund_key": key}
         if not intent:
@@ -319,7 +333,7 @@ class Refunder:
             # A later round (an admin's retry) first looks for a refund that already went through.
             stripe_refund: Any = (
                 self.payments.existing_refund(intent) if not key.endswith("-1") else None
-            ) or self.payments.refund(intent, refund.job_id, reason, key)
+            ) or self.payments.refund(intent, refund.job_id, reason, key, amount)
         except PaymentProviderUnavailable as exc:
             log.warning("refund attempt failed, will retry: %s", exc, extra=context)
             self._retry_later(refund_id, str(exc))
@@ -378,6 +392,8 @@ class Refunder:
     def _give_up(self, refund_id: int, error: str) -> None:
         with self.sessions.begin() as session:
             refund, job = self._count_attempt(session, refund_id, error)
+            if refund.status == RefundStatus.CANCELED:
+                return  # not needed any more (refunded at Stripe, or disputed) while we tried
             self._mark_failed(session, refund, job, error)
 
     @staticmethod

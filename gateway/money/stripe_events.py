@@ -144,6 +144,7 @@ def apply_event(
     try:
         with sessions.begin() as session:
             row = claim_event(session, event, replay=replay)
+            before = row.outcome
             job_id = _job_id(session, stripe_object) if handler is not None else None
             row.job_id = job_id
             if handler is None:
@@ -153,12 +154,17 @@ def apply_event(
             else:
                 changed = handler(session, stripe_object, f"stripe:{event['id']}")
                 row.outcome = EventOutcome.APPLIED if changed else EventOutcome.NO_CHANGE
-                row.detail = "replayed by an admin" if replay else None
+                row.detail = f"replayed by an admin (it was {before})" if replay else None
             failpoint("webhook.applied")
             outcome = str(row.outcome)
         failpoint("webhook.committed")
     except DuplicateEventError:
-        _count_delivery(sessions, str(event["id"]))
+        if _count_delivery(sessions, str(event["id"])) == EventOutcome.ERROR:
+            # A concurrent delivery failed and rolled back just now: not applied yet.
+            raise EventTooEarlyError(
+                "another delivery of this event failed a moment ago; it is applied when "
+                "delivered again"
+            ) from None
         return "duplicate"
     except UnknownJobError as exc:
         log.warning("event for an unknown job", extra={**context, "job_id": exc.job_id})
@@ -268,7 +274,8 @@ def _record(
         log.exception("could not store the event's outcome", extra={"event_id": event.get("id")})
 
 
-def _count_delivery(sessions: sessionmaker[Session], event_id: str) -> None:
+def _count_delivery(sessions: sessionmaker[Session], event_id: str) -> str | None:
+    """Count one more delivery of a stored event; returns its stored outcome."""
     try:
         with sessions.begin() as session:
             session.execute(
@@ -276,5 +283,9 @@ def _count_delivery(sessions: sessionmaker[Session], event_id: str) -> None:
                 .where(WebhookEvent.event_id == event_id)
                 .values(deliveries=WebhookEvent.deliveries + 1, last_received_at=utcnow())
             )
+            return session.scalar(
+                select(WebhookEvent.outcome).where(WebhookEvent.event_id == event_id)
+            )
     except Exception:
         log.exception("could not count a duplicate delivery", extra={"event_id": event_id})
+        return None

@@ -423,6 +423,8 @@ def disputed(session: Session, job: Job, reason: str, source: str) -> bool:
 def dispute_won(session: Session, job: Job, source: str) -> None:
     """``disputed -> completed``: the money stays with the seller, the download works again."""
     _move(session, job, JobStatus.COMPLETED, "dispute won", source, COMPLETED_MESSAGE)
+    job.progress = 1.0
+    job.finished_at = job.finished_at or utcnow()  # retention counts from here
 
 
 def queue_again(

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import GatewayConfig
 from gateway.delivery.links import DownloadLinks
+from gateway.delivery.seller import SELLER_CHANNELS, seller_channels
 from gateway.money.payments import Payments
 from gateway.store.database import create_database_engine, migrate, session_factory
 from shared.broker import Broker
@@ -45,7 +46,7 @@ class Services:
         return cls(
             config=config,
             engine=engine,
-            sessions=session_factory(engine),
+            sessions=session_factory(engine, {SELLER_CHANNELS: seller_channels(config.seller)}),
             payments=Payments(config.stripe, config.checkout_options),
             storage=Storage(config.storage_url),
             links=DownloadLinks(config.download_secret, config.public_url, config.download_ttl_s),

@@ -515,3 +515,10 @@ def test_a_dispute_won_after_retention_deleted_the_result_keeps_the_money(shop):
     intent = loop.job(job_id).stripe_payment_intent_id
     assert loop.stack.stripe.v1.refunds.list({"payment_intent": intent}).data == []
     assert loop.job(job_id).finished_at is not None  # retention has a date to count from
+
+
+def test_a_seller_who_listens_nowhere_gets_no_notification_rows(database_url, tmp_path):
+    with hand_driven(database_url, tmp_path) as loop:
+        job_id = loop.buy()  # the sale is applied by the gateway, which knows its channels
+        with loop.sessions() as session:
+            assert session.scalars(select(Notification).filter_by(job_id=job_id)).all() == []

@@ -41,6 +41,8 @@ from gateway.store.tables import Notification, utcnow
 log = logging.getLogger(__name__)
 
 CHANNELS = ("email", "webhook")
+# ``session.info`` key: the channels this process is configured for (absent: all of them).
+SELLER_CHANNELS = "seller_channels"
 # What each notification is called in the seller's email subject.
 TITLES = {
     "sale": "Sale",
@@ -58,16 +60,27 @@ class SellerWebhookError(Exception):
     """Raised when the seller's webhook endpoint answers anything but 2xx."""
 
 
+def seller_channels(config: SellerConfig) -> tuple[str, ...]:
+    """The channels ``config`` sends to."""
+    return tuple(
+        channel for channel, on in (("email", config.email), ("webhook", config.webhook_url)) if on
+    )
+
+
 def notify_seller(
     session: Session, kind: str, key: str, job_id: str | None = None, **details: Any
 ) -> bool:
     """Queue a notification of ``kind`` unless one with ``key`` was queued before.
 
     Call it in the transaction of the change it reports (with the job locked,
-    when there is one). Returns whether it was queued now.
+    when there is one). Only the channels the process sends to are queued
+    (``session.info``; all when it does not say). Returns whether it was queued now.
     """
     if kind not in TITLES:
         raise ValueError(f"unknown seller notification {kind!r}")
+    channels = session.info.get(SELLER_CHANNELS, CHANNELS)
+    if not channels:
+        return False  # the seller listens nowhere: nothing to keep
     keys = [f"{channel}:{key}" for channel in CHANNELS]
     if session.scalar(select(Notification.id).where(Notification.key.in_(keys))) is not None:
         return False
@@ -76,6 +89,8 @@ def notify_seller(
         sort_keys=True,
     )
     for channel, channel_key in zip(CHANNELS, keys, strict=True):
+        if channel not in channels:
+            continue
         session.add(
             Notification(
                 key=channel_key,

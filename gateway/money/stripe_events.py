@@ -278,13 +278,11 @@ def _count_delivery(sessions: sessionmaker[Session], event_id: str) -> str | Non
     """Count one more delivery of a stored event; returns its stored outcome."""
     try:
         with sessions.begin() as session:
-            session.execute(
+            return session.scalar(
                 update(WebhookEvent)
                 .where(WebhookEvent.event_id == event_id)
                 .values(deliveries=WebhookEvent.deliveries + 1, last_received_at=utcnow())
-            )
-            return session.scalar(
-                select(WebhookEvent.outcome).where(WebhookEvent.event_id == event_id)
+                .returning(WebhookEvent.outcome)
             )
     except Exception:
         log.exception("could not count a duplicate delivery", extra={"event_id": event_id})

@@ -57,9 +57,10 @@ def create_database_engine(url: str, **options: Any) -> Engine:
     return create_engine(url, pool_recycle=1800, pool_size=10, max_overflow=20, **options)
 
 
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions that keep loaded objects usable after commit."""
-    return sessionmaker(engine, expire_on_commit=False)
+def session_factory(engine: Engine, info: dict[str, Any] | None = None) -> sessionmaker[Session]:
+    """Sessions that keep loaded objects usable after commit; ``info`` is every session's
+    ``session.info`` (what the process is configured to do, for code deep in a transaction)."""
+    return sessionmaker(engine, expire_on_commit=False, info=info or {})
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:

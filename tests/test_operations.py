@@ -61,20 +61,11 @@ def promtool() -> str:
 
 
 def test_the_alert_rules_are_valid_and_fire_on_what_they_should():
-    checked = subprocess.run(
-        [promtool(), "check", "rules", "alerts.yml"],
-        cwd=DEPLOY / "prometheus",
-        capture_output=True,
-        text=True,
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    tested = subprocess.run(
-        [promtool(), "test", "rules", "alerts.test.yml"],
-        cwd=DEPLOY / "prometheus",
-        capture_output=True,
-        text=True,
-    )
-    assert tested.returncode == 0, tested.stdout + tested.stderr
+    for command in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts.test.yml"]):
+        done = subprocess.run(
+            [promtool(), *command], cwd=DEPLOY / "prometheus", capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
     # Every alert has a runbook section in docs/OPERATIONS.md.
     rules = (DEPLOY / "prometheus" / "alerts.yml").read_text()
     operations = (DEPLOY.parent / "docs" / "OPERATIONS.md").read_text()

@@ -276,8 +276,7 @@ def _refund_did_not_go_through(
     row.status, row.next_attempt_at = RefundStatus.FAILED, None
     row.last_error = f"Stripe reports the refund {status}"
     error = f"Stripe reports refund {row.stripe_refund_id} {status}"
-    if not lifecycle.refund_failed(session, job, error, source):
-        lifecycle.refund_failed_after_all(session, job, error, source)
+    lifecycle.refund_failed(session, job, error, source)
     notify_seller(
         session,
         "refund_failed",
@@ -380,6 +379,8 @@ class Refunder:
     def _retry_later(self, refund_id: int, error: str) -> None:
         with self.sessions.begin() as session:
             refund, job = self._count_attempt(session, refund_id, error)
+            if refund.status == RefundStatus.CANCELED:
+                return  # not needed any more (refunded at Stripe, or disputed) while we tried
             record_audit(
                 session, job, f"refund attempt {refund.attempts} failed: {error}", "refunder"
             )
@@ -409,7 +410,8 @@ class Refunder:
     def _mark_failed(session: Session, refund: Refund, job: Job, error: str) -> None:
         refund.status = RefundStatus.FAILED
         refund.next_attempt_at = None
-        lifecycle.refund_failed(session, job, error, "refunder")
+        if job.status == JobStatus.REFUNDING:  # (a refunded job's money went back another way)
+            lifecycle.refund_failed(session, job, error, "refunder")
         notify_seller(
             session,
             "refund_failed",

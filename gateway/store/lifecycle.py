@@ -383,29 +383,16 @@ def refunded_at_stripe(session: Session, job: Job, source: str) -> bool:
 
 
 def refund_failed(session: Session, job: Job, error: str, source: str) -> bool:
-    """``refunding -> refund_failed`` for an admin; ``False`` if the job was not refunding."""
-    if job.status != JobStatus.REFUNDING:
+    """``refunding -> refund_failed`` for an admin, or ``refunded -> refund_failed`` when
+    Stripe says later that the refund did not go through; ``False`` from any other status."""
+    if job.status not in (JobStatus.REFUNDING, JobStatus.REFUNDED):
         return False
+    after_all = " after all" if job.status == JobStatus.REFUNDED else ""
     _move(
         session,
         job,
         JobStatus.REFUND_FAILED,
-        f"refund failed: {error}",
-        source,
-        REFUND_FAILED_MESSAGE,
-    )
-    return True
-
-
-def refund_failed_after_all(session: Session, job: Job, error: str, source: str) -> bool:
-    """``refunded -> refund_failed``: Stripe says, later, that the refund did not go through."""
-    if job.status != JobStatus.REFUNDED:
-        return False
-    _move(
-        session,
-        job,
-        JobStatus.REFUND_FAILED,
-        f"refund failed after all: {error}",
+        f"refund failed{after_all}: {error}",
         source,
         REFUND_FAILED_MESSAGE,
     )

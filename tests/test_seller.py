@@ -180,10 +180,63 @@ def test_a_dashboard_refund_while_ours_waits_leaves_one_refund_whatever_the_orde
             assert at_stripe[0].id == made_by_hand.id
         rows = shop.rows(Refund, job_id=job_id)
         succeeded = [r for r in rows if r.status == "succeeded"]
-        assert [r.stripe_refund_id for r in succeeded] == [at_stripe[0].id], rows
+        # The job ends refunded in the transaction that records the refund that did it.
+        assert [r.stripe_refund_id for r in succeeded] == [at_stripe[0].id], "\n".join(
+            map(repr, rows)
+        )
         assert all(r.status in ("succeeded", "canceled") for r in rows)
         assert loop.outbox(job_id).count("email:refunded:1") == 1
     assert loop.admin("GET", "/admin/reconciliation").json()["mismatches"] == []
+
+
+def test_charge_refunded_before_the_refunds_own_event_ends_the_job_with_its_rows(
+    database_url, tmp_path
+):
+    """Stripe does not order its events: a ``charge.refunded`` that comes before the
+    ``refund.created`` of the refund that caused it still records that refund, in the
+    transaction that ends the job; the late events and any replay change nothing."""
+    settings = {"SMI_BACKGROUND_IN_PROCESS": "false", "SMI_ADMIN_TOKEN": TOKEN}
+    with start_stack(database_url, tmp_path, webhooks=False, **settings) as stack:
+        loop = Loop(stack, stack.sessions())
+        body = stack.checkout().json()
+        job_id = body["job_id"]
+        assert stack.pay(body["checkout_url"], "4242424242424242")["outcome"] == "paid"
+
+        def events(kind: str) -> list[dict]:  # newest first
+            return [e.to_dict() for e in stack.stripe.v1.events.list({"type": kind}).data]
+
+        def post(event: dict) -> str:
+            return str(post_event(stack, event).json()["result"])
+
+        def replay(event: dict) -> str:
+            return str(loop.admin("POST", f"/admin/events/{event['id']}/replay").json()["outcome"])
+
+        def refunds() -> dict[str, tuple[str, int]]:
+            rows = loop.refunds(job_id)
+            return {str(r.stripe_refund_id): (r.status, r.amount_cents) for r in rows}
+
+        assert post(events("checkout.session.completed")[0]) == "applied"
+        intent = loop.job(job_id).stripe_payment_intent_id
+        part = stack.stripe.v1.refunds.create({"payment_intent": intent, "amount": 20})
+        (partly,) = events("charge.refunded")
+        assert post(partly) == "applied"
+        assert refunds() == {part.id: ("succeeded", 20)}
+        assert loop.job(job_id).status == "pending"  # the rest is still the buyer's order
+        trail = len(loop.audit(job_id))
+        assert replay(partly) == "no change" and len(loop.audit(job_id)) == trail
+
+        rest = stack.stripe.v1.refunds.create({"payment_intent": intent})
+        wholly = events("charge.refunded")[0]
+        assert wholly["data"]["object"]["refunded"] is True
+        assert post(wholly) == "applied"
+        assert loop.job(job_id).status == "refunded"
+        assert refunds() == {part.id: ("succeeded", 20), rest.id: ("succeeded", rest.amount)}
+        trail = len(loop.audit(job_id))
+        for created in events("refund.created"):
+            assert post(created) == "no change"
+        assert replay(wholly) == "no change" and replay(partly) == "no change"
+        assert len(loop.audit(job_id)) == trail
+        assert loop.outbox(job_id).count("email:refunded:1") == 1
 
 
 def test_a_refund_that_fails_after_succeeding_needs_an_admin_and_alerts_the_seller(shop):

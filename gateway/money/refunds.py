@@ -160,25 +160,38 @@ def refunded_in_full(session: Session, job: Job, source: str) -> bool:
 def refunded_at_stripe(session: Session, charge: Mapping[str, Any], source: str) -> bool:
     """``charge.refunded``: money went back at Stripe, by our refund or by hand in its Dashboard.
 
-    Fully refunded: ``refunded_in_full`` (the download stops working, no
-    refund of ours is ever sent again, one email). Partly refunded: noted in
-    the audit trail (the refund's own event records its row). Our own
-    refund's echo changes nothing.
+    Each refund the charge lists (``charge_refunds``: as Stripe holds them
+    when the event is applied) is recorded first, as its own
+    ``refund.created`` would, so a job never ends refunded without the
+    rows that say by which refund. Fully refunded: ``refunded_in_full``
+    (the download stops working, no refund of ours is ever sent again, one
+    email). Partly refunded: the refunds' rows say so. A replay, or our own
+    refund's echo, changes nothing.
     """
     job = job_of_payment(session, charge)
     if job is None:
         return False
-    amount, refunded = charge.get("amount"), charge.get("amount_refunded")
-    if not charge.get("refunded"):
-        record_audit(session, job, f"partly refunded at Stripe: {refunded} of {amount}", source)
-        return True
-    if _a_refund_failed_since(session, job):
-        record_audit(session, job, "charge.refunded is out of date: a refund failed since", source)
-        return True
-    if not refunded_in_full(session, job, source):
-        return False
-    log.info("refunded at Stripe", extra={"job_id": job.id, "source": source})
-    return True
+    changed = False
+    for refund in reversed(charge_refunds(charge)):  # oldest first
+        changed |= refund_reported(session, refund, source)
+    if not charge.get("refunded") or _a_refund_failed_since(session, job):
+        # Partly refunded, or out of date (a refund failed since): the refunds' rows say it.
+        return changed
+    if refunded_in_full(session, job, source):
+        log.info("refunded at Stripe", extra={"job_id": job.id, "source": source})
+        changed = True
+    return changed
+
+
+def charge_refunds(charge: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The refunds a charge object carries (newest first), when it carries them.
+
+    Stripe stopped including them in charges (API version 2022-11-15); the
+    webhook handler asks for them before a ``charge.refunded`` is applied.
+    """
+    listed = charge.get("refunds")
+    data = listed.get("data") if isinstance(listed, Mapping) else None
+    return [r for r in data if isinstance(r, Mapping)] if isinstance(data, list) else []
 
 
 def _a_refund_failed_since(session: Session, job: Job) -> bool:

@@ -137,6 +137,8 @@ def apply_event(
     if handler is not None and payments is not None and event["type"] in PAYMENT_EVENTS:
         try:
             _resolve_payment(sessions, stripe_object, payments)
+            if event["type"] == "charge.refunded":
+                _attach_refunds(stripe_object, payments)
         except GatewayError as exc:
             _record(sessions, event, EventOutcome.ERROR, str(exc))
             raise
@@ -244,6 +246,20 @@ def _resolve_payment(
                 f"the payment of {job_id} is not recorded yet; this event is applied when "
                 "it is delivered again"
             )
+
+
+def _attach_refunds(charge: dict[str, Any], payments: Payments) -> None:
+    """Before a ``charge.refunded`` transaction: the charge's refunds as Stripe holds them now.
+
+    The charge in the event no longer lists them (API version 2022-11-15),
+    and its refunds' own events may come later or in parallel: with them in
+    hand, the transaction that ends the job records by which refunds it
+    ended, so a refunded job is never without its refund rows.
+    """
+    intent = charge.get("payment_intent")
+    if isinstance(intent, str):
+        refunds = payments.list_refunds(intent)
+        charge["refunds"] = {"object": "list", "data": refunds, "has_more": False}
 
 
 def _payment_known(sessions: sessionmaker[Session], intent: str | None, charge: str | None) -> bool:

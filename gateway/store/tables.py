@@ -35,7 +35,13 @@ def as_utc(moment: datetime) -> datetime:
 
 
 class Base(DeclarativeBase):
-    pass
+    def __repr__(self) -> str:
+        """Every column and its value: what an assertion or a log about a row needs to show."""
+        loaded = vars(self)  # never a query from a repr (the row may be detached or expired)
+        fields = ", ".join(
+            f"{a.key}={loaded[a.key]!r}" for a in self.__mapper__.column_attrs if a.key in loaded
+        )
+        return f"{type(self).__name__}({fields})"
 
 
 class Job(Base):

@@ -126,7 +126,11 @@ class MoneyBack:
                     code="charge_not_refundable",
                 )
             charge = self.charges[intent["latest_charge"]]
-        if charge["disputed"]:
+        # A charge whose disputes were all won may be refunded again (the money came back).
+        won = ("won", "warning_closed")
+        if any(
+            d["charge"] == charge["id"] and d["status"] not in won for d in self.disputes.values()
+        ):
             raise StripeError(
                 f"Charge {charge['id']} has been charged back; it cannot be refunded.",
                 code="charge_disputed",

@@ -115,9 +115,13 @@ def _restore(session: Session, job: Any, before: str, dispute_id: str, source: s
     """After a won dispute: the download, the work, or the refund, whichever was owed.
 
     A job that was delivered stays delivered, even if retention has deleted
-    its result since: the buyer had it, the money is the seller's.
+    its result since: the buyer had it, the money is the seller's. A refund
+    that was owed when the dispute opened (ours waiting or retrying, or one
+    that had failed) goes on: winning the dispute does not cancel it.
     """
-    if before == JobStatus.COMPLETED:
+    if before in (JobStatus.REFUNDING, JobStatus.REFUND_FAILED):
+        start_refund(session, job, f"dispute {dispute_id} won; the refund owed goes on", source)
+    elif before == JobStatus.COMPLETED:
         lifecycle.dispute_won(session, job, source)
     elif job.result_key and job.result_deleted_at is None:  # finished while disputed
         lifecycle.dispute_won(session, job, source)

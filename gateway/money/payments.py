@@ -128,8 +128,13 @@ class Payments:
         failure_reason: str,
         idempotency_key: str,
         amount: int | None = None,
+        request_key: str | None = None,
     ) -> dict[str, Any]:
         """The spec's ``process_refund``: refund the payment (or ``amount`` of it), once per key.
+
+        ``idempotency_key`` names our refund (in its metadata); ``request_key``,
+        when given, is the request's own idempotency key (another amount for the
+        same refund is another request).
 
         When Stripe says the charge is already refunded (a retry after the
         key's 24 hours, or a refund made elsewhere), the existing refund is
@@ -149,7 +154,9 @@ class Payments:
 
         def create() -> Any:
             try:
-                refund = self.client.v1.refunds.create(params, {"idempotency_key": idempotency_key})
+                refund = self.client.v1.refunds.create(
+                    params, {"idempotency_key": request_key or idempotency_key}
+                )
                 return refund.to_dict()
             except stripe.InvalidRequestError as exc:
                 if exc.code != "charge_already_refunded":

@@ -305,6 +305,14 @@ def _refund_did_not_go_through(
     return True
 
 
+def _record_made_at_stripe(session: Session, at_stripe: list[dict[str, Any]]) -> None:
+    """The refunds listed at Stripe that are not ours (no ``refund_key``), recorded as their
+    own events would record them: the Refunder saw them before their events came."""
+    for made in reversed(at_stripe):  # oldest first
+        if not (made.get("metadata") or {}).get("refund_key"):
+            refund_reported(session, made, "refunder")
+
+
 class Refunder:
     """Sends due refunds to Stripe; any number of gateway processes may run one."""
 
@@ -331,21 +339,20 @@ class Refunder:
         with self.sessions() as session:
             refund = session.get_one(Refund, refund_id)
             job = get_job(session, refund.job_id)
-            intent, key, reason, amount = (
+            payment = payment_of(session, job)
+            intent, key, reason, planned = (
                 job.stripe_payment_intent_id,
                 refund.idempotency_key,
                 refund.reason,
                 refund.amount_cents,
             )
+            paid = payment.amount_cents if payment is not None else None
         context = {"job_id": refund.job_id, "refund_key": key}
         if not intent:
             self._give_up(refund_id, "the job has no payment intent to refund")
             return
         try:
-            # A later round (an admin's retry) first looks for a refund that already went through.
-            stripe_refund: Any = (
-                self.payments.existing_refund(intent) if not key.endswith("-1") else None
-            ) or self.payments.refund(intent, refund.job_id, reason, key, amount)
+            stripe_refund, at_stripe = self._send(intent, refund.job_id, key, reason, planned, paid)
         except PaymentProviderUnavailable as exc:
             log.warning("refund attempt failed, will retry: %s", exc, extra=context)
             self._retry_later(refund_id, str(exc))
@@ -354,15 +361,58 @@ class Refunder:
             log.error("refund refused: %s", exc, extra=context)
             self._give_up(refund_id, str(exc))
             return
+        if stripe_refund is None:
+            self._not_needed(refund_id, at_stripe)
+            return
         failpoint("refund.sent")
         if stripe_refund.get("status") not in LIVE_REFUND_STATUSES:
             self._give_up(refund_id, f"Stripe reports the refund {stripe_refund.get('status')}")
             return
-        self._succeeded(refund_id, stripe_refund)
+        self._succeeded(refund_id, stripe_refund, at_stripe)
 
-    def _succeeded(self, refund_id: int, stripe_refund: Any) -> None:
+    def _send(
+        self,
+        intent: str,
+        job_id: str,
+        key: str,
+        reason: str,
+        planned: int | None,
+        paid: int | None,
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """Stripe's refund for our row ``key`` (the one already made, or a new one of what is
+        left of the payment now; ``None`` when nothing is left), and the payment's refunds
+        at Stripe before it.
+
+        What is left is read from Stripe as each attempt is sent, not from when
+        the refund was planned: a part refunded in the Dashboard meanwhile (its
+        events perhaps still on their way) is never asked for twice.
+        """
+        at_stripe = self.payments.list_refunds(intent)
+        live = [r for r in at_stripe if r.get("status") in LIVE_REFUND_STATUSES]
+        for made in live:
+            made_key = (made.get("metadata") or {}).get("refund_key")
+            # Ours went through already (an attempt whose answer was lost), or, for a later
+            # round (an admin's retry), an earlier round of ours did.
+            if made_key == key or (made_key and not key.endswith("-1")):
+                return made, at_stripe
+        amount = planned or None  # no payment recorded: as planned, or all of it (Stripe knows)
+        if paid is not None:
+            left = paid - sum(int(r.get("amount") or 0) for r in live)
+            amount = left if planned is None else min(planned, left)
+            if amount <= 0:
+                return None, at_stripe
+        # Stripe ties an idempotency key to its request's parameters: another amount than
+        # planned is another request, with a key of its own (one per amount).
+        request_key = key if amount == planned else f"{key}-{amount}"
+        made = self.payments.refund(intent, job_id, reason, key, amount, request_key)
+        return made, at_stripe
+
+    def _succeeded(
+        self, refund_id: int, stripe_refund: Any, at_stripe: list[dict[str, Any]]
+    ) -> None:
         with self.sessions.begin() as session:
             refund, job = self._count_attempt(session, refund_id, None)
+            _record_made_at_stripe(session, at_stripe)
             stripe_id = str(stripe_refund["id"])
             recorded = session.scalars(
                 select(Refund).where(Refund.stripe_refund_id == stripe_id, Refund.id != refund.id)
@@ -388,6 +438,19 @@ class Refunder:
             if lifecycle.refunded(session, job, stripe_id, "refunder"):
                 queue_email(session, job, "refunded")
         log.info("refunded", extra={"job_id": refund.job_id, "refund": stripe_refund["id"]})
+
+    def _not_needed(self, refund_id: int, at_stripe: list[dict[str, Any]]) -> None:
+        """Nothing is left to refund: refunds made at Stripe took it all. They are recorded
+        (their events may still be on their way), which ends the job as ``charge.refunded``
+        would, and our row is canceled."""
+        with self.sessions.begin() as session:
+            refund, job = self._count_attempt(session, refund_id, None)
+            _record_made_at_stripe(session, at_stripe)
+            if refund.status == RefundStatus.PENDING:
+                refund.status, refund.next_attempt_at = RefundStatus.CANCELED, None
+                refund.last_error = "not needed: the payment was refunded in full at Stripe"
+            if job.status == JobStatus.REFUNDING:
+                refunded_in_full(session, job, "refunder")
 
     def _retry_later(self, refund_id: int, error: str) -> None:
         with self.sessions.begin() as session:

@@ -30,6 +30,7 @@ from gateway.background import Background
 from gateway.config import GatewayConfig
 from gateway.http import admin, customer, downloads, health, previews, webhooks
 from gateway.http.errors import HANDLERS
+from gateway.http.headers import SafeHeaders
 from gateway.http.limits import CheckoutLimits
 from gateway.services import Services
 
@@ -62,16 +63,17 @@ def create_app(config: GatewayConfig) -> Starlette:
         exception_handlers=HANDLERS,
         lifespan=lifespan,
         middleware=[
+            Middleware(SafeHeaders),
             # Storefront pages on other origins call the customer API from the browser.
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(config.storefront_origins),
                 allow_methods=["GET", "POST"],
-                allow_headers=["Content-Type", customer.SESSION_HEADER],
+                allow_headers=["Content-Type", customer.KEY_HEADER],
                 # A shop's script reads how long to wait after a 429.
                 expose_headers=["Retry-After"],
                 max_age=600,
-            )
+            ),
         ],
     )
     app.state.checkout_limits = CheckoutLimits(**vars(config.checkout_limits))

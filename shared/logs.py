@@ -79,6 +79,29 @@ class JobIdFilter(logging.Filter):
         return True
 
 
+# A download link's token is a credential for days: no log line keeps it.
+_DOWNLOAD_TOKEN = re.compile(r"(/downloads/)[^/?#\s\"']+")
+
+
+def redact(text: str) -> str:
+    """``text`` with every download token replaced by ``[token]``."""
+    return _DOWNLOAD_TOKEN.sub(r"\1[token]", text)
+
+
+class SecretsFilter(logging.Filter):
+    """Download tokens out of every line: the access log's path, a library's message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and "/downloads/" in record.msg:
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact(arg) if isinstance(arg, str) and "/downloads/" in arg else arg
+                for arg in record.args
+            )
+        return True
+
+
 class ProcessFields(logging.Filter):
     """Fields every line of this process carries (a worker's name), unless a line sets them."""
 
@@ -104,6 +127,7 @@ def configure_service_logging(**fields: str) -> None:
     as_json = choice == "json" or (choice != "text" and not sys.stderr.isatty())
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if as_json else TextFormatter())
+    handler.addFilter(SecretsFilter())
     handler.addFilter(JobIdFilter())
     if fields:
         handler.addFilter(ProcessFields(fields))

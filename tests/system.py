@@ -87,7 +87,7 @@ class System:
     gateways: list[str] = field(default_factory=list)
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     # Each job's Checkout session id: what only its buyer knows, and shows for the download.
-    checkout_sessions: dict[str, str] = field(default_factory=dict)
+    buyer_keys: dict[str, str] = field(default_factory=dict)  # job id -> the buyer's key
 
     @property
     def gateway(self) -> str:
@@ -162,7 +162,7 @@ class System:
         )
         assert response.status_code == 201, response.text
         body = dict(response.json())
-        self.checkout_sessions[body["job_id"]] = body["checkout_url"].rsplit("/", 1)[1]
+        self.buyer_keys[body["job_id"]] = body["buyer_key"]
         return body
 
     def pay(self, checkout: dict[str, Any], card: str = SUCCESS_CARD) -> dict[str, Any]:
@@ -183,10 +183,10 @@ class System:
         return str(checkout["job_id"])
 
     def status(self, job_id: str, gateway: int = 0) -> dict[str, Any]:
-        session_id = self.checkout_sessions.get(job_id)
+        key = self.buyer_keys.get(job_id)
         response = httpx.get(
             f"{self.gateways[gateway]}/api/jobs/{job_id}",
-            headers={"X-Checkout-Session": session_id} if session_id else {},
+            headers={"X-Buyer-Key": key} if key else {},
             timeout=30,
         )
         assert response.status_code == 200, response.text

@@ -109,6 +109,41 @@ def test_purchase_to_completed_download(system, page):
     expect(page.get_by_role("dialog")).to_have_count(0)
 
 
+def test_the_buyer_key_stays_in_the_shop_s_storage_and_out_of_every_address(system, page):
+    shop(system, page)
+    addresses: list[str] = []
+    page.on("request", lambda request: addresses.append(request.url))
+    checkout = start_buying(page)
+    kept = page.evaluate("JSON.parse(localStorage.getItem('smi-buyer-keys'))")
+    assert [checkout["job_id"], checkout["buyer_key"]] in kept
+    pay_on_hosted_page(system, page, "4242 4242 4242 4242")
+    expect(modal_state(page, "completed")).to_be_visible(timeout=FINISH_MS)
+    assert not [url for url in addresses if checkout["buyer_key"] in url]
+    # Another browser with the job id and the Checkout Session id, but not the key:
+    # the status, never the download.
+    job = httpx.get(f"{system.gateway}/api/jobs/{checkout['job_id']}", timeout=30).json()
+    assert job["status"] == "completed" and "download_url" not in job
+
+
+def test_one_bad_image_address_costs_only_its_own_button(system, page):
+    shop(system, page)
+    expect(page.get_by_role("button", name="Buy high-res: photo.png")).to_be_visible()
+    page.evaluate(
+        """() => {
+          const more = document.createElement("div");
+          more.innerHTML = '<img alt="bad" data-smi-image="http://[::1">' +
+            '<img alt="empty" data-smi-image="">' +
+            '<img alt="script" data-smi-image="javascript:alert(1)">' +
+            '<img alt="good" data-smi-image="/photo.png">';
+          document.body.appendChild(more);
+          window.SellMyImages.attach(more);
+        }"""
+    )
+    expect(page.get_by_role("button", name="Buy high-res: good")).to_be_visible()
+    for name in ("bad", "empty", "script"):
+        expect(page.get_by_role("button", name=f"Buy high-res: {name}")).to_have_count(0)
+
+
 def test_a_declined_card_shows_why_and_a_retry_pays(system, page):
     shop(system, page)
     start_buying(page)

@@ -8,7 +8,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -78,14 +78,22 @@ class Stack:
     stripe: stripe.StripeClient
     config: GatewayConfig
     faults: Faults
+    buyer_keys: dict[str, str] = field(default_factory=dict)  # job id -> the buyer's key
 
     def checkout(self, **body: object) -> httpx.Response:
         body = {"image_url": f"{self.images}/photo.jpg", **body}
-        return httpx.post(f"{self.gateway}/api/checkout", json=body, timeout=30)
+        response = httpx.post(f"{self.gateway}/api/checkout", json=body, timeout=30)
+        if response.status_code == 201:
+            self.buyer_keys[response.json()["job_id"]] = response.json()["buyer_key"]
+        return response
+
+    def as_buyer(self, job_id: str) -> dict[str, str]:
+        """The header a buyer's page shows: the buyer key its checkout answered with."""
+        return {"X-Buyer-Key": self.buyer_keys[job_id]}
 
     def status(self, job_id: str, as_buyer: bool = False) -> dict:
-        """The job as its page sees it; ``as_buyer`` shows the Checkout session id as the buyer."""
-        headers = {"X-Checkout-Session": self.session_of(job_id)} if as_buyer else {}
+        """The job as its page sees it; ``as_buyer`` shows the buyer key as the buyer's page."""
+        headers = self.as_buyer(job_id) if as_buyer else {}
         return httpx.get(f"{self.gateway}/api/jobs/{job_id}", headers=headers, timeout=30).json()
 
     def session_of(self, job_id: str) -> str:
@@ -94,7 +102,10 @@ class Stack:
 
     def came_back(self, job_id: str, session_id: str) -> httpx.Response:
         return httpx.post(
-            f"{self.gateway}/api/jobs/{job_id}/return", json={"session_id": session_id}, timeout=30
+            f"{self.gateway}/api/jobs/{job_id}/return",
+            json={"session_id": session_id},
+            headers=self.as_buyer(job_id) if job_id in self.buyer_keys else {},
+            timeout=30,
         )
 
     def pay(self, checkout_url: str, card: str, **form: str) -> dict:

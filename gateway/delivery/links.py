@@ -13,11 +13,15 @@ fresh one can be issued on every status poll and in every email.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_decode, base64_encode
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.errors import DownloadExpiredError, DownloadForbiddenError
@@ -49,6 +53,8 @@ class DownloadLinks:
 
     def job_id(self, token: str) -> str:
         """The job of a token, or ``DownloadForbiddenError`` / ``DownloadExpiredError``."""
+        if not _canonical(token):
+            raise DownloadForbiddenError("this download link is not valid")
         try:
             value = self._serializer.loads(token, max_age=self.ttl_s)
         except SignatureExpired as exc:
@@ -58,6 +64,42 @@ class DownloadLinks:
         if not isinstance(value, str):
             raise DownloadForbiddenError("this download link is not valid")
         return value
+
+
+def _canonical(token: str) -> bool:
+    """Whether each base64 part of ``token`` is spelled the one way ``issue`` spells it.
+
+    A part's last character carries bits no decoder reads: without this
+    check one link would have several spellings that all download.
+    """
+    try:
+        return all(base64_encode(base64_decode(part)).decode() == part for part in token.split("."))
+    except (BadSignature, ValueError):
+        return False
+
+
+def new_buyer_key() -> tuple[str, str]:
+    """A buyer's key and the hash the job keeps of it.
+
+    The key is handed once, to the browser that starts the checkout, and is
+    the proof the shop's page shows to get the download link: no public
+    answer, log line, email or Stripe object carries it (a Checkout Session
+    id does: it is in the checkout address, in Stripe's Dashboard and in
+    the seller's notices, so it proves nothing).
+    """
+    key = secrets.token_urlsafe(32)
+    return key, buyer_key_hash(key)
+
+
+def buyer_key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def holds_buyer_key(stored_hash: str | None, key: str | None) -> bool:
+    """Whether ``key`` is the buyer's key whose hash the job keeps (constant time)."""
+    if not stored_hash or not key:
+        return False
+    return hmac.compare_digest(buyer_key_hash(key), stored_hash)
 
 
 @dataclass(frozen=True)

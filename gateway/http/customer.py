@@ -9,17 +9,18 @@ POST /api/links                  {"email"}: a buyer who lost the link gets fresh
                                  the same whether the address is known or not
 
 A job id alone opens its status, progress, price, image size and times,
-never a download: the id travels in the success URL (history, Referer,
-analytics). The download link is minted only for whoever shows the job's
-Checkout session id, which Stripe gives to the payer alone (in the redirect
-back, which the script strips from the address bar at once), sent in the
-``X-Checkout-Session`` header or in the return call's body; the emailed
-link is the other way in.
+never a download nor the checkout's address: the id travels in the success
+URL (history, Referer, analytics). The download link (and, while the job
+waits for payment, the checkout's address) is given only to whoever shows
+the job's buyer key in the ``X-Buyer-Key`` header: a secret of our own,
+handed once in the answer to ``POST /api/checkout`` and kept by the script
+in the shop's own storage, never in an address. A Checkout Session id is
+no proof: it is in the checkout's address, Stripe's Dashboard and the
+seller's notices. The emailed link is the other way in.
 """
 
 from __future__ import annotations
 
-import hmac
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -30,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.delivery.emails import resend_links
-from gateway.delivery.links import DownloadLinks
+from gateway.delivery.links import DownloadLinks, holds_buyer_key
 from gateway.errors import GatewayError, RequestError
 from gateway.http.requests import email_in, in_session, off_loop, read_json, services_of
 from gateway.metrics import CHECKOUTS
@@ -47,7 +48,7 @@ BODY_LIMIT = 16 * 1024
 # anyio's default pool (40 threads) keeps the others for webhooks, polls and admins.
 CHECKOUT_THREADS = 16
 NO_STORE = {"Cache-Control": "no-store"}
-SESSION_HEADER = "X-Checkout-Session"
+KEY_HEADER = "X-Buyer-Key"
 
 
 async def checkout(request: Request) -> Response:
@@ -108,8 +109,7 @@ def checkout_limiter(request: Request) -> anyio.CapacityLimiter:
 
 
 async def job_status(request: Request) -> Response:
-    session_id = request.headers.get(SESSION_HEADER)
-    return JSONResponse(await read_status(request, session_id), headers=NO_STORE)
+    return JSONResponse(await read_status(request), headers=NO_STORE)
 
 
 async def returned(request: Request) -> Response:
@@ -123,26 +123,22 @@ async def returned(request: Request) -> Response:
     await off_loop(
         lambda: fulfil_on_return(services.sessions, services.payments, job_id, session_id)
     )
-    return JSONResponse(await read_status(request, session_id), headers=NO_STORE)
+    return JSONResponse(await read_status(request), headers=NO_STORE)
 
 
-async def read_status(request: Request, session_id: str | None) -> dict[str, Any]:
-    """The job of the request's path, as ``status_of`` shows it to ``session_id``'s holder."""
+async def read_status(request: Request) -> dict[str, Any]:
+    """The job of the request's path, as ``status_of`` shows it to the request's key holder."""
     job_id, links = request.path_params["job_id"], services_of(request).links
+    key = request.headers.get(KEY_HEADER)
     return await in_session(
-        request, lambda session: status_of(get_job(session, job_id), links, session_id)
+        request, lambda session: status_of(get_job(session, job_id), links, key)
     )
 
 
-def paid_by(job: Job, session_id: str | None) -> bool:
-    """Whether ``session_id`` is the job's Checkout session: the buyer's proof."""
-    if not session_id or not job.stripe_session_id:
-        return False
-    return hmac.compare_digest(session_id.encode(), job.stripe_session_id.encode())
-
-
-def status_of(job: Job, links: DownloadLinks, session_id: str | None = None) -> dict[str, Any]:
-    """What the customer's page shows about a job; the download only to its buyer."""
+def status_of(job: Job, links: DownloadLinks, buyer_key: str | None = None) -> dict[str, Any]:
+    """What the customer's page shows about a job; the download (and the checkout's
+    address) only to the holder of its buyer key."""
+    buyer = holds_buyer_key(job.buyer_key_hash, buyer_key)
 
     def stamp(value: datetime | None) -> str | None:
         return value.isoformat() if value else None
@@ -166,9 +162,13 @@ def status_of(job: Job, links: DownloadLinks, session_id: str | None = None) -> 
         "updated_at": stamp(job.updated_at),
         "paid_at": stamp(job.paid_at),
         "finished_at": stamp(job.finished_at),
-        **(download_link(job, links) if paid_by(job, session_id) else {}),
+        **(download_link(job, links) if buyer else {}),
         # A customer whose card was declined pays again on the same session.
-        **({"checkout_url": job.checkout_url} if job.status == JobStatus.AWAITING_PAYMENT else {}),
+        **(
+            {"checkout_url": job.checkout_url}
+            if buyer and job.status == JobStatus.AWAITING_PAYMENT
+            else {}
+        ),
     }
 
 

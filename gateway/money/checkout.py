@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import GatewayConfig
+from gateway.delivery.links import new_buyer_key
 from gateway.errors import GatewayError, RequestError
 from gateway.languages import choose
 from gateway.money.currencies import exponent
@@ -38,6 +39,8 @@ class CheckoutStarted:
     scale: int
     # What each offered model would cost for this image: the buyer may choose another.
     offers: list[dict[str, Any]]
+    # The buyer's proof for this job's download (``X-Buyer-Key``): in this answer only.
+    buyer_key: str
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ def start_checkout(
     quotes = [quote_price(source.width, source.height, config.pricing, name) for name in offered]
     quote = next(q for q in quotes if q.model == model)
     job_id = new_job_id()
+    buyer_key, key_hash = new_buyer_key()
     source_key = source_key_for(job_id, EXTENSIONS[source.format])
     storage.put(source_key, source.data)
     with sessions.begin() as session:
@@ -130,6 +134,7 @@ def start_checkout(
                 return_url,
                 request.language,
                 model,
+                key_hash,
             ),
             job_id,
         )
@@ -176,4 +181,5 @@ def start_checkout(
             }
             for q in quotes
         ],
+        buyer_key,
     )

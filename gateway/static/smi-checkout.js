@@ -11,7 +11,13 @@
  * page when the customer confirms. Back on this page, the smi_payment,
  * job_id and session_id parameters open a modal that follows the job
  * (POST /api/jobs/{id}/return once, then GET /api/jobs/{id} polled with
- * backoff) until it is final.
+ * backoff) until it is final. They are taken out of the address as soon as
+ * the script runs, before the page's own requests can carry them in Referer.
+ *
+ * The answer to a checkout holds the job's buyer key, the proof that opens its
+ * download: the script keeps it in this shop's localStorage (never in an
+ * address) and shows it in the X-Buyer-Key header. A buyer whose browser lost
+ * it gets the link by email.
  *
  * The gateway is the origin this script was loaded from, or the value of
  * data-smi-gateway on the script tag. Its words come from the gateway's
@@ -37,6 +43,58 @@
     [document.documentElement.lang].concat(navigator.languages || [navigator.language])
   );
   var strings = {}; // the catalogue: /static/i18n/LANGUAGE.json from the gateway
+  var KEYS = "smi-buyer-keys"; // localStorage: job id -> buyer key
+  var KEYS_KEPT = 20;
+  // Read and removed before anything else runs: the page's own requests must not
+  // carry the payment's parameters in their Referer.
+  var RETURNED = takeParams();
+
+  function takeParams() {
+    var url = new URL(window.location.href);
+    var found = {};
+    var any = false;
+    PARAMS.forEach(function (name) {
+      found[name] = url.searchParams.get(name);
+      if (found[name] !== null) any = true;
+      url.searchParams.delete(name);
+    });
+    // A reload does not reopen the modal.
+    if (any) window.history.replaceState(window.history.state, "", url.toString());
+    return found;
+  }
+
+  // The buyer keys of this browser's last checkouts (storage may be off: then none).
+  function keys() {
+    try {
+      var kept = JSON.parse(window.localStorage.getItem(KEYS) || "[]");
+      return Array.isArray(kept) ? kept : [];
+    } catch (error) {
+      return [];
+    }
+  }
+
+  function rememberKey(jobId, key) {
+    if (!jobId || !key) return;
+    var kept = keys().filter(function (entry) { return entry && entry[0] !== jobId; });
+    kept.push([jobId, key]);
+    try {
+      window.localStorage.setItem(KEYS, JSON.stringify(kept.slice(-KEYS_KEPT)));
+    } catch (error) { /* no storage: the link comes by email */ }
+  }
+
+  function keyOf(jobId) {
+    var found = keys().filter(function (entry) { return entry && entry[0] === jobId; });
+    return found.length ? String(found[0][1]) : null;
+  }
+
+  // Headers for the gateway's job answers: the buyer key when this browser holds it.
+  function jobHeaders(jobId, extra) {
+    var headers = { Accept: "application/json" };
+    var key = keyOf(jobId);
+    if (key) headers["X-Buyer-Key"] = key;
+    Object.keys(extra || {}).forEach(function (name) { headers[name] = extra[name]; });
+    return headers;
+  }
 
   function pickLanguage(tags) {
     for (var i = 0; i < tags.length; i++) {
@@ -247,6 +305,7 @@
     }).then(function (response) {
       return response.json().catch(function () { return null; }).then(function (answer) {
         if (!response.ok) throw new Error(errorMessage(response, answer));
+        rememberKey(answer.job_id, answer.buyer_key);
         return answer;
       });
     });
@@ -468,11 +527,27 @@
       });
   }
 
+  // The absolute http(s) address of a data-smi-image value; null for anything else.
+  function imageAddress(value) {
+    if (!String(value || "").trim()) return null;
+    try {
+      var url = new URL(String(value || "").trim(), window.location.href);
+      return url.protocol === "http:" || url.protocol === "https:" ? url.toString() : null;
+    } catch (error) {
+      return null;
+    }
+  }
+
   function attachButtons(root) {
     var marked = (root || document).querySelectorAll("[data-smi-image]:not([data-smi-ready])");
     Array.prototype.forEach.call(marked, function (element) {
       element.setAttribute("data-smi-ready", "");
-      var imageUrl = new URL(element.getAttribute("data-smi-image"), window.location.href).toString();
+      // One image's bad address costs that image its button, never the others theirs.
+      var imageUrl = imageAddress(element.getAttribute("data-smi-image"));
+      if (!imageUrl) {
+        if (window.console) window.console.warn("smi-checkout: not an image address", element);
+        return;
+      }
       var button = element;
       if (element.tagName === "IMG") {
         button = document.createElement("button");
@@ -491,12 +566,6 @@
   }
 
   // -- coming back from the payment page -------------------------------------
-
-  function forgetParams() {
-    var url = new URL(window.location.href);
-    PARAMS.forEach(function (name) { url.searchParams.delete(name); });
-    window.history.replaceState(null, "", url.toString());
-  }
 
   // The job's message in the buyer's language (a declined card's reason is Stripe's own).
   function message(job) {
@@ -570,19 +639,16 @@
     function poll() {
       if (stopped) return;
       // Back from paying: the first look tells the gateway so (it asks Stripe if the
-      // webhook has not come yet); later looks only read.
-      // The session id is the buyer's proof of payment: only with it does the
-      // gateway hand out the download link (a job id alone does not).
-      var headers = { Accept: "application/json" };
-      if (sessionId) headers["X-Checkout-Session"] = sessionId;
+      // webhook has not come yet); later looks only read. The buyer key is the proof
+      // of payment: only with it does the gateway hand out the download link.
       var request = returning
         ? fetch(jobUrl + "/return", {
           method: "POST",
-          headers: { Accept: "application/json", "Content-Type": "application/json" },
+          headers: jobHeaders(jobId, { "Content-Type": "application/json" }),
           body: JSON.stringify({ session_id: sessionId }),
           cache: "no-store"
         })
-        : fetch(jobUrl, { headers: headers, cache: "no-store" });
+        : fetch(jobUrl, { headers: jobHeaders(jobId), cache: "no-store" });
       request
         .then(function (response) {
           if (response.status === 404) throw new Error(t("order.not_found"));
@@ -622,7 +688,8 @@
     var looks = 0;
     function look() {
       if (stopped || looks++ >= 3) return;
-      fetch(GATEWAY + "/api/jobs/" + encodeURIComponent(jobId), { cache: "no-store" })
+      var jobUrl = GATEWAY + "/api/jobs/" + encodeURIComponent(jobId);
+      fetch(jobUrl, { headers: jobHeaders(jobId), cache: "no-store" })
         .then(function (response) { return response.ok ? response.json() : null; })
         .then(function (job) {
           if (stopped || !job) return;
@@ -635,12 +702,10 @@
   }
 
   function onReturn() {
-    var params = new URL(window.location.href).searchParams;
-    var outcome = params.get("smi_payment");
-    var jobId = params.get("job_id");
+    var outcome = RETURNED.smi_payment;
+    var jobId = RETURNED.job_id;
     if (!outcome || !jobId) return;
-    var sessionId = params.get("session_id");
-    forgetParams(); // a reload does not reopen the modal
+    var sessionId = RETURNED.session_id;
     if (outcome === "success") follow(jobId, sessionId);
     else if (outcome === "cancel") cancelled(jobId);
   }

@@ -117,6 +117,7 @@ class NewJob:
     return_url: str | None = None
     language: str = "en"
     model: str = DEFAULT_MODEL
+    buyer_key_hash: str | None = None
 
 
 def create_job(session: Session, new: NewJob, job_id: str | None = None) -> Job:
@@ -133,6 +134,7 @@ def create_job(session: Session, new: NewJob, job_id: str | None = None) -> Job:
         currency=new.currency,
         language=new.language,
         model=new.model,
+        buyer_key_hash=new.buyer_key_hash,
         customer_message=AWAITING_PAYMENT_MESSAGE,
         progress=0.0,
         attempts=0,

@@ -68,6 +68,9 @@ class Job(Base):
     result_deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     stripe_session_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     checkout_url: Mapped[str | None] = mapped_column(Text)
+    # SHA-256 of the buyer's key (``gateway.money.checkout.buyer_key``): handed only to the
+    # browser that started the checkout, it opens the download on the shop's page.
+    buyer_key_hash: Mapped[str | None] = mapped_column(String(64))
     stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255), index=True)
     customer_email: Mapped[str | None] = mapped_column(String(320))
     customer_message: Mapped[str] = mapped_column(Text, default="")

@@ -1,13 +1,18 @@
 """What an attack on the gateway's doors found, each kept shut by a test.
 
 Money: a refund stranded by a partial Dashboard refund during our retries, a
-refund dropped by a won dispute. The gateway runs in-process with its
-background work driven by hand, against the Stripe emulator through the SDK,
-on SQLite and PostgreSQL (``docs/RELIABILITY.md``, "Attacks").
+refund dropped by a won dispute. The download credential: a proof readable
+with the job id alone, tokens in logs, a token with two spellings. The
+gateway runs in-process with its background work driven by hand, against
+the Stripe emulator through the SDK, on SQLite and PostgreSQL
+(``docs/RELIABILITY.md``).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import string
 from collections.abc import Iterator
 
 import httpx
@@ -16,6 +21,7 @@ from test_gateway_app import post_event, start_stack
 from test_recovery import TOKEN, Loop, hand_driven
 
 from servers import wait_for
+from shared.logs import JsonFormatter, SecretsFilter, TextFormatter
 from shared.messages import EventKind
 from shared.storage import Storage
 
@@ -115,3 +121,77 @@ def test_a_won_dispute_resumes_the_refund_an_admin_ordered(database_url, tmp_pat
         assert loop.outbox(job_id).count("email:refunded:1") == 1
         url = f"{stack.gateway}/api/jobs/{job_id}"
         assert httpx.get(url, timeout=30).json()["status"] == "refunded"
+
+
+# -- the download credential ----------------------------------------------------------
+
+
+def test_only_the_buyer_key_opens_the_download_and_no_public_answer_holds_it(loop):
+    """The job id, and the Checkout Session id (in the checkout's address, Stripe's
+    Dashboard, the seller's notices), prove nothing; the buyer key from the checkout's
+    answer does, and it is in no public answer."""
+    body = loop.stack.checkout().json()
+    job_id, key = body["job_id"], body["buyer_key"]
+    session_id = loop.stack.session_of(job_id)
+    assert session_id in body["checkout_url"]  # the payer's own answer only
+    public = loop.stack.status(job_id)
+    assert public["status"] == "awaiting_payment"
+    assert "checkout_url" not in public and session_id not in json.dumps(public)
+    assert key not in json.dumps(public)
+    assert loop.stack.status(job_id, as_buyer=True)["checkout_url"] == body["checkout_url"]
+    assert loop.stack.pay(body["checkout_url"], "4242424242424242")["outcome"] == "paid"
+    wait_for(lambda: loop.stack.status(job_id)["status"] == "pending")
+    Storage(loop.stack.config.storage_url).put(f"jobs/{job_id}/result.png", b"\x89PNG result")
+    loop.event(job_id, EventKind.COMPLETED, result_key=f"jobs/{job_id}/result.png")
+    status_url = f"{loop.stack.gateway}/api/jobs/{job_id}"
+    for proof in (
+        {},
+        {"X-Checkout-Session": session_id},
+        {"X-Buyer-Key": session_id},
+        {"X-Buyer-Key": key[:-1]},
+        {"X-Buyer-Key": ""},
+    ):
+        answer = httpx.get(status_url, headers=proof, timeout=30).json()
+        assert answer["status"] == "completed" and "download_url" not in answer, proof
+    back = httpx.post(f"{status_url}/return", json={"session_id": session_id}, timeout=30)
+    assert back.status_code == 200 and "download_url" not in back.json()
+    url = loop.stack.status(job_id, as_buyer=True)["download_url"]
+    download = httpx.get(url, timeout=30)
+    assert download.status_code == 200 and download.headers["referrer-policy"] == "no-referrer"
+
+
+def test_a_download_token_has_one_spelling(loop):
+    job_id = loop.buy()
+    Storage(loop.stack.config.storage_url).put(f"jobs/{job_id}/result.png", b"\x89PNG result")
+    loop.event(job_id, EventKind.COMPLETED, result_key=f"jobs/{job_id}/result.png")
+    url = loop.stack.status(job_id, as_buyer=True)["download_url"]
+    assert httpx.get(url, timeout=30).status_code == 200
+    alphabet = string.ascii_letters + string.digits + "-_"
+    for part in range(3):  # the payload, the time stamp and the signature
+        parts = url.rsplit("/", 1)[1].split(".")
+        for other in alphabet.replace(parts[part][-1], ""):
+            respelled = ".".join(p if i != part else p[:-1] + other for i, p in enumerate(parts))
+            answer = httpx.get(f"{loop.stack.gateway}/downloads/{respelled}", timeout=30)
+            assert answer.status_code == 403, (part, respelled)
+
+
+def test_no_log_line_keeps_a_download_token():
+    """The access log's path (uvicorn's own line) and any message naming a link."""
+    token = "ImpvYl9hYmMi.axaiJA.-7gFjmxOXCTgLqBW_NpW6W4c1pA"
+    access = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", f"/downloads/{token}?x=1", "1.1", 200),
+        None,
+    )
+    said = logging.LogRecord(
+        "gateway", logging.INFO, __file__, 1, f"sent https://shop.test/downloads/{token}", (), None
+    )
+    for record in (access, said):
+        assert SecretsFilter().filter(record)
+        for formatter in (JsonFormatter(), TextFormatter()):
+            line = formatter.format(record)
+            assert token not in line and "/downloads/[token]" in line, line

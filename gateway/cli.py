@@ -67,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "log_level": "info",
         "access_log": args.access_log,
         "log_config": None,  # its lines go through ours (JSON, with job ids)
+        # X-Forwarded-For is the app's to judge (SMI_TRUSTED_PROXIES), never uvicorn's: by
+        # default uvicorn believes it from loopback, and a client could name any address.
+        "proxy_headers": False,
     }
     if args.workers > 1:
         return _serve_workers(args.host, args.port, args.workers, args.access_log)
@@ -129,7 +132,9 @@ def _serve_one(host: str, port: int, access_log: bool) -> None:
     sock.listen(2048)
     configure_service_logging()
     app = create_app(GatewayConfig.from_env())
-    config = uvicorn.Config(app, log_level="info", access_log=access_log, log_config=None)
+    config = uvicorn.Config(
+        app, log_level="info", access_log=access_log, log_config=None, proxy_headers=False
+    )
     uvicorn.Server(config).run(sockets=[sock])
 
 

@@ -19,6 +19,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -169,6 +170,8 @@ class GatewayConfig:
     download_secret: str
     download_ttl_s: int
     storefront_origins: tuple[str, ...] = ()
+    # Proxies whose X-Forwarded-For is believed (SMI_TRUSTED_PROXIES); none by default.
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     checkout_limits: CheckoutLimitsConfig = CheckoutLimitsConfig()
     previews: PreviewConfig = PreviewConfig()
     checkout_options: CheckoutOptions = CheckoutOptions()
@@ -240,6 +243,17 @@ class GatewayConfig:
                 env.problem(
                     f"SMI_STOREFRONT_ORIGINS takes origins (https://shop.example), not {origin!r}"
                 )
+
+        trusted_proxies: list[IPv4Network | IPv6Network] = []
+        for entry in env.text("TRUSTED_PROXIES", "").split(","):
+            if entry.strip():
+                try:
+                    trusted_proxies.append(ip_network(entry.strip(), strict=False))
+                except ValueError:
+                    env.problem(
+                        "SMI_TRUSTED_PROXIES takes addresses or networks (10.0.0.0/8, ::1), "
+                        f"not {entry.strip()!r}"
+                    )
 
         currency = env.text("CURRENCY", "usd").lower()
         known = True
@@ -362,6 +376,7 @@ class GatewayConfig:
             download_secret=download_secret,
             download_ttl_s=int(env.number("DOWNLOAD_TTL_HOURS", 7 * 24, minimum=0.01) * 3600),
             storefront_origins=storefront_origins,
+            trusted_proxies=tuple(trusted_proxies),
             checkout_limits=CheckoutLimitsConfig(
                 per_client_per_minute=env.number("CHECKOUT_PER_CLIENT_PER_MINUTE", 20, minimum=0.1),
                 burst=int(env.number("CHECKOUT_BURST", 5, minimum=1)),

@@ -17,7 +17,15 @@ import uvicorn
 @contextmanager
 def serve(app: Any, port: int = 0) -> Iterator[str]:
     """Run ``app`` on 127.0.0.1 (a free port unless given); yields its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    # As smi-gateway serves: X-Forwarded-For is the app's to judge, not uvicorn's.
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        proxy_headers=False,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

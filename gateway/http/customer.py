@@ -33,6 +33,7 @@ from starlette.routing import Route
 from gateway.delivery.emails import resend_links
 from gateway.delivery.links import DownloadLinks, holds_buyer_key
 from gateway.errors import GatewayError, RequestError
+from gateway.http.limits import client_of
 from gateway.http.requests import email_in, in_session, off_loop, read_json, services_of
 from gateway.metrics import CHECKOUTS
 from gateway.money.checkout import origin_of, parse_checkout_request, start_checkout
@@ -65,11 +66,13 @@ async def checkout(request: Request) -> Response:
 
 async def _checkout(request: Request) -> Response:
     services = services_of(request)
-    request.app.state.checkout_limits.take(request.client.host if request.client else "")
+    limits, client = request.app.state.checkout_limits, client_of(request)
+    limits.take_client(client)
     body = await read_json(request, BODY_LIMIT)
     config = services.config
     origins = tuple(origin_of(url) for url in (*config.storefront_origins, config.public_url))
     wanted = parse_checkout_request(body, f"{config.public_url}/", origins)
+    limits.take_everyone(client)  # only a valid request takes from everyone's share
     # Checkouts fetch from other servers, which may be slow on purpose: they take
     # threads from a limiter of their own, never from the pool webhooks and
     # status polls use.
@@ -93,8 +96,10 @@ LINKS_SENT = (
 
 
 async def lost_links(request: Request) -> Response:
-    request.app.state.link_limits.take(request.client.host if request.client else "")
+    limits, client = request.app.state.link_limits, client_of(request)
+    limits.take_client(client)
     address = email_in(await read_json(request, BODY_LIMIT))
+    limits.take_everyone(client)
     await in_session(request, lambda session: resend_links(session, address), write=True)
     return JSONResponse({"message": LINKS_SENT}, status_code=202)
 

@@ -21,12 +21,14 @@ from starlette.routing import Route
 from gateway.delivery.previews import preview_image_key, preview_status, start_preview
 from gateway.errors import NotFoundError, RequestError
 from gateway.http.customer import BODY_LIMIT, checkout_limiter
+from gateway.http.limits import client_of
 from gateway.http.requests import off_loop, read_json, services_of
 
 
 async def create(request: Request) -> Response:
     services = services_of(request)
-    request.app.state.preview_limits.take(request.client.host if request.client else "")
+    limits, client = request.app.state.preview_limits, client_of(request)
+    limits.take_client(client)
     body = await read_json(request, BODY_LIMIT)
     if not isinstance(body, dict):
         raise RequestError("the body must be a JSON object")
@@ -36,6 +38,7 @@ async def create(request: Request) -> Response:
     if model is not None and not isinstance(model, str):
         raise RequestError("model must be a string")
     at = _point(body)
+    limits.take_everyone(client)  # only a valid request takes from everyone's share
     # Fetching the image is a checkout's kind of work: the same limited threads.
     status = await anyio.to_thread.run_sync(
         lambda: start_preview(

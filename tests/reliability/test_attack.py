@@ -14,12 +14,14 @@ import json
 import logging
 import string
 from collections.abc import Iterator
+from ipaddress import ip_network
 
 import httpx
 import pytest
 from test_gateway_app import post_event, start_stack
 from test_recovery import TOKEN, Loop, hand_driven
 
+from gateway.http.limits import counted_client
 from servers import wait_for
 from shared.logs import JsonFormatter, SecretsFilter, TextFormatter
 from shared.messages import EventKind
@@ -195,3 +197,68 @@ def test_no_log_line_keeps_a_download_token():
         for formatter in (JsonFormatter(), TextFormatter()):
             line = formatter.format(record)
             assert token not in line and "/downloads/[token]" in line, line
+
+
+# -- rate limits ----------------------------------------------------------------------
+
+LIMITED = {
+    "SMI_CHECKOUT_PER_CLIENT_PER_MINUTE": "0.1",
+    "SMI_CHECKOUT_BURST": "2",
+    "SMI_CHECKOUT_GLOBAL_PER_MINUTE": "12",  # everyone's bucket holds 2
+}
+
+
+def checkout_from(stack, forwarded: str | None, body: dict | None = None) -> int:
+    headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+    body = {"image_url": f"{stack.images}/photo.jpg"} if body is None else body
+    answer = httpx.post(f"{stack.gateway}/api/checkout", json=body, headers=headers, timeout=30)
+    return answer.status_code
+
+
+def test_made_up_forwarded_addresses_count_as_the_connection_s_own(tmp_path):
+    with start_stack(f"sqlite:///{tmp_path / 'smi.db'}", tmp_path, **LIMITED) as stack:
+        made_up = [checkout_from(stack, f"198.51.100.{n}") for n in range(3)]
+        assert made_up == [201, 201, 429]
+
+
+def test_behind_a_trusted_proxy_clients_count_by_address_and_ipv6_by_its_64(tmp_path):
+    settings = {**LIMITED, "SMI_CHECKOUT_GLOBAL_PER_MINUTE": "600"}
+    settings["SMI_TRUSTED_PROXIES"] = "127.0.0.0/8, ::1"
+    with start_stack(f"sqlite:///{tmp_path / 'smi.db'}", tmp_path, **settings) as stack:
+        # A client's own X-Forwarded-For entries (left of what the proxy added) are ignored.
+        assert [checkout_from(stack, f"10.9.9.{n}, 203.0.113.7") for n in range(3)] == [
+            201,
+            201,
+            429,
+        ]
+        assert checkout_from(stack, "203.0.113.8") == 201  # another client
+        one_subscriber = [checkout_from(stack, f"2001:db8:0:5::{n}") for n in range(1, 4)]
+        assert one_subscriber == [201, 201, 429]
+        assert checkout_from(stack, "2001:db8:0:6::1") == 201  # another /64
+
+
+def test_requests_that_fail_validation_leave_everyone_s_share_alone(tmp_path):
+    settings = {**LIMITED, "SMI_TRUSTED_PROXIES": "127.0.0.1"}
+    with start_stack(f"sqlite:///{tmp_path / 'smi.db'}", tmp_path, **settings) as stack:
+        junk = [checkout_from(stack, f"192.0.2.{n}", {}) for n in range(1, 40)]
+        assert set(junk) == {400}, junk
+        assert checkout_from(stack, "203.0.113.50") == 201  # the next honest buyer
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "counted"),
+    [
+        ("127.0.0.1", ["198.51.100.1"], "127.0.0.1"),  # not trusted: the header is ignored
+        ("10.0.0.2", ["198.51.100.1"], "198.51.100.1"),
+        ("10.0.0.2", ["1.2.3.4, 198.51.100.1, 10.0.0.3"], "198.51.100.1"),
+        ("10.0.0.2", ["1.2.3.4", "198.51.100.1"], "198.51.100.1"),  # two header lines
+        ("10.0.0.2", ["not-an-address"], "10.0.0.2"),
+        ("10.0.0.2", [], "10.0.0.2"),
+        ("::ffff:198.51.100.4", [], "198.51.100.4"),
+        ("2001:db8:1:2:3:4:5:6", [], "2001:db8:1:2::/64"),
+        ("10.0.0.2", ["[2001:db8::1]"], "2001:db8::/64"),
+    ],
+)
+def test_the_counted_client(peer, forwarded, counted):
+    trusted = [ip_network("10.0.0.0/8")]
+    assert counted_client(peer, forwarded, trusted) == counted

@@ -32,6 +32,7 @@ from gateway.http import admin, customer, downloads, health, previews, webhooks
 from gateway.http.errors import HANDLERS
 from gateway.http.headers import SafeHeaders
 from gateway.http.limits import CheckoutLimits
+from gateway.http.requests import StorableText
 from gateway.services import Services
 
 
@@ -74,6 +75,8 @@ def create_app(config: GatewayConfig) -> Starlette:
                 expose_headers=["Retry-After"],
                 max_age=600,
             ),
+            # A NUL in a path or query: 400 at every door, before any lookup.
+            Middleware(StorableText),
         ],
     )
     app.state.checkout_limits = CheckoutLimits(**vars(config.checkout_limits))

@@ -3,6 +3,7 @@
 GatewayError                        (500) only if something forgot to be specific
 ├── RequestError                    (400) malformed JSON, missing or wrong fields
 │   ├── PayloadTooLargeError        (413) a body over the limit
+│   ├── UnstorableTextError         (400) a NUL or unpaired surrogate in a path, query or body
 │   └── SourceImageError            (422) the image URL or its bytes cannot be sold
 ├── NotFoundError                   (404) no such job (or a job id nobody may see)
 ├── ConflictError                   (409) the job's state does not allow it (admin actions)
@@ -28,6 +29,11 @@ class RequestError(GatewayError):
 
 class PayloadTooLargeError(RequestError):
     """Raised when a request body exceeds the size limit."""
+
+
+class UnstorableTextError(RequestError):
+    """Raised when a path, query or JSON string holds a character no database column can
+    store (NUL, an unpaired surrogate): refused before any lookup or write."""
 
 
 class UnsupportedMediaTypeError(RequestError):

@@ -27,6 +27,7 @@ from gateway.errors import (
     RequestError,
     SourceImageError,
     UnauthorizedError,
+    UnstorableTextError,
     UnsupportedMediaTypeError,
     WebhookSignatureError,
 )
@@ -39,6 +40,7 @@ ANSWERS: dict[type[GatewayError], tuple[int, str]] = {
     RequestError: (400, "invalid_request"),
     PayloadTooLargeError: (413, "payload_too_large"),
     UnsupportedMediaTypeError: (415, "unsupported_media_type"),
+    UnstorableTextError: (400, "invalid_characters"),
     SourceImageError: (422, "unusable_image"),
     NotFoundError: (404, "not_found"),
     RateLimitedError: (429, "rate_limited"),

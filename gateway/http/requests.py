@@ -1,21 +1,27 @@
-"""What handlers share: the process's services, a bounded body, blocking work off the loop."""
+"""What handlers share: the process's services, a bounded body, text a database can store,
+blocking work off the loop."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import (
     NotFoundError,
     PayloadTooLargeError,
     RequestError,
+    UnstorableTextError,
     UnsupportedMediaTypeError,
 )
+from gateway.http.errors import error_response
 from gateway.services import Services
 from gateway.store.lifecycle import UnknownJobError
 
@@ -55,9 +61,54 @@ async def read_json(request: Request, limit: int, *, empty: Any = None) -> Any:
     if media_type != "application/json":
         raise UnsupportedMediaTypeError("send the body as JSON with Content-Type: application/json")
     try:
-        return json.loads(body)
+        parsed = json.loads(body)
     except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, too deep, too many digits
         raise RequestError("the body is not valid JSON") from exc
+    return storable(parsed, "the body")
+
+
+# What no text column stores: PostgreSQL refuses NUL, and UTF-8 has no lone surrogates
+# (JSON's "\ud800" escape makes one). Percent-decoding replaces bad UTF-8, never yields these.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(value: T, where: str) -> T:
+    """``value`` (text, or parsed JSON: keys and strings at any depth) if a database can
+    store every string in it; else ``UnstorableTextError`` naming ``where``."""
+    pending: list[Any] = [value]
+    while pending:  # no recursion: JSON nested as deep as the parser allows is fine
+        item = pending.pop()
+        if isinstance(item, str):
+            if UNSTORABLE.search(item):
+                raise UnstorableTextError(
+                    f"{where} holds a character that cannot be stored (NUL or a lone surrogate)"
+                )
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return value
+
+
+class StorableText:
+    """Pure ASGI middleware: a request whose path or query (as handlers read them,
+    percent-decoded) holds text a database cannot store is answered 400 before any
+    route sees it, whichever door it knocks on. JSON bodies: ``read_json``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            try:
+                storable(scope["path"], "the path")
+                query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+                storable([text for pair in query for text in pair], "the query")
+            except UnstorableTextError as exc:
+                await error_response(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def email_in(body: Any) -> str:

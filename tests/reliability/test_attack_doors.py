@@ -1,0 +1,168 @@
+"""What an attack on the gateway's doors found, each kept shut by a test.
+
+Text no database stores: a NUL (or a lone surrogate) in a path, a query or
+a JSON string was looked up or written as it came, and PostgreSQL answered
+with an error, so the gateway answered 500. Every door now answers 400
+``invalid_characters`` before any lookup or write, on SQLite and PostgreSQL.
+The real app on a real server, with the Stripe emulator
+(``docs/RELIABILITY.md``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+from test_gateway_app import SECRET, Stack, start_stack
+
+from devtools.emulator.webhooks import sign_payload
+from gateway.store.tables import (
+    AuditEntry,
+    Job,
+    Notification,
+    OutboxMessage,
+    Payment,
+    Refund,
+    WebhookEvent,
+)
+from servers import wait_for
+
+ADMIN_TOKEN = "admin-token-doors-0123456789"
+NUL, SURROGATE = "\u0000", "\ud800"
+
+
+def raw(value: Any) -> bytes:
+    """``value`` as JSON bytes; ``json.dumps`` writes a NUL or a surrogate as its escape."""
+    return json.dumps(value).encode()
+
+
+def paid_job(stack: Stack) -> str:
+    body = stack.checkout().json()
+    assert stack.pay(body["checkout_url"], "4242424242424242")["outcome"] == "paid"
+    wait_for(lambda: stack.status(body["job_id"])["status"] == "pending")  # the webhook came
+    return str(body["job_id"])
+
+
+def footprint(stack: Stack, storage: Path) -> tuple[int, ...]:
+    """How many rows each table a request could write to holds, the events received (with
+    their outcomes and deliveries), and the files in storage."""
+    with stack.sessions()() as session:
+        rows = tuple(
+            session.scalar(select(func.count()).select_from(table)) or 0
+            for table in (Job, AuditEntry, Payment, Refund, OutboxMessage, Notification)
+        )
+        events = session.execute(
+            select(WebhookEvent.event_id, WebhookEvent.outcome, WebhookEvent.deliveries)
+        ).all()
+    files = sum(1 for path in storage.rglob("*") if path.is_file())
+    return (*rows, hash(frozenset(map(tuple, events))), files)
+
+
+def knocks(stack: Stack, job_id: str) -> list[tuple[str, str, str, bytes | None, dict]]:
+    """(door, method, path, JSON body, headers): each carries a NUL or a lone surrogate
+    where the door reads text, and is otherwise what that door takes."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    image = f"{stack.images}/photo.jpg"
+    session_id = stack.session_of(job_id)
+
+    def signed(event: dict) -> tuple[bytes, dict]:
+        payload = raw(event)
+        return payload, {"Stripe-Signature": sign_payload(payload, SECRET)}
+
+    def event(**changes: Any) -> dict:
+        """The paid job's checkout.session.completed as Stripe sends it, with changes."""
+        obj = stack.stripe.v1.checkout.sessions.retrieve(session_id).to_dict()
+        return {
+            "id": f"evt_{uuid.uuid4().hex}",
+            "object": "event",
+            "type": "checkout.session.completed",
+            "livemode": False,
+            "data": {"object": {**obj, **changes.pop("object", {})}},
+            **changes,
+        }
+
+    buyer = stack.as_buyer(job_id)
+    return [
+        ("customer", "GET", "/api/jobs/%00", None, {}),
+        ("customer", "GET", f"/api/jobs/{job_id}%00", None, buyer),
+        ("customer", "GET", f"/api/jobs/{job_id}?lang=%00", None, {}),
+        ("customer", "POST", "/api/jobs/a%00b/return", raw({"session_id": "cs_x"}), {}),
+        ("customer", "POST", f"/api/jobs/{job_id}/return", raw({"session_id": NUL}), buyer),
+        ("customer", "POST", f"/api/jobs/{job_id}/return", raw({"session_id": SURROGATE}), {}),
+        ("customer", "POST", "/api/checkout", raw({"image_url": image, "language": "e\0n"}), {}),
+        ("customer", "POST", "/api/checkout", raw({"image_url": image + NUL}), {}),
+        ("customer", "POST", "/api/checkout", raw({"image_url": image, "x\0": 1}), {}),
+        ("customer", "POST", "/api/checkout", raw({"image_url": image, "model": SURROGATE}), {}),
+        ("lost links", "POST", "/api/links", raw({"email": "buyer\0@example.com"}), {}),
+        ("lost links", "POST", "/api/links", raw({"email": f"{SURROGATE}@example.com"}), {}),
+        ("previews", "POST", "/api/previews", raw({"image_url": image, "model": NUL}), {}),
+        ("previews", "POST", "/api/previews", raw({"image_url": image, "tag": [[SURROGATE]]}), {}),
+        ("previews", "GET", "/api/previews/%00", None, {}),
+        ("previews", "GET", "/api/previews/a%00b/after.png", None, {}),
+        ("downloads", "GET", "/downloads/%00", None, {}),
+        ("downloads", "GET", f"/downloads/{job_id}%00.x", None, {}),
+        ("admin", "GET", "/admin/jobs?q=%00", None, admin),
+        ("admin", "GET", "/admin/jobs?status=%00&q=a", None, admin),
+        ("admin", "GET", "/admin/jobs/%00", None, admin),
+        ("admin", "POST", f"/admin/jobs/{job_id}%00/retry", None, admin),
+        ("admin", "POST", "/admin/jobs/%00/fulfil", None, admin),
+        ("admin", "POST", f"/admin/jobs/{job_id}/refund", raw({"reason": f"fraud{NUL}"}), admin),
+        ("admin", "POST", "/admin/erase", raw({"email": "buyer\0@example.com"}), admin),
+        ("admin", "GET", "/admin/events?job=%00", None, admin),
+        ("admin", "GET", "/admin/events?type=%00&outcome=%00", None, admin),
+        ("admin", "GET", "/admin/events/evt%00x", None, admin),
+        ("admin", "POST", "/admin/events/evt%00x/replay", None, admin),
+        ("admin", "GET", "/admin/reports/revenue?since=%00", None, admin),
+        ("admin", "GET", "/admin/reports/revenue?%00=1", None, admin),
+        ("webhooks", "POST", "/webhooks/stripe", *signed(event(id=f"evt_{NUL}"))),
+        (
+            "webhooks",
+            "POST",
+            "/webhooks/stripe",
+            *signed(event(object={"metadata": {"job_id": job_id, "note": SURROGATE}})),
+        ),
+        ("webhooks", "POST", "/webhooks/stripe", *signed(event(object={"customer": NUL}))),
+        ("other", "GET", "/static/smi-checkout.js%00", None, {}),
+        ("other", "GET", "/no-such-door/%00", None, {}),
+    ]
+
+
+def test_text_no_database_stores_is_a_typed_400_at_every_door_and_changes_nothing(
+    database_url, tmp_path
+):
+    with start_stack(database_url, tmp_path, SMI_ADMIN_TOKEN=ADMIN_TOKEN) as stack:
+        job_id = paid_job(stack)
+        storage = tmp_path / "storage"
+        before, status = footprint(stack, storage), stack.status(job_id, as_buyer=True)
+        wrong = []
+        for door, method, path, body, headers in knocks(stack, job_id):
+            response = httpx.request(
+                method,
+                f"{stack.gateway}{path}",
+                content=body,
+                headers={**headers, **({"Content-Type": "application/json"} if body else {})},
+                timeout=30,
+            )
+            try:
+                error = response.json()["error"]
+                typed = error["type"] == "invalid_characters" and error["message"]
+            except (ValueError, KeyError, TypeError):
+                typed = False
+            if response.status_code != 400 or not typed:
+                wrong.append((door, method, path, response.status_code, response.text[:160]))
+        assert not wrong, "\n".join(map(str, wrong))
+        assert footprint(stack, storage) == before
+        assert stack.status(job_id, as_buyer=True) == status
+        # Nothing broke on the way: the same doors still serve clean requests.
+        assert stack.checkout().status_code == 201
+        events = httpx.get(
+            f"{stack.gateway}/admin/events",
+            params={"job": job_id},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=30,
+        )
+        assert events.status_code == 200 and events.json()["events"]

@@ -172,6 +172,8 @@ class GatewayConfig:
     storefront_origins: tuple[str, ...] = ()
     # Proxies whose X-Forwarded-For is believed (SMI_TRUSTED_PROXIES); none by default.
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    # Bearer token of GET /metrics (SMI_METRICS_TOKEN); unset: /metrics is closed.
+    metrics_token: str | None = None
     checkout_limits: CheckoutLimitsConfig = CheckoutLimitsConfig()
     previews: PreviewConfig = PreviewConfig()
     checkout_options: CheckoutOptions = CheckoutOptions()
@@ -225,6 +227,9 @@ class GatewayConfig:
         admin_token = env.text("ADMIN_TOKEN", "")
         if admin_token and len(admin_token) < 16:
             env.problem("SMI_ADMIN_TOKEN must be at least 16 characters")
+        metrics_token = env.text("METRICS_TOKEN", "")
+        if metrics_token and len(metrics_token) < 16:
+            env.problem("SMI_METRICS_TOKEN must be at least 16 characters")
         # Download links are signed with their own secret; without one, a key
         # derived from the Stripe secret (never the secret itself) signs them.
         download_secret = (
@@ -377,6 +382,7 @@ class GatewayConfig:
             download_ttl_s=int(env.number("DOWNLOAD_TTL_HOURS", 7 * 24, minimum=0.01) * 3600),
             storefront_origins=storefront_origins,
             trusted_proxies=tuple(trusted_proxies),
+            metrics_token=metrics_token or None,
             checkout_limits=CheckoutLimitsConfig(
                 per_client_per_minute=env.number("CHECKOUT_PER_CLIENT_PER_MINUTE", 20, minimum=0.1),
                 burst=int(env.number("CHECKOUT_BURST", 5, minimum=1)),

@@ -7,7 +7,7 @@ GatewayError                        (500) only if something forgot to be specifi
 │   └── SourceImageError            (422) the image URL or its bytes cannot be sold
 ├── NotFoundError                   (404) no such job (or a job id nobody may see)
 ├── ConflictError                   (409) the job's state does not allow it (admin actions)
-├── UnauthorizedError               (401) admin API without the right bearer token
+├── UnauthorizedError               (401) admin API or /metrics without the right bearer token
 ├── DownloadForbiddenError          (403) a download token that was changed or made up
 ├── DownloadExpiredError            (410) a download token past its lifetime
 ├── WebhookSignatureError           (400) missing, wrong or stale Stripe-Signature
@@ -61,7 +61,11 @@ class ConflictError(GatewayError):
 
 
 class UnauthorizedError(GatewayError):
-    """Raised when an admin request lacks the configured bearer token."""
+    """Raised when an admin (or metrics) request lacks the configured bearer token."""
+
+    def __init__(self, message: str, realm: str = "smi-admin") -> None:
+        super().__init__(message)
+        self.realm = realm
 
 
 class DownloadForbiddenError(GatewayError):

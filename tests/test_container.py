@@ -61,6 +61,7 @@ def test_the_gateway_image_builds_from_the_wheel_and_is_ready_with_postgresql_an
             "-e", "SMI_STRIPE_TEST_WEBHOOK_SECRET=whsec_image",
             "-e", "SMI_STRIPE_API_BASE=http://127.0.0.1:9",
             "-e", f"SMI_PUBLIC_URL=http://127.0.0.1:{port}",
+            "-e", "SMI_METRICS_TOKEN=metrics-token-image-0123",
             "smi-gateway", "sh", "-c",
             f"smi-gateway migrate && exec smi-gateway serve --host 127.0.0.1 --port {port}",
         )  # fmt: skip
@@ -82,6 +83,7 @@ def test_the_gateway_image_builds_from_the_wheel_and_is_ready_with_postgresql_an
                 "broker": "ok",
                 "storage": "ok",
             }
-            assert "smi_jobs" in httpx.get(f"{url}/metrics", timeout=10).text
+            scraper = {"Authorization": "Bearer metrics-token-image-0123"}
+            assert "smi_jobs" in httpx.get(f"{url}/metrics", headers=scraper, timeout=10).text
         finally:
             podman("stop", "-t", "10", name, check=False)

@@ -8,6 +8,8 @@ compose file are checked for what this service relies on.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +126,50 @@ def test_images_install_what_the_tests_ran():
         assert "ARG BASE_IMAGE=" in text and "FROM ${BASE_IMAGE}" in text
         assert "-c constraints.txt" in text and "--no-deps wheels/*.whl" in text
     assert "opencv-python-headless" in (ROOT / "Dockerfile.gateway").read_text()
+
+
+def test_prometheus_scrapes_each_process_and_the_gateways_with_the_metrics_token(tmp_path):
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    # The gateway's /metrics holds revenue, refunds and disputes: only with the token.
+    token = jobs["smi-gateway"]["authorization"]
+    assert token["type"] == "Bearer"
+    assert token["credentials_file"].endswith("/smi-secrets/SMI_METRICS_TOKEN")
+    (secret,) = of_kind("Secret", "smi-secrets")
+    assert "SMI_METRICS_TOKEN" in secret["stringData"]
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert "SMI_METRICS_TOKEN" in compose["services"]["gateway"]["environment"]
+    alerts = (DEPLOY / "prometheus" / "alerts.yml").read_text()
+    assert 'up{job="smi-gateway"}' in alerts and "alerts.yml" in config["rule_files"]
+    # Each job keeps its own pods' port; no pod asks an annotation scrape (which sends
+    # no token) to scrape it as well.
+    for name, port in (("smi-gateway", "http"), ("smi-worker", "metrics")):
+        keep = {
+            rule["source_labels"][0]: rule["regex"]
+            for rule in jobs[name]["relabel_configs"]
+            if rule.get("action") == "keep"
+        }
+        (deployment,) = of_kind("Deployment", name)
+        pod = deployment["spec"]["template"]
+        assert keep["__meta_kubernetes_pod_label_app_kubernetes_io_name"] == name
+        assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == name
+        assert keep["__meta_kubernetes_pod_container_port_name"] == port
+        assert port in {p["name"] for c in pod["spec"]["containers"] for p in c["ports"]}
+        assert not any(
+            a.startswith("prometheus.io/") for a in pod["metadata"].get("annotations", {})
+        )
+    # promtool (Debian builds it without Kubernetes discovery) checks the rest of it on
+    # a copy whose targets are static.
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make ops-tools` installs Debian's prometheus package"
+    for job in config["scrape_configs"]:
+        job["static_configs"] = [{"targets": ["127.0.0.1:8000"]}]
+        del job["kubernetes_sd_configs"]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [promtool, "check", "config", "--syntax-only", "prometheus.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -26,11 +26,13 @@ from shared.messages import EventKind
 from upscaler import metrics as worker_metrics
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+METRICS_TOKEN = "metrics-token-operations-0123"
+SCRAPER = {"Authorization": f"Bearer {METRICS_TOKEN}"}  # what Prometheus sends
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of ``url``'s /metrics: (name, sorted labels) -> value."""
-    response = httpx.get(f"{url}/metrics", timeout=30)
+    response = httpx.get(f"{url}/metrics", headers=SCRAPER, timeout=30)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
     return {
@@ -75,7 +77,7 @@ def test_the_alert_rules_are_valid_and_fire_on_what_they_should():
 
 @pytest.fixture
 def loop(database_url, tmp_path) -> Iterator[Loop]:
-    with hand_driven(database_url, tmp_path) as hand:
+    with hand_driven(database_url, tmp_path, SMI_METRICS_TOKEN=METRICS_TOKEN) as hand:
         yield hand
 
 
@@ -109,7 +111,7 @@ def test_a_purchase_and_a_refund_move_the_counters_by_exactly_those(loop):
 
 def test_the_dashboard_asks_only_for_metrics_that_exist(loop):
     loop.buy()
-    gateway = declared(httpx.get(f"{loop.stack.gateway}/metrics", timeout=30).text)
+    gateway = declared(httpx.get(f"{loop.stack.gateway}/metrics", headers=SCRAPER, timeout=30).text)
     worker = declared(generate_latest(REGISTRY).decode())
     exposed = gateway | worker | set(worker_metrics.GPU_METRICS)
     dashboard = json.loads((DEPLOY / "grafana" / "sell-my-images.json").read_text())
@@ -148,6 +150,7 @@ def test_readyz_names_the_broker_while_it_is_away_and_metrics_add_up_over_proces
                 "--workers",
                 "2",
                 SMI_PUBLIC_URL=gateway,
+                SMI_METRICS_TOKEN=METRICS_TOKEN,
             )
             wait_for(lambda: _status(gateway, "/readyz") == 200, timeout=60)
             ready = httpx.get(f"{gateway}/readyz", timeout=30).json()

@@ -198,7 +198,9 @@ class UpscaleWorker:
             reporter.join()
 
     def readiness(self) -> dict[str, str | None]:
-        """What ``/readyz`` reports: ``None`` for each check that passes, else why not."""
+        """What ``/readyz`` reports: ``None`` for each check that passes, else what is wrong
+        in words that name no address (an exception's text, with its host, port or
+        bucket, goes to the log: the metrics port answers anyone who reaches it)."""
         checks: dict[str, str | None] = {}
         for name, check in (
             ("broker", lambda: self.broker.queue_stats([UPSCALE_QUEUE.name])),
@@ -208,7 +210,10 @@ class UpscaleWorker:
                 check()
                 checks[name] = None
             except Exception as exc:
-                checks[name] = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning(
+                    "not ready: the %s does not answer: %s: %s", name, type(exc).__name__, exc
+                )
+                checks[name] = "unavailable"
         checks["model"] = None if self._upscalers else "no model loaded yet"
         return checks
 

@@ -69,7 +69,7 @@ def error_response(error: GatewayError) -> JSONResponse:
     if isinstance(error, PaymentProviderUnavailable | RateLimitedError | EventTooEarlyError):
         headers["Retry-After"] = str(error.retry_after_s)
     if isinstance(error, UnauthorizedError):
-        headers["WWW-Authenticate"] = 'Bearer realm="smi-admin"'
+        headers["WWW-Authenticate"] = f'Bearer realm="{error.realm}"'
     return JSONResponse(
         {"error": {"type": kind, "message": str(error)}}, status_code=status, headers=headers
     )

@@ -4,12 +4,20 @@
 connection of its own) and storage (a small object written, read, deleted),
 each with a short timeout, and answers 200, or 503 naming what failed:
 
-    {"ready": false, "checks": {"database": "ok", "broker": "the broker does not answer: ...",
-                                "storage": "ok"}}
+    {"ready": false, "checks": {"database": "ok", "broker": "unavailable", "storage": "ok"}}
+
+Anyone may ask, so the answer names only what is down: why (an exception's
+text holds hosts, ports, drivers, bucket names) goes to the log.
+
+``/metrics`` holds the shop's revenue, refunds and disputes: it answers only
+``Authorization: Bearer $SMI_METRICS_TOKEN`` (401 otherwise, and always
+while no token is set).
 """
 
 from __future__ import annotations
 
+import hmac
+import logging
 from typing import Any
 
 from sqlalchemy import text
@@ -18,12 +26,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.errors import UnauthorizedError
 from gateway.http.requests import services_of
 from gateway.metrics import render
 from gateway.services import Services
 from shared.topology import UPSCALE_QUEUE
 
+log = logging.getLogger(__name__)
+
 READY_TIMEOUT_S = 3.0
+UNAVAILABLE = "unavailable"
 
 
 async def healthz(request: Request) -> Response:
@@ -37,7 +49,7 @@ async def readyz(request: Request) -> Response:
 
 
 def readiness(services: Services) -> dict[str, str]:
-    """Each dependency: ``ok`` or why not."""
+    """Each dependency: ``ok``, or ``unavailable`` (why is logged, never answered)."""
     checks: dict[str, str] = {}
     for name, check in (
         ("database", lambda: _database(services)),
@@ -48,7 +60,8 @@ def readiness(services: Services) -> dict[str, str]:
             check()
             checks[name] = "ok"
         except Exception as exc:  # each failure is reported, none stops the others
-            checks[name] = f"{type(exc).__name__}: {exc}"[:300]
+            log.warning("not ready: the %s does not answer: %s: %s", name, type(exc).__name__, exc)
+            checks[name] = UNAVAILABLE
     return checks
 
 
@@ -59,6 +72,14 @@ def _database(services: Services) -> Any:
 
 async def metrics(request: Request) -> Response:
     services = services_of(request)
+    token = services.config.metrics_token
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if (
+        not token
+        or scheme.lower() != "bearer"
+        or not hmac.compare_digest(given.strip().encode(), token.encode())
+    ):
+        raise UnauthorizedError("metrics token required", realm="smi-metrics")
     body, content_type = await run_in_threadpool(render, services.sessions, services.broker)
     return Response(body, media_type=content_type)
 

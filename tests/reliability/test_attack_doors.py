@@ -4,22 +4,32 @@ Text no database stores: a NUL (or a lone surrogate) in a path, a query or
 a JSON string was looked up or written as it came, and PostgreSQL answered
 with an error, so the gateway answered 500. Every door now answers 400
 ``invalid_characters`` before any lookup or write, on SQLite and PostgreSQL.
-The real app on a real server, with the Stripe emulator
-(``docs/RELIABILITY.md``).
+
+What anyone could read: ``/metrics`` (the shop's revenue, refunds and
+disputes) answered everyone, and ``/readyz`` answered the error of whatever
+was down, with its host, port and driver. The real app on a real server,
+with the Stripe emulator (``docs/RELIABILITY.md``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
-from test_gateway_app import SECRET, Stack, start_stack
+from test_gateway_app import API_KEY, SECRET, Stack, start_stack
 
 from devtools.emulator.webhooks import sign_payload
+from gateway.app import create_app
+from gateway.config import GatewayConfig
 from gateway.store.tables import (
     AuditEntry,
     Job,
@@ -29,9 +39,16 @@ from gateway.store.tables import (
     Refund,
     WebhookEvent,
 )
-from servers import wait_for
+from servers import free_port, serve, wait_for
+from shared.broker import Broker
+from shared.storage import Storage
+from upscaler.metrics import serve_health
+from upscaler.registry import ModelRegistry
+from upscaler.worker import UpscaleWorker
+from upscaler.worker_config import WorkerConfig
 
 ADMIN_TOKEN = "admin-token-doors-0123456789"
+METRICS_TOKEN = "metrics-token-doors-0123456789"
 NUL, SURROGATE = "\u0000", "\ud800"
 
 
@@ -166,3 +183,115 @@ def test_text_no_database_stores_is_a_typed_400_at_every_door_and_changes_nothin
             timeout=30,
         )
         assert events.status_code == 200 and events.json()["events"]
+
+
+def money_in(text: str) -> dict[str, float]:
+    """The money series of an exposition, by name."""
+    wanted = ("smi_paid_minor_units", "smi_refunded_minor_units", "smi_payments", "smi_disputes")
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith(wanted)
+    }
+
+
+def test_metrics_answer_only_the_metrics_token(tmp_path):
+    database = f"sqlite:///{tmp_path / 'gateway.sqlite3'}"
+    with start_stack(database, tmp_path, SMI_METRICS_TOKEN=METRICS_TOKEN) as stack:
+        job_id = paid_job(stack)
+        strangers = [
+            {},
+            {"Authorization": "Bearer"},
+            {"Authorization": "Bearer not-the-metrics-token-at-all"},
+            {"Authorization": f"Basic {METRICS_TOKEN}"},
+            {"Authorization": f"Bearer {METRICS_TOKEN}x"},
+        ]
+        for headers in strangers:
+            response = httpx.get(f"{stack.gateway}/metrics", headers=headers, timeout=30)
+            assert response.status_code == 401, (headers, response.text)
+            assert response.json()["error"]["type"] == "unauthorized"
+            assert response.headers["www-authenticate"] == 'Bearer realm="smi-metrics"'
+            assert "smi_" not in response.text
+        scraped = httpx.get(
+            f"{stack.gateway}/metrics",
+            headers={"Authorization": f"Bearer {METRICS_TOKEN}"},
+            timeout=30,
+        )
+        assert scraped.status_code == 200
+        paid = stack.status(job_id)["amount_cents"]
+        assert money_in(scraped.text)["smi_paid_minor_units_total"] == paid
+        # A gateway with no token set keeps /metrics closed, whatever is sent.
+        closed = dataclasses.replace(stack.config, metrics_token=None, background_in_process=False)
+        with serve(create_app(closed)) as gateway:
+            for headers in ({}, {"Authorization": f"Bearer {METRICS_TOKEN}"}):
+                response = httpx.get(f"{gateway}/metrics", headers=headers, timeout=30)
+                assert response.status_code == 401 and "smi_" not in response.text
+
+
+def block(folder: Path) -> None:
+    """Storage at ``folder`` fails from now on: a file stands where its folder was."""
+    shutil.rmtree(folder)
+    folder.write_text("not a folder")
+
+
+def test_readiness_names_what_is_down_and_never_where(tmp_path, caplog):
+    closed = free_port()  # nothing listens there
+    blocker = tmp_path / "blocker"
+    config = GatewayConfig.from_env(
+        {
+            "SMI_STRIPE_TEST_SECRET_KEY": API_KEY,
+            "SMI_STRIPE_TEST_WEBHOOK_SECRET": SECRET,
+            "SMI_STRIPE_API_BASE": f"http://127.0.0.1:{closed}",
+            "SMI_DATABASE_URL": f"postgresql://smi:db-pass-9d1@127.0.0.1:{closed}/smi",
+            "SMI_BROKER_URL": f"amqp://smi:mq-pass-4e7@127.0.0.1:{closed}//",
+            "SMI_STORAGE_URL": f"file://{blocker}",
+            "SMI_DATA_DIR": str(tmp_path),
+            "SMI_BACKGROUND_IN_PROCESS": "false",
+        }
+    )
+    leaks = [
+        "127.0.0.1", str(closed), "postgres", "psycopg", "sqlalchemy", "amqp", "kombu",
+        "pass-", "smi:", "blocker", str(tmp_path), "Error", "refused",
+    ]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="gateway"), serve(create_app(config)) as gateway:
+        block(blocker)
+        response = httpx.get(f"{gateway}/readyz", timeout=30)
+    assert response.status_code == 503
+    assert response.json() == {
+        "ready": False,
+        "checks": {"database": "unavailable", "broker": "unavailable", "storage": "unavailable"},
+    }
+    assert not [leak for leak in leaks if leak in response.text], response.text
+    # The why is the operator's, in the log.
+    logged = "\n".join(r.getMessage() for r in caplog.records if "not ready" in r.getMessage())
+    for name in ("database", "broker", "storage"):
+        assert f"the {name} does not answer" in logged, logged
+    assert str(closed) in logged, logged
+
+
+@pytest.mark.timeout(120)
+def test_the_worker_s_readiness_names_what_is_down_and_never_where(tmp_path, caplog):
+    closed = free_port()
+    blocker = tmp_path / "blocker"
+    broker_url = f"amqp://smi:mq-pass-4e7@127.0.0.1:{closed}//"
+    storage = Storage(f"file://{blocker}")
+    block(blocker)
+    config = WorkerConfig.from_env(
+        {"SMI_BROKER_URL": broker_url, "SMI_STORAGE_URL": storage.url, "SMI_WORKER_DEVICE": "cpu"}
+    )
+    worker = UpscaleWorker(Broker(broker_url), storage, ModelRegistry.from_env({}), config)
+    port = free_port()
+    with caplog.at_level(logging.WARNING, logger="upscaler"):
+        server = serve_health(port, worker.readiness, host="127.0.0.1")
+        try:
+            response = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=30)
+        finally:
+            server.shutdown()
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["broker"] == "unavailable" and checks["storage"] == "unavailable"
+    leaks = ["127.0.0.1", str(closed), "amqp", "kombu", "pass-", "blocker", str(tmp_path), "Error"]
+    assert not [leak for leak in leaks if leak in response.text], response.text
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "the broker does not answer" in logged and "the storage does not answer" in logged

@@ -4,6 +4,7 @@
     >>> image.pixels.shape, image.pixels.dtype, image.mode
     ((300, 451, 3), dtype('uint8'), 'RGB')
     >>> probe_image(data).width                  # the header only
+    >>> check_image(data).small.shape            # every pixel checked, little memory
 
 JPEG, PNG and WebP.
 Pixels are numpy arrays in RGB order: HxW (L), HxWx2 (LA), HxWx3 (RGB) or
@@ -108,6 +109,69 @@ class ImageInfo:
     height: int
 
 
+@dataclass(frozen=True)
+class CheckedImage:
+    """An image whose every pixel is known to be there, and a small copy of it.
+
+    ``width`` and ``height`` are the picture's as people see it (EXIF
+    orientation applied); ``small`` is an upright 8-bit gray copy about an
+    eighth of each side, enough to measure where its detail is.
+    """
+
+    format: str
+    width: int
+    height: int
+    small: np.ndarray
+
+
+REDUCED = 8  # each side of ``CheckedImage.small`` is about this many times smaller
+
+
+def check_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> CheckedImage:
+    """What a seller's image is, checked as ``decode_image`` would check it, without its pixels.
+
+    The same errors as ``decode_image`` for the same files, but the full
+    pixels are never held: a JPEG is decoded once, strictly, at an eighth of
+    its size (libjpeg's DCT scaling reads all of its data); a PNG or WebP is
+    decoded to 8-bit gray and reduced (16 MB for 16 megapixels, where its
+    16-bit RGBA pixels would take 128 MB, twice over).
+    """
+    image = _open(data, max_pixels)
+    with image:
+        info = _check_header(image, max_pixels)
+        orientation = _orientation(image, data)
+    reduced = REDUCED
+    if info.format == "jpeg":
+        try:
+            small = simplejpeg.decode_jpeg(
+                data, colorspace="GRAY", strict=True, fastdct=True, min_height=1, min_width=1
+            )[:, :, 0]
+        except ValueError as exc:
+            raise CorruptImageError(f"damaged or truncated JPEG data: {exc}") from exc
+    else:
+        if min(info.width, info.height) < REDUCED:  # too small to reduce: take it whole
+            reduced, flags = 1, cv2.IMREAD_GRAYSCALE
+        else:
+            flags = cv2.IMREAD_REDUCED_GRAYSCALE_8
+        try:
+            small = cv2.imdecode(
+                np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION
+            )
+        except cv2.error as exc:
+            raise CorruptImageError(f"damaged {info.format.upper()} data: {exc}") from exc
+        if small is None or small.size == 0:
+            raise CorruptImageError(f"damaged or truncated {info.format.upper()} data")
+    expected = (-(-info.height // reduced), -(-info.width // reduced))
+    if any(abs(got - want) > 1 for got, want in zip(small.shape[:2], expected, strict=True)):
+        raise CorruptImageError(
+            f"decoded {small.shape[1]}x{small.shape[0]} at 1/{REDUCED}, "
+            f"header says {info.width}x{info.height}"
+        )
+    upright = np.ascontiguousarray(_apply_orientation(small, orientation))
+    width, height = (info.height, info.width) if orientation >= 5 else (info.width, info.height)
+    return CheckedImage(info.format, width, height, upright)
+
+
 def probe_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Format and size from the header; raise if unsupported or over ``max_pixels``."""
     image = _open(data, max_pixels)
@@ -125,7 +189,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
     image = _open(data, max_pixels)
     with image:
         info = _check_header(image, max_pixels)
-        orientation = _orientation(image)
+        orientation = _orientation(image, data)
         if info.format == "png" and _png_bit_depth(data) == 16:
             pixels = _decode_png16(data)
         else:
@@ -170,12 +234,35 @@ def _check_header(image: Image.Image, max_pixels: int) -> ImageInfo:
     return ImageInfo(FORMATS[image.format], width, height)
 
 
-def _orientation(image: Image.Image) -> int:
+def _orientation(image: Image.Image, data: bytes) -> int:
     try:
-        value = int(image.getexif().get(EXIF_ORIENTATION, 1))
+        if image.format == "PNG":
+            # Pillow decodes a whole PNG to look for an eXIf chunk after its pixels:
+            # walking the chunks finds it without decoding anything.
+            exif = Image.Exif()
+            raw = _png_chunk(data, b"eXIf")
+            if raw is not None:
+                exif.load(raw)
+        else:
+            exif = image.getexif()
+        value = int(exif.get(EXIF_ORIENTATION, 1))
     except (OSError, ValueError, TypeError, SyntaxError):
         return 1  # an unreadable EXIF block is no reason to refuse the picture
     return value if 1 <= value <= 8 else 1
+
+
+def _png_chunk(data: bytes, kind: bytes) -> bytes | None:
+    """The body of the first chunk of ``kind`` in a PNG file, without decoding anything."""
+    at = len(PNG_SIGNATURE)
+    while at + 8 <= len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        found = data[at + 4 : at + 8]
+        if found == kind:
+            return data[at + 8 : at + 8 + length]
+        if found == b"IEND":
+            break
+        at += 12 + length
+    return None
 
 
 def _check_jpeg_complete(data: bytes) -> None:

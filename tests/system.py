@@ -11,6 +11,7 @@ assertions quote (``system.logs()``).
 
 from __future__ import annotations
 
+import functools
 import html
 import os
 import signal
@@ -42,6 +43,15 @@ ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 SUCCESS_CARD = "4242424242424242"
 
 
+@functools.cache
+def dense_png() -> bytes:
+    """4096x4096 16-bit RGBA in a tenth of a megabyte: 128 MB of pixels once decoded."""
+    pixels = np.zeros((4096, 4096, 4), np.uint16)
+    pixels[::64, :, :3] = 40_000
+    pixels[:, :, 3] = 65_535
+    return encode_image(pixels, "png")
+
+
 def image_host() -> Starlette:
     """The storefront's image server: small crops of the bundled photos."""
     images = {
@@ -51,7 +61,8 @@ def image_host() -> Starlette:
     }
 
     async def route(request: Request) -> Response:
-        data = images.get(request.path_params["name"])
+        name = request.path_params["name"]
+        data = dense_png() if name == "dense16.png" else images.get(name)
         if data is None:
             return Response(status_code=404)
         return Response(data, media_type="image/png")

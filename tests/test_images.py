@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import time
 
 import cv2
@@ -15,6 +17,7 @@ from shared.images import (
     CorruptImageError,
     ImageTooLargeError,
     UnsupportedImageError,
+    check_image,
     decode_image,
     probe_image,
 )
@@ -93,6 +96,55 @@ def test_exif_orientation_is_applied_like_pillow(orientation):
     assert np.array_equal(decode_image(data).pixels, expected)
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_checked_image_is_the_upright_picture_at_an_eighth(fmt, orientation):
+    pixels = random_pixels((48, 80, 3))
+    pixels[:8, :8] = 255  # a bright corner, to follow through the turns
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = pillow_bytes(Image.fromarray(pixels), fmt, exif=exif.tobytes())
+    full, checked = decode_image(data), check_image(data)
+    assert (checked.width, checked.height) == (full.width, full.height)
+    assert checked.small.shape == (full.height // 8, full.width // 8)
+    bright = np.unravel_index(np.argmax(full.pixels.mean(axis=2)[::8, ::8]), checked.small.shape)
+    assert np.unravel_index(np.argmax(checked.small), checked.small.shape) == bright
+
+
+# Peak memory from the kernel's VmHWM (ru_maxrss would carry the parent's over exec).
+PEAK_GROWTH = """
+import re, sys
+from pathlib import Path
+from shared.images import check_image, decode_image
+def peak_kb():
+    return int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
+data = Path(sys.argv[2]).read_bytes()
+before = peak_kb()
+globals()[sys.argv[1]](data)
+print((peak_kb() - before) // 1024)
+"""
+
+
+def test_a_checked_16_bit_rgba_png_costs_a_small_copy_not_its_pixels(tmp_path):
+    """4096x4096 16-bit RGBA in 0.1 MB: 128 MB of pixels when decoded (twice over while
+    its channels are reordered); checked, 16 MB of gray at most. Each in a fresh process."""
+    noise = random_pixels((64, 64, 4), np.uint16)
+    path = tmp_path / "big.png"
+    path.write_bytes(encode_image(np.tile(noise, (64, 64, 1)), "png"))
+
+    def peak_growth_mb(read: str) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", PEAK_GROWTH, read, str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(done.stdout)
+
+    assert peak_growth_mb("decode_image") > 200  # the measure sees a full decode
+    assert peak_growth_mb("check_image") < 40
+
+
 def test_exif_orientation_on_a_jpeg_turns_the_picture():
     image = Image.fromarray(random_pixels((12, 20, 3)))
     exif = Image.Exif()
@@ -118,11 +170,12 @@ def test_pixel_limit_is_checked_before_decoding():
     assert probe_image(encode_image(random_pixels((40, 50, 3)), "png")).width == 50
 
 
+@pytest.mark.parametrize("read", [decode_image, check_image])
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
-def test_truncated_files_are_corrupt(fmt):
+def test_truncated_files_are_corrupt(fmt, read):
     data = pillow_bytes(Image.open(SAMPLES / "chelsea.png").convert("RGB"), fmt)
     with pytest.raises(CorruptImageError):
-        decode_image(data[: len(data) // 2])
+        read(data[: len(data) // 2])
 
 
 def jpeg_claiming(width: int, height: int, pixels: np.ndarray, **options) -> bytes:
@@ -133,37 +186,41 @@ def jpeg_claiming(width: int, height: int, pixels: np.ndarray, **options) -> byt
     return bytes(data)
 
 
+@pytest.mark.parametrize("read", [decode_image, check_image])
 @pytest.mark.parametrize("progressive", [False, True])
-def test_a_jpeg_holding_fewer_pixels_than_its_header_claims_is_corrupt(progressive):
+def test_a_jpeg_holding_fewer_pixels_than_its_header_claims_is_corrupt(progressive, read):
     # 80x120 of scan data under a 4000x4000 header: libjpeg pads the rest with grey
     # and only warns, so the file would be priced and upscaled as 16 megapixels.
     data = jpeg_claiming(4000, 4000, random_pixels((120, 80, 3)), progressive=progressive)
     assert probe_image(data).width == 4000  # the header alone cannot tell
     with pytest.raises(CorruptImageError, match="JPEG data"):
-        decode_image(data)
+        read(data)
     honest = jpeg_claiming(80, 120, random_pixels((120, 80, 3)), progressive=progressive)
-    assert decode_image(honest).pixels.shape == (120, 80, 3)
+    assert (read(honest).width, read(honest).height) == (80, 120)
 
 
-def test_truncated_16_bit_png_is_corrupt():
+@pytest.mark.parametrize("read", [decode_image, check_image])
+def test_truncated_16_bit_png_is_corrupt(read):
     data = encode_image(random_pixels((64, 64, 3), np.uint16), "png")
     with pytest.raises(CorruptImageError):
-        decode_image(data[: len(data) // 2])
+        read(data[: len(data) // 2])
 
 
 @pytest.mark.parametrize(
     "data",
     [b"", b"hello, this is text", b"%PDF-1.4 not an image at all"],
 )
-def test_non_images_are_unsupported(data):
+@pytest.mark.parametrize("read", [decode_image, check_image])
+def test_non_images_are_unsupported(data, read):
     with pytest.raises(UnsupportedImageError):
-        decode_image(data)
+        read(data)
 
 
-def test_other_image_formats_are_unsupported():
+@pytest.mark.parametrize("read", [decode_image, check_image])
+def test_other_image_formats_are_unsupported(read):
     gif = pillow_bytes(Image.fromarray(random_pixels((8, 8, 3))), "GIF")
     with pytest.raises(UnsupportedImageError, match="GIF"):
-        decode_image(gif)
+        read(gif)
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,9 @@ from system import running_system
 
 from gateway.delivery.previews import most_detailed_square
 from servers import wait_for
-from shared.images import decode_image
+from shared.images import check_image, decode_image
 from shared.storage import Storage
+from upscaler.images import encode_image
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -24,6 +25,11 @@ def test_the_most_detailed_square_is_found_on_a_small_copy():
     x, y = most_detailed_square(flat, 128)
     assert 800 <= x <= 1000 - 128 + 8 and 500 <= y <= 700 - 128 + 8, (x, y)
     assert most_detailed_square(flat[:50, :60], 128) == (0, 0)  # smaller than the square
+    # On the eighth a checkout keeps of an image (``check_image``), in the picture's pixels.
+    small = check_image(encode_image(flat, "png")).small
+    assert small.shape == (900 // 8, 1200 // 8)
+    x, y = most_detailed_square(small, 128, 1200, 900)
+    assert 800 - 8 <= x <= 1000 - 128 + 16 and 500 - 8 <= y <= 700 - 128 + 16, (x, y)
 
 
 def test_storage_lists_what_is_older_than_an_age(tmp_path):

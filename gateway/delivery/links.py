@@ -20,7 +20,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadData, BadSignature, SignatureExpired, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_decode, base64_encode
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -74,7 +74,7 @@ def _canonical(token: str) -> bool:
     """
     try:
         return all(base64_encode(base64_decode(part)).decode() == part for part in token.split("."))
-    except (BadSignature, ValueError):
+    except (BadData, ValueError):  # not base64 at all
         return False
 
 

@@ -28,7 +28,6 @@ from gateway.errors import NotFoundError, RequestError
 from gateway.money.checkout import EXTENSIONS, source_policy
 from gateway.money.sources import fetch_source
 from shared.broker import Broker
-from shared.images import decode_image
 from shared.messages import PreviewRequest
 from shared.models import scale_of
 from shared.storage import Storage, preview_prefix_for, preview_source_key_for
@@ -39,18 +38,26 @@ log = logging.getLogger(__name__)
 SMALL_SIDE = 256  # the copy the detail is measured on
 
 
-def most_detailed_square(pixels: np.ndarray, size: int) -> tuple[int, int]:
-    """Top-left corner of the ``size`` square with the most gradient energy."""
+def most_detailed_square(
+    pixels: np.ndarray, size: int, width: int | None = None, height: int | None = None
+) -> tuple[int, int]:
+    """Top-left corner of the ``size`` square with the most gradient energy.
+
+    ``pixels`` is the picture, or a reduced copy of a ``width`` x ``height`` one
+    (``SourceImage.small``); the corner is in the picture's own pixels.
+    """
     gray = pixels.astype(np.float32)
     if gray.ndim == 3:
         gray = gray[:, :, : min(3, gray.shape[2])].mean(axis=2)
-    height, width = gray.shape
-    step = max(1, max(height, width) // SMALL_SIDE)
+    rows, cols = gray.shape
+    width, height = width or cols, height or rows
+    step = max(1, max(rows, cols) // SMALL_SIDE)
+    scale = step * width / cols  # picture pixels per pixel measured
     small = gray[::step, ::step]
     energy = np.zeros_like(small)
     energy[:, 1:] += np.abs(np.diff(small, axis=1))
     energy[1:, :] += np.abs(np.diff(small, axis=0))
-    window = max(1, size // step)
+    window = max(1, int(size // scale))
     rows, cols = small.shape
     if window >= rows or window >= cols:
         return 0, 0
@@ -62,7 +69,7 @@ def most_detailed_square(pixels: np.ndarray, size: int) -> tuple[int, int]:
         + table[:-window, :-window]
     )
     y, x = np.unravel_index(int(np.argmax(sums)), sums.shape)
-    return int(min(x * step, width - size)), int(min(y * step, height - size))
+    return int(min(x * scale, width - size)), int(min(y * scale, height - size))
 
 
 def start_preview(
@@ -85,7 +92,7 @@ def start_preview(
         storage.put(source_key, source.data)
     size = min(config.previews.size, source.width, source.height)
     if at is None:
-        x, y = most_detailed_square(decode_image(source.data).pixels, size)
+        x, y = most_detailed_square(source.small, size, source.width, source.height)
     else:
         x = min(max(0, at[0]), source.width - size)
         y = min(max(0, at[1]), source.height - size)

@@ -18,7 +18,11 @@ Rules:
   for everything, headers included (httpx's own timeouts restart with
   every byte, so a server dripping its headers would hold a thread for
   as long as it likes: the client is closed at the deadline instead);
-- the bytes must decode as a JPEG, PNG or WebP within the pixel limit.
+- the bytes must decode as a JPEG, PNG or WebP within the pixel limit:
+  every pixel is checked, but never held (``shared.images.check_image``:
+  a small gray copy instead), and at most ``DECODES_AT_ONCE`` images are
+  checked at once per process, so memory stays bounded however many
+  checkouts and previews arrive together.
 """
 
 from __future__ import annotations
@@ -33,11 +37,14 @@ from typing import Any
 from urllib.parse import SplitResult, urljoin, urlsplit
 
 import httpx
+import numpy as np
 
 from gateway.errors import SourceImageError
-from shared.images import ImageError, ImageTooLargeError, decode_image
+from shared.images import ImageError, ImageTooLargeError, check_image
 
 MAX_REDIRECTS = 3
+DECODES_AT_ONCE = 2
+_DECODES = threading.BoundedSemaphore(DECODES_AT_ONCE)
 TOO_SLOW = "the image took too long to download"
 MAX_URL_LENGTH = 2048
 # zlib's window bits for each Content-Encoding we decode: gzip's header, zlib's.
@@ -65,8 +72,9 @@ class SourceImage:
     url: str
     data: bytes
     format: str
-    width: int
+    width: int  # as people see it (EXIF orientation applied)
     height: int
+    small: np.ndarray  # upright 8-bit gray, about an eighth of each side
 
 
 def fetch_source(url: str, policy: SourcePolicy) -> SourceImage:
@@ -232,9 +240,10 @@ def _decoder(content_encoding: str) -> Any:
 
 def _decode(url: str, data: bytes, max_pixels: int) -> SourceImage:
     try:
-        decoded = decode_image(data, max_pixels=max_pixels)
+        with _DECODES:
+            checked = check_image(data, max_pixels=max_pixels)
     except ImageTooLargeError as exc:
         raise SourceImageError(f"the image is too large: {exc}") from exc
     except ImageError as exc:
         raise SourceImageError(f"not a usable image: {exc}") from exc
-    return SourceImage(url, data, decoded.format, decoded.width, decoded.height)
+    return SourceImage(url, data, checked.format, checked.width, checked.height, checked.small)

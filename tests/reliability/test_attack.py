@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import string
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from ipaddress import ip_network
+from pathlib import Path
 
 import httpx
 import pytest
+from system import running_system
 from test_gateway_app import post_event, start_stack
 from test_recovery import TOKEN, Loop, hand_driven
 
@@ -262,3 +266,41 @@ def test_requests_that_fail_validation_leave_everyone_s_share_alone(tmp_path):
 def test_the_counted_client(peer, forwarded, counted):
     trusted = [ip_network("10.0.0.0/8")]
     assert counted_client(peer, forwarded, trusted) == counted
+
+
+# -- exhaustion -----------------------------------------------------------------------
+
+
+def peak_mb(pid: int) -> int:
+    """A process's peak resident memory so far (the kernel's VmHWM), in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) // 1024  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+def test_twelve_previews_and_twelve_checkouts_of_a_dense_image_at_once_stay_bounded(tmp_path):
+    """A 0.17 MB PNG of 4096x4096 16-bit RGBA pixels (128 MB decoded): each request once
+    cost hundreds of MB; now each is checked on a small gray copy, two at a time."""
+    lenient = {
+        "SMI_PREVIEW_BURST": "1000",
+        "SMI_PREVIEW_PER_CLIENT_PER_MINUTE": "100000",
+        "SMI_PREVIEW_GLOBAL_PER_MINUTE": "100000",
+    }
+    database = f"sqlite:///{tmp_path / 'smi.db'}"
+    with running_system(
+        tmp_path, database, f"filesystem://{tmp_path / 'broker'}", **lenient
+    ) as system:
+        gateway = system.process("gateway-1").pid
+        image = f"{system.images}/dense16.png"
+        assert httpx.get(image, timeout=60).status_code == 200  # made once, before measuring
+        before = peak_mb(gateway)
+
+        def ask(path: str) -> int:
+            body = {"image_url": image}
+            return httpx.post(f"{system.gateway}{path}", json=body, timeout=120).status_code
+
+        with ThreadPoolExecutor(24) as pool:
+            answers = list(pool.map(ask, ["/api/previews", "/api/checkout"] * 12))
+        assert sorted(set(answers)) == [201, 202], answers
+        grown = peak_mb(gateway) - before
+        assert grown < 150, f"the gateway's peak memory grew by {grown} MB"

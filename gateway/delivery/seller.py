@@ -111,8 +111,21 @@ def sign(body: bytes, secret: str, timestamp: int) -> str:
     return f"t={timestamp},v1={digest.hexdigest()}"
 
 
+def one_line(value: object) -> str:
+    """``value`` as text that cannot start a line or a header: every control, format or
+    separator character (CR, LF, NUL, U+2028 ...) written as its escape (``\\r``)."""
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in str(value)
+    )
+
+
 def seller_email(body: dict[str, Any], sender: str, to: str) -> EmailMessage:
-    """The plain-text email that tells the seller what ``body`` says."""
+    """The plain-text email that tells the seller what ``body`` says.
+
+    Values come from buyers and Stripe (an address, a reason): each is shown on
+    its one line (``one_line``), so none adds a line to the body or a header.
+    """
     kind = str(body["type"])
     amount = ""
     if isinstance(body.get("amount_cents"), int) and body.get("currency"):
@@ -123,14 +136,18 @@ def seller_email(body: dict[str, Any], sender: str, to: str) -> EmailMessage:
     if amount:
         subject += f" ({amount})"
     lines = [f"{TITLES[kind]}.", ""]
-    lines += [f"{name}: {value}" for name, value in sorted(body.items()) if value not in (None, "")]
+    lines += [
+        f"{one_line(name)}: {one_line(value)}"
+        for name, value in sorted(body.items())
+        if value not in (None, "")
+    ]
     lines += ["", "Details: smi-admin show JOB_ID, or the admin API's /admin/jobs/JOB_ID."]
     message = EmailMessage()
-    message["Subject"] = subject
+    message["Subject"] = one_line(subject)
     message["From"] = sender
     message["To"] = to
     message["Message-ID"] = f"<{body['id']}@sell-my-images>".replace(" ", "_")
-    message["X-SMI-Job"] = str(body.get("job_id") or "")
+    message["X-SMI-Job"] = one_line(body.get("job_id") or "")
     message["X-SMI-Email"] = f"seller-{kind}"
     message.set_content("\n".join(lines) + "\n")
     return message

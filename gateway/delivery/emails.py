@@ -1,7 +1,7 @@
 """Customer emails: queued with the state change that causes them, rendered from templates.
 
     queue_email(session, job, "completed")        # inside the transaction that completes the job
-    message = render_email(job, "completed", context)
+    message = render_email(job, "completed", settings, attempt=1, **context)
 
 Each kind is queued at most once per job (the outbox's unique key, checked
 first so the caller's transaction goes on), so duplicate events never send
@@ -9,14 +9,20 @@ a second copy. Templates live in ``gateway/templates/emails/``: ``KIND.txt``
 and ``KIND.html``, both extending a base that carries the support contact.
 Their words come from the buyer's language catalogue (``gateway.languages``),
 amounts and dates are written as that language writes them.
+
+Every message has a ``Message-ID`` of its own (``message_id``): the same when
+one queued row is sent again after a crash, never the same for two rows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from email.utils import parseaddr
 from functools import partial
 from typing import Any
 
@@ -34,6 +40,26 @@ from shared.models import scale_of
 
 EMAIL_PREFIX = "email:"
 KINDS = ("payment_confirmation", "processing", "completed", "refunded")
+
+# A domain as RFC 5322 lets a msg-id's right part be written (a dot-atom).
+_DOMAIN = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
+_NOT_ATEXT = re.compile(r"[^A-Za-z0-9_-]+")
+DEFAULT_ID_DOMAIN = "sell-my-images.invalid"
+
+
+def message_id(sender: str, label: str, *identity: object) -> str:
+    """A ``Message-ID`` for the message that ``identity`` names (a queued row's unique key).
+
+    The same identity gives the same id (a row sent again after a crash is
+    recognisably the same message); another gives another. The right part
+    is the sender's domain when it has one a msg-id may carry.
+    """
+    digest = hashlib.sha256("\x1f".join(map(str, identity)).encode()).hexdigest()[:32]
+    left = _NOT_ATEXT.sub("-", label).strip("-") or "smi"
+    domain = parseaddr(sender)[1].rpartition("@")[2].strip().rstrip(".")
+    if not _DOMAIN.fullmatch(domain):
+        domain = DEFAULT_ID_DOMAIN
+    return f"<{left}.{digest}@{domain}>"
 
 
 def email_kind(kind: str) -> str:
@@ -77,8 +103,11 @@ _TEMPLATES = Environment(
 )
 
 
-def render_email(job: Job, kind: str, settings: EmailSettings, **context: Any) -> EmailMessage:
-    """The plain-text and HTML email of ``kind`` about ``job``, addressed to its customer."""
+def render_email(
+    job: Job, kind: str, settings: EmailSettings, *, attempt: int = 1, **context: Any
+) -> EmailMessage:
+    """The plain-text and HTML email of ``kind`` about ``job``, addressed to its customer;
+    ``attempt`` is its outbox row's (the row's key names the message)."""
     if not job.customer_email:
         raise ValueError(f"job {job.id} has no customer email address")
     language = choose(job.language)
@@ -113,8 +142,8 @@ def render_email(job: Job, kind: str, settings: EmailSettings, **context: Any) -
     message["From"] = settings.sender
     message["To"] = job.customer_email
     message["Reply-To"] = settings.support_email
-    # One id per job and kind: a resend after a crash is recognisably the same message.
-    message["Message-ID"] = f"<{job.id}.{kind}@sell-my-images>"
+    # One id per outbox row: a resend after a crash is recognisably the same message.
+    message["Message-ID"] = message_id(settings.sender, kind, job.id, kind, attempt)
     message["X-SMI-Job"] = job.id
     message["X-SMI-Email"] = kind
     message.set_content(_TEMPLATES.get_template(f"{kind}.txt").render(values))

@@ -6,8 +6,8 @@
 The relay claims due ``email:*`` outbox rows (see ``gateway.store.leases``),
 renders each from the job as it is now, sends it, and marks it sent. A
 failed send is retried with backoff up to ``MAX_SEND_ATTEMPTS`` times. A
-crash between sending and marking can send one email twice; nothing can
-make it be sent zero times.
+crash between sending and marking can send one email twice (with the same
+``Message-ID``); nothing can make it be sent zero times.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ class EmailRelay:
                 "download_expires": expires,
             }
         try:
-            message = render_email(job, kind, self.settings, **extra)
+            message = render_email(job, kind, self.settings, attempt=row.attempt, **extra)
         except ValueError as exc:  # an address or header no mail server would take
             log.error("email cannot be made; given up: %s", exc, extra=context)
             self._mark(row_id, error=f"cannot be sent: {exc}", outcome=GAVE_UP)

@@ -33,6 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import SellerConfig
+from gateway.delivery.emails import message_id
 from gateway.delivery.mailer import Mailer
 from gateway.money.currencies import format_money
 from gateway.store.leases import backoff_s, claim_due
@@ -125,6 +126,8 @@ def seller_email(body: dict[str, Any], sender: str, to: str) -> EmailMessage:
 
     Values come from buyers and Stripe (an address, a reason): each is shown on
     its one line (``one_line``), so none adds a line to the body or a header.
+    The ``Message-ID`` names the notification (its key and creation time):
+    the same on every retry of it, another for every other notification.
     """
     kind = str(body["type"])
     amount = ""
@@ -146,7 +149,7 @@ def seller_email(body: dict[str, Any], sender: str, to: str) -> EmailMessage:
     message["Subject"] = one_line(subject)
     message["From"] = sender
     message["To"] = to
-    message["Message-ID"] = f"<{body['id']}@sell-my-images>".replace(" ", "_")
+    message["Message-ID"] = message_id(sender, f"seller-{kind}", body["id"], body.get("created"))
     message["X-SMI-Job"] = one_line(body.get("job_id") or "")
     message["X-SMI-Email"] = f"seller-{kind}"
     message.set_content("\n".join(lines) + "\n")

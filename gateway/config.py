@@ -170,6 +170,8 @@ class GatewayConfig:
     download_secret: str
     download_ttl_s: int
     storefront_origins: tuple[str, ...] = ()
+    # No new checkout or preview while the disk holds less (SMI_MIN_FREE_MB).
+    min_free_bytes: int = 500 * 2**20
     # Proxies whose X-Forwarded-For is believed (SMI_TRUSTED_PROXIES); none by default.
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     # Bearer token of GET /metrics (SMI_METRICS_TOKEN); unset: /metrics is closed.
@@ -382,6 +384,7 @@ class GatewayConfig:
             download_ttl_s=int(env.number("DOWNLOAD_TTL_HOURS", 7 * 24, minimum=0.01) * 3600),
             storefront_origins=storefront_origins,
             trusted_proxies=tuple(trusted_proxies),
+            min_free_bytes=int(env.number("MIN_FREE_MB", 500, minimum=0) * 2**20),
             metrics_token=metrics_token or None,
             checkout_limits=CheckoutLimitsConfig(
                 per_client_per_minute=env.number("CHECKOUT_PER_CLIENT_PER_MINUTE", 20, minimum=0.1),

@@ -12,6 +12,7 @@ GatewayError                        (500) only if something forgot to be specifi
 ├── DownloadExpiredError            (410) a download token past its lifetime
 ├── WebhookSignatureError           (400) missing, wrong or stale Stripe-Signature
 ├── PaymentProviderUnavailable      (503) Stripe rate limits or network: try later
+├── StorageFullError                (503) the disk is nearly full: no new work until it is not
 ├── EventTooEarlyError              (503) a refund or dispute event before its payment's
 └── PaymentProviderRejected         (502) Stripe refused the request as invalid
 """
@@ -86,6 +87,13 @@ class PaymentProviderUnavailable(GatewayError):
     def __init__(self, message: str, retry_after_s: int = 5) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class StorageFullError(GatewayError):
+    """Raised, before anything is fetched or written, when the disk that images or the
+    database go to has less free space than ``SMI_MIN_FREE_MB``."""
+
+    retry_after_s = 60
 
 
 class EventTooEarlyError(GatewayError):

@@ -21,13 +21,15 @@ Two kinds, each where it is true:
   rolled back; refunds and disputes are gauges (their status moves).
 - **The broker's queues** (messages waiting, consumers attached), asked of the
   broker when scraped; a broker that does not answer is ``smi_broker_up 0``.
+- **The disk's room**: free bytes where new work writes, and the floor under
+  which checkouts and previews are refused (``SMI_MIN_FREE_MB``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -80,7 +82,12 @@ CHECKOUTS = Counter(
 )
 
 
-def render(sessions: sessionmaker[Session], broker: Broker) -> tuple[bytes, str]:
+def render(
+    sessions: sessionmaker[Session],
+    broker: Broker,
+    free_bytes: Callable[[], int | None] = lambda: None,
+    floor_bytes: int = 0,
+) -> tuple[bytes, str]:
     """The exposition text for one scrape, and its content type."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -90,7 +97,29 @@ def render(sessions: sessionmaker[Session], broker: Broker) -> tuple[bytes, str]
             registry.register(collector)
     registry.register(RecordsCollector(sessions))
     registry.register(QueuesCollector(broker))
+    registry.register(RoomCollector(free_bytes, floor_bytes))
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class RoomCollector(Collector):
+    """Free bytes where new work writes (none for an object store), and the floor."""
+
+    def __init__(self, free_bytes: Callable[[], int | None], floor_bytes: int) -> None:
+        self.free_bytes = free_bytes
+        self.floor_bytes = floor_bytes
+
+    def collect(self) -> Iterable[Any]:
+        free = self.free_bytes()
+        if free is None:
+            return
+        yield GaugeMetricFamily(
+            "smi_disk_free_bytes", "Free bytes on the disks new work writes to", value=free
+        )
+        yield GaugeMetricFamily(
+            "smi_disk_free_floor_bytes",
+            "Under this, checkouts and previews are refused (SMI_MIN_FREE_MB)",
+            value=self.floor_bytes,
+        )
 
 
 class RecordsCollector(Collector):

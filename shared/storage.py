@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,6 +114,13 @@ class Storage:
         finally:
             with contextlib.suppress(Exception):
                 self.delete(key)
+
+    def free_bytes(self) -> int | None:
+        """Free space where a local folder's objects go; ``None`` for an object store (its
+        room is the provider's)."""
+        if not isinstance(self.fs, LocalFileSystem):
+            return None
+        return shutil.disk_usage(self.root).free
 
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self.path(key)))

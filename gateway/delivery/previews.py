@@ -25,7 +25,7 @@ import numpy as np
 
 from gateway.config import GatewayConfig
 from gateway.errors import NotFoundError, RequestError
-from gateway.money.checkout import EXTENSIONS, source_policy
+from gateway.money.checkout import EXTENSIONS, ensure_room, source_policy
 from gateway.money.sources import fetch_source
 from shared.broker import Broker
 from shared.messages import PreviewRequest
@@ -85,6 +85,7 @@ def start_preview(
     model = model or offered[0]
     if model not in offered:
         raise RequestError(f"model {model!r} is not offered here; choose one of {offered}")
+    ensure_room(config, storage)
     source = fetch_source(image_url, source_policy(config))
     digest = hashlib.sha256(source.data).hexdigest()
     source_key = preview_source_key_for(digest, EXTENSIONS[source.format])
@@ -108,9 +109,14 @@ def start_preview(
     }
     state = _state(storage, prefix)
     if state == "missing" or (state == "pending" and _stale(storage, prefix)):
-        storage.put(f"{prefix}/meta.json", json.dumps(meta).encode())
         request = PreviewRequest(preview_id, source_key, prefix, model, x, y, size)
-        broker.publish(PREVIEW_QUEUE, request.to_json(), message_id=preview_id)
+        # Unmade after the minute that ``_stale`` gives it, on every broker (the worker drops
+        # it); pending only once queued, so a publish that failed is published when asked again.
+        expires_at = time.time() + PREVIEW_TTL_MS / 1000
+        broker.publish(
+            PREVIEW_QUEUE, request.to_json(), message_id=preview_id, expires_at=expires_at
+        )
+        storage.put(f"{prefix}/meta.json", json.dumps(meta).encode())
         log.info("preview requested", extra={"preview_id": preview_id, "model": model})
     return _shown(meta, state)
 

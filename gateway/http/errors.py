@@ -2,7 +2,10 @@
 
 Every error body is ``{"error": {"type", "message"}}``; nothing else answers
 with a trace. An error type not listed here inherits its nearest listed
-ancestor's answer; a ``GatewayError`` nobody listed is a 500.
+ancestor's answer; a ``GatewayError`` nobody listed is a 500. A
+``BrokerError`` from any door (a publish the broker refused even on a new
+connection) is 503 ``broker_unavailable`` with ``Retry-After``: our outage,
+not the client's mistake, and worth asking again.
 """
 
 from __future__ import annotations
@@ -26,13 +29,17 @@ from gateway.errors import (
     RateLimitedError,
     RequestError,
     SourceImageError,
+    StorageFullError,
     UnauthorizedError,
     UnstorableTextError,
     UnsupportedMediaTypeError,
     WebhookSignatureError,
 )
+from shared.broker import BrokerError
 
 log = logging.getLogger(__name__)
+
+BROKER_RETRY_AFTER_S = 5
 
 # status, type
 ANSWERS: dict[type[GatewayError], tuple[int, str]] = {
@@ -51,6 +58,7 @@ ANSWERS: dict[type[GatewayError], tuple[int, str]] = {
     WebhookSignatureError: (400, "invalid_signature"),
     PaymentProviderUnavailable: (503, "payment_provider_unavailable"),
     EventTooEarlyError: (503, "event_too_early"),
+    StorageFullError: (503, "storage_full"),
     PaymentProviderRejected: (502, "payment_provider_rejected"),
 }
 
@@ -66,7 +74,10 @@ def answer_for(error: GatewayError) -> tuple[int, str]:
 def error_response(error: GatewayError) -> JSONResponse:
     status, kind = answer_for(error)
     headers = {}
-    if isinstance(error, PaymentProviderUnavailable | RateLimitedError | EventTooEarlyError):
+    if isinstance(
+        error,
+        PaymentProviderUnavailable | RateLimitedError | EventTooEarlyError | StorageFullError,
+    ):
         headers["Retry-After"] = str(error.retry_after_s)
     if isinstance(error, UnauthorizedError):
         headers["WWW-Authenticate"] = f'Bearer realm="{error.realm}"'
@@ -78,6 +89,21 @@ def error_response(error: GatewayError) -> JSONResponse:
 async def gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
     return error_response(exc)
+
+
+async def broker_unavailable(request: Request, exc: Exception) -> Response:
+    """The broker is away: 503, try again shortly (its address and error go to the log only)."""
+    log.warning("broker unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        {
+            "error": {
+                "type": "broker_unavailable",
+                "message": "this is unavailable for a moment on our side; please try again",
+            }
+        },
+        status_code=503,
+        headers={"Retry-After": str(BROKER_RETRY_AFTER_S)},
+    )
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
@@ -98,6 +124,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 HANDLERS = {
     GatewayError: gateway_error,
+    BrokerError: broker_unavailable,
     HTTPException: http_error,
     Exception: unexpected_error,
 }

@@ -29,6 +29,7 @@ from starlette.routing import Route
 from gateway.errors import UnauthorizedError
 from gateway.http.requests import services_of
 from gateway.metrics import render
+from gateway.money.checkout import free_bytes
 from gateway.services import Services
 from shared.topology import UPSCALE_QUEUE
 
@@ -80,7 +81,14 @@ async def metrics(request: Request) -> Response:
         or not hmac.compare_digest(given.strip().encode(), token.encode())
     ):
         raise UnauthorizedError("metrics token required", realm="smi-metrics")
-    body, content_type = await run_in_threadpool(render, services.sessions, services.broker)
+    config = services.config
+    body, content_type = await run_in_threadpool(
+        render,
+        services.sessions,
+        services.broker,
+        lambda: free_bytes(config, services.storage),
+        config.min_free_bytes,
+    )
     return Response(body, media_type=content_type)
 
 

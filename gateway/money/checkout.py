@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import GatewayConfig
 from gateway.delivery.links import new_buyer_key
-from gateway.errors import GatewayError, RequestError
+from gateway.errors import GatewayError, RequestError, StorageFullError
 from gateway.languages import choose
 from gateway.money.currencies import exponent
 from gateway.money.payments import Payments
@@ -98,6 +99,26 @@ def source_policy(config: GatewayConfig) -> SourcePolicy:
     )
 
 
+def free_bytes(config: GatewayConfig, storage: Storage) -> int | None:
+    """The least free space among the disks new work writes to: the storage folder's (when
+    it is one) and the data folder's (SQLite, the embedded broker); ``None`` for neither."""
+    found = [storage.free_bytes()]
+    if config.data_dir.exists():
+        found.append(shutil.disk_usage(config.data_dir).free)
+    known = [free for free in found if free is not None]
+    return min(known) if known else None
+
+
+def ensure_room(config: GatewayConfig, storage: Storage) -> None:
+    """``StorageFullError`` (503, try later) when a disk new work writes to holds less than
+    ``SMI_MIN_FREE_MB``: refused before anything is fetched or written, so what is running
+    (payments, refunds, deliveries) keeps its room."""
+    free = free_bytes(config, storage)
+    if free is not None and free < config.min_free_bytes:
+        log.error("disk nearly full: new work refused", extra={"free_bytes": free})
+        raise StorageFullError("the shop cannot take new orders for a moment; try again later")
+
+
 def start_checkout(
     config: GatewayConfig,
     sessions: sessionmaker[Session],
@@ -106,6 +127,7 @@ def start_checkout(
     request: CheckoutRequest,
 ) -> CheckoutStarted:
     """Fetch and store the image, create the job, then the Checkout Session."""
+    ensure_room(config, storage)
     image_url, return_url = request.image_url, request.return_url
     policy = source_policy(config)
     offered = config.pricing.models

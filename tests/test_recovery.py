@@ -623,12 +623,12 @@ def test_a_buyer_who_lost_the_link_gets_fresh_ones_and_strangers_learn_nothing(l
         ask(address)  # again at once: nothing more is sent
         relay.send_due()
         resent = sink.messages[first:]
-        assert [m["X-SMI-Job"] for m in resent] == [done]  # the completed job only, once
-        link = next(
+        assert [m["X-SMI-Email"] for m in resent] == ["links"]  # one email, once
+        (link,) = (
             line.strip()
             for line in resent[0].get_body(("plain",)).get_content().splitlines()
             if "/downloads/" in line
-        )
+        )  # the completed job's only
         assert httpx.get(link, timeout=30).content == b"\x89PNG result"
     assert other  # paid, not completed: no link to send
 

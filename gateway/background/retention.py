@@ -26,6 +26,7 @@ from datetime import timedelta
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.delivery.emails import forget_link_requests
 from gateway.store.lifecycle import record_audit
 from gateway.store.tables import Job, utcnow
 from shared.jobs import JobStatus
@@ -137,5 +138,6 @@ def erase_customer(session: Session, storage: Storage, email: str) -> Erasure:
             session, job, "erased at the customer's request: images and addresses", "admin"
         )
         erased.append(job.id)
+    forget_link_requests(session, address)  # lost-link requests keep the address a while
     log.info("customer erased", extra={"jobs": len(erased), "in_progress": len(in_progress)})
     return Erasure(email, erased, in_progress)

@@ -2,6 +2,7 @@
 
     queue_email(session, job, "completed")        # inside the transaction that completes the job
     message = render_email(job, "completed", settings, attempt=1, **context)
+    request_links(session, address)               # POST /api/links: one row, whoever asks
 
 Each kind is queued at most once per job (the outbox's unique key, checked
 first so the caller's transaction goes on), so duplicate events never send
@@ -9,6 +10,12 @@ a second copy. Templates live in ``gateway/templates/emails/``: ``KIND.txt``
 and ``KIND.html``, both extending a base that carries the support contact.
 Their words come from the buyer's language catalogue (``gateway.languages``),
 amounts and dates are written as that language writes them.
+
+A buyer who lost their links asks with an address (``request_links``): the
+answer writes one ``link_requests`` row, the same for every address, and
+nothing else. The email relay resolves it later (``links_to_send``): one
+email listing every completed job of the address, at most once per
+``RESEND_EVERY``, or nothing at all.
 
 Every message has a ``Message-ID`` of its own (``message_id``): the same when
 one queued row is sent again after a crash, never the same for two rows.
@@ -19,27 +26,36 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import parseaddr
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from babel.dates import format_date, format_time
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-from sqlalchemy import func, select
+from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.orm import Session
 
 from gateway.languages import choose, translate
 from gateway.money.currencies import format_money
 from gateway.store.lifecycle import add_outbox_message
-from gateway.store.tables import Job, OutboxMessage, as_utc, utcnow
+from gateway.store.tables import (
+    Job,
+    LinkRequest,
+    LinkRequestState,
+    OutboxMessage,
+    as_utc,
+    utcnow,
+)
 from shared.jobs import JobStatus
 from shared.models import scale_of
 
 EMAIL_PREFIX = "email:"
 KINDS = ("payment_confirmation", "processing", "completed", "refunded")
+LINKS = "links"  # the lost-link email: every completed job of one address
 
 # A domain as RFC 5322 lets a msg-id's right part be written (a dot-atom).
 _DOMAIN = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
@@ -103,6 +119,14 @@ _TEMPLATES = Environment(
 )
 
 
+def _when(moment: datetime, language: str) -> str:
+    """A moment as ``language`` writes a date and a time, in UTC."""
+    return (
+        f"{format_date(moment, 'medium', locale=language)} "
+        f"{format_time(moment, 'short', tzinfo=UTC, locale=language)} UTC"
+    )
+
+
 def render_email(
     job: Job, kind: str, settings: EmailSettings, *, attempt: int = 1, **context: Any
 ) -> EmailMessage:
@@ -115,10 +139,7 @@ def render_email(
     expires = context.pop("download_expires", None)
 
     def when(moment: datetime) -> str:
-        return (
-            f"{format_date(moment, 'medium', locale=language)} "
-            f"{format_time(moment, 'short', tzinfo=UTC, locale=language)} UTC"
-        )
+        return _when(moment, language)
 
     kept_until = None
     if settings.result_retention_days and job.finished_at:
@@ -154,33 +175,122 @@ def render_email(
 RESEND_EVERY = timedelta(minutes=10)
 
 
-def resend_links(session: Session, address: str) -> int:
-    """Queue a fresh completion email (new links) for each of ``address``'s completed jobs.
+def request_links(session: Session, address: str) -> None:
+    """Ask for the lost-link email of ``address``: one row, written the same way whether or
+    not the address has bought anything (the answer must not tell), and nothing read.
 
-    At most once every ten minutes per job, whoever asks: asking again sooner
-    changes nothing. Returns how many were queued (the caller does not tell).
+    The row is committed before the buyer is answered, so a process that dies
+    right after answering loses nothing: the email relay of any process
+    resolves it (``links_to_send``).
     """
-    jobs = session.scalars(
-        select(Job)
-        .where(
-            func.lower(Job.customer_email) == address.strip().lower(),
-            Job.status == JobStatus.COMPLETED,
-            Job.result_deleted_at.is_(None),
+    session.add(
+        LinkRequest(
+            address=address.strip().lower(),
+            nonce=secrets.token_hex(16),
+            state=LinkRequestState.NEW,
+            attempts=0,
+            next_attempt_at=utcnow(),
         )
-        .with_for_update()
     )
-    queued = 0
-    kind = email_kind("completed")
-    for job in jobs:
-        last = session.execute(
-            select(func.max(OutboxMessage.attempt), func.max(OutboxMessage.created_at)).where(
-                OutboxMessage.job_id == job.id, OutboxMessage.kind == kind
+
+
+def links_to_send(session: Session, request: LinkRequest) -> list[Job]:
+    """The jobs whose links ``request`` sends, newest first; none when it sends nothing.
+
+    Call in a transaction with the request claimed. A new request becomes its
+    address's email of the period unless the address has no completed job
+    left (not deleted), or another request already is (sending or sent within
+    ``RESEND_EVERY``): then the request is deleted, and nothing tells.
+    """
+    jobs = list(
+        session.scalars(
+            select(Job)
+            .where(
+                func.lower(Job.customer_email) == request.address,
+                Job.status == JobStatus.COMPLETED,
+                Job.result_deleted_at.is_(None),
             )
-        ).one()
-        if last[1] and utcnow() - as_utc(last[1]) < RESEND_EVERY:
-            continue
-        add_outbox_message(
-            session, job, kind, email_row(job.id, "completed")[1], (last[0] or 0) + 1
+            .order_by(Job.created_at.desc(), Job.id)
+            # Locked: two requests for one address resolved at once by two processes
+            # take turns, and the second sees the first's decision.
+            .with_for_update()
         )
-        queued += 1
-    return queued
+    )
+    if request.state == LinkRequestState.NEW:
+        already = session.scalar(
+            select(LinkRequest.id)
+            .where(
+                LinkRequest.address == request.address,
+                LinkRequest.id != request.id,
+                LinkRequest.state.in_((LinkRequestState.SENDING, LinkRequestState.SENT)),
+                LinkRequest.decided_at >= utcnow() - RESEND_EVERY,
+            )
+            .limit(1)
+        )
+        if jobs and already is None:
+            request.state = LinkRequestState.SENDING
+            request.decided_at = utcnow()
+        else:
+            jobs = []
+    if not jobs:
+        session.delete(request)  # an address of nobody is not kept
+    return jobs
+
+
+def forget_link_requests(session: Session, address: str | None = None) -> int:
+    """Delete the requests that no longer hold anything back: those done before the current
+    period, or every one of ``address`` (erasing a customer). Returns how many."""
+    if address is not None:
+        where = LinkRequest.address == address.strip().lower()
+    else:
+        where = LinkRequest.state.in_((LinkRequestState.SENT, LinkRequestState.GAVE_UP)) & (
+            func.coalesce(LinkRequest.decided_at, LinkRequest.created_at) < utcnow() - RESEND_EVERY
+        )
+    done = cast(CursorResult[Any], session.execute(delete(LinkRequest).where(where)))
+    return done.rowcount
+
+
+@dataclass(frozen=True)
+class Link:
+    job: Job
+    url: str
+
+
+def render_links_email(
+    links: list[Link], expires: datetime, settings: EmailSettings, nonce: str
+) -> EmailMessage:
+    """The one email that lists every link of a lost-link request, in the newest job's
+    language, to the address that job was bought with; ``nonce`` is the request's."""
+    if not links or not links[0].job.customer_email:
+        raise ValueError("no job with an address to send links to")
+    newest = links[0].job
+    language = choose(newest.language)
+    orders = []
+    for link in links:
+        scale = scale_of(link.job.model)
+        orders.append(
+            {
+                "id": link.job.id,
+                "url": link.url,
+                "size_in": f"{link.job.width}×{link.job.height}",
+                "size_out": f"{link.job.width * scale}×{link.job.height * scale}",
+                "amount": format_money(link.job.amount_cents, link.job.currency, language),
+            }
+        )
+    values = {
+        "language": language,
+        "t": partial(translate, language),
+        "support_email": settings.support_email,
+        "orders": orders,
+        "download_expires": _when(expires, language),
+    }
+    message = EmailMessage()
+    message["Subject"] = translate(language, f"email.subject.{LINKS}")
+    message["From"] = settings.sender
+    message["To"] = newest.customer_email
+    message["Reply-To"] = settings.support_email
+    message["Message-ID"] = message_id(settings.sender, LINKS, LINKS, nonce)
+    message["X-SMI-Email"] = LINKS
+    message.set_content(_TEMPLATES.get_template(f"{LINKS}.txt").render(values))
+    message.add_alternative(_TEMPLATES.get_template(f"{LINKS}.html").render(values), subtype="html")
+    return message

@@ -217,6 +217,45 @@ class OutboxMessage(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class LinkRequestState(StrEnum):
+    """Where one lost-link request is (``link_requests.state``)."""
+
+    NEW = "new"  # asked for; nobody has looked at the address yet
+    SENDING = "sending"  # this period's email for the address: being sent, retried on failure
+    SENT = "sent"
+    GAVE_UP = "gave up"
+
+
+class LinkRequest(Base):
+    """A buyer's ``POST /api/links``: written the same way for every address, resolved later.
+
+    The answer writes this row and nothing else, so it costs the same whether
+    the address is known or not; the email relay then looks the address up and
+    sends (at most one email per address and period) or deletes the row.
+    """
+
+    __tablename__ = "link_requests"
+    __table_args__ = (
+        Index("ix_link_requests_due", "state", "next_attempt_at"),
+        Index("ix_link_requests_address", "address", "decided_at"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    address: Mapped[str] = mapped_column(String(320))  # as asked, stripped and lower-cased
+    # Random: the email's Message-ID, the same on every retry of this row and no other's.
+    nonce: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default=LinkRequestState.NEW)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # When it became the address's email of the period (``SENDING``).
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class RefundStatus(StrEnum):
     """Where one refund is: waiting for (another) try, done at Stripe, or given up."""
 

@@ -14,6 +14,21 @@ there within ``SETTLE_INTERVAL_S``. A handler that raises, or returns
 without settling and is never settled later, leaves the message to be
 delivered again.
 
+A message published with ``expires_at`` carries that moment (epoch seconds)
+in its ``x-smi-expires-at`` header, read back as ``Delivery.expires_at``: a
+consumer checks ``delivery.expired()`` before any work and acks it unused.
+RabbitMQ also drops such messages by the queue's ``x-message-ttl``; kombu's
+filesystem transport honours no TTL at all, so on the embedded broker this
+check is the only one.
+
+Publishing reuses one connection. When the broker has dropped it since the
+last publish (a restart, a network cut), the publish that finds it dead is
+made once more on a new connection before anything is raised: the first
+caller after a reconnect never pays for the old connection. Only a broker
+that refuses the new connection too is a ``BrokerError``. A message whose
+first try reached the broker unconfirmed may arrive twice; every consumer
+is idempotent by message id or content.
+
 When ``stop`` is set the consumer stops taking messages and keeps running
 until every delivery it handed out is settled (or ``drain_timeout_s``
 passes; the broker then delivers the rest again). This is the only module
@@ -42,6 +57,7 @@ from shared.topology import DEAD_QUEUE
 log = logging.getLogger(__name__)
 
 SETTLE_INTERVAL_S = 0.2
+EXPIRES_HEADER = "x-smi-expires-at"
 # What kombu raises while the broker is away or drops the connection.
 _KOMBU_ERRORS: tuple[type[BaseException], ...] = (OSError, OperationalError)
 
@@ -92,30 +108,51 @@ class Broker:
         headers: dict[str, str] | None = None,
         retries: int = 0,
         content_type: str = "application/json",
+        expires_at: float | None = None,
     ) -> None:
         """Publish ``body`` as it is, persistent, to ``to`` (declared on the way).
 
         With RabbitMQ this returns once the broker confirms it has the
-        message. ``retries`` reconnects and tries again that many times (with
-        a growing pause) before ``BrokerError``.
+        message. A publishing connection the broker dropped since the last
+        publish is replaced and the message sent again at once (see the
+        module). ``retries`` reconnects and tries again that many times more
+        (with a growing pause) before ``BrokerError``. ``expires_at`` (epoch
+        seconds) goes with the message for consumers to drop it after then.
         """
+        headers = dict(headers or {})
+        if expires_at is not None:
+            headers[EXPIRES_HEADER] = f"{expires_at:.3f}"
         with self._lock:
-            try:
-                if self._connection is None:
-                    self._connection = self.connection()
-                self._connection.ensure_connection(
-                    max_retries=retries, interval_start=0.5, interval_max=5
-                )
-                producer = self._connection.Producer()
-                send: Callable[..., None] = _send
-                if retries:
-                    send = self._connection.ensure(
-                        producer, _send, max_retries=retries, interval_start=0.5, interval_max=5
-                    )
-                send(producer, to, body, message_id, headers or {}, content_type)
-            except _KOMBU_ERRORS as exc:
-                self._forget()
-                raise BrokerError(f"cannot publish to {to.name}: {exc}") from exc
+            while True:  # twice at most: a second try is on a new connection
+                reused = self._connection is not None
+                try:
+                    self._publish(to, body, message_id, headers, retries, content_type)
+                    return
+                except _KOMBU_ERRORS as exc:
+                    self._forget()
+                    if not reused:
+                        raise BrokerError(f"cannot publish to {to.name}: {exc}") from exc
+                    log.info("publishing connection lost (%s); publishing on a new one", exc)
+
+    def _publish(
+        self,
+        to: Queue,
+        body: str | bytes,
+        message_id: str,
+        headers: dict[str, str],
+        retries: int,
+        content_type: str,
+    ) -> None:
+        if self._connection is None:
+            self._connection = self.connection()
+        self._connection.ensure_connection(max_retries=retries, interval_start=0.5, interval_max=5)
+        producer = self._connection.Producer()
+        send: Callable[..., None] = _send
+        if retries:
+            send = self._connection.ensure(
+                producer, _send, max_retries=retries, interval_start=0.5, interval_max=5
+            )
+        send(producer, to, body, message_id, headers, content_type)
 
     def consume(
         self,
@@ -181,10 +218,17 @@ class Delivery:
     def __init__(self, message: Any, consumer: _Consumer, generation: int) -> None:
         self.body: str | bytes = message.body
         self.headers: dict[str, Any] = dict(message.headers or {})
+        self.expires_at = _moment(self.headers.get(EXPIRES_HEADER))
         self.settled = False
         self._message = message
         self._consumer = consumer
         self._generation = generation
+
+    def expired(self, now: float | None = None) -> bool:
+        """Whether it was published with an ``expires_at`` that has passed (by ``now``)."""
+        if self.expires_at is None:
+            return False
+        return (time.time() if now is None else now) > self.expires_at
 
     def ack(self) -> None:
         """Its effect is done: the broker forgets it."""
@@ -354,6 +398,15 @@ def _send(
         headers=headers,
         retry=False,
     )
+
+
+def _moment(value: Any) -> float | None:
+    """An ``x-smi-expires-at`` header's epoch seconds; ``None`` when absent or not a number."""
+    try:
+        moment = float(value)
+    except (TypeError, ValueError):
+        return None
+    return moment if moment == moment else None  # NaN never expires anything
 
 
 def default_broker_url(data_dir: Path) -> str:

@@ -52,6 +52,10 @@ class TcpProxy:
             listener, self._listener = self._listener, None
             open_sockets, self._sockets = self._sockets, set()
         if listener is not None:
+            # Closing alone leaves a thread's accept() listening on, so new clients would
+            # still connect and a restore could not bind the port; shutting it wakes accept().
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         for sock in open_sockets:
             with contextlib.suppress(OSError):

@@ -25,6 +25,11 @@ fails the job at once; anything else is tried again from stage 1 after a
 backoff, up to ``max_attempts`` times, then fails it. A body that is not
 an ``UpscaleRequest`` goes to ``smi.dead``. Whatever is not acknowledged
 when the worker dies goes back to the queue.
+
+Free previews (``smi.preview``) are made on a consumer of their own. One
+asked for more than a minute ago (past the moment its message carries) is
+acknowledged unmade, on RabbitMQ and the embedded broker alike: the page
+that wanted it gave up long ago.
 """
 
 from __future__ import annotations
@@ -243,6 +248,14 @@ class UpscaleWorker:
             delivery.dead_letter(str(exc))
             return
         context = {"preview_id": request.preview_id, "model": request.model}
+        if delivery.expired():
+            # Nobody waits for it any more (the page asks again when its buyer does). RabbitMQ
+            # drops such messages itself; the embedded broker delivers them, however late.
+            metrics.PREVIEWS.labels(outcome="expired").inc()
+            late = time.time() - (delivery.expires_at or 0.0)
+            log.warning("preview request expired %.0f s ago; dropped unmade", late, extra=context)
+            delivery.ack()
+            return
         try:
             self.make_preview(request)
         except Exception as exc:  # the gateway shows "preview unavailable"; nothing is owed

@@ -1,19 +1,29 @@
 """What an attack on free previews found around the broker, each kept shut by a test.
 
+A preview's expiry: RabbitMQ drops a preview request after its minute on
+the queue, but kombu's filesystem transport (the embedded broker of the demo
+and of one machine) honours no TTL, so a worker made previews minutes after
+their page gave up. The request now carries the moment it expires and the
+worker drops it unmade after then, on every broker.
+
 A reconnect: after RabbitMQ went away and came back, the gateway's first
 publish went out on the dead connection and the preview answered 500, once
 per process. A publish that finds its connection dead now sends again on a
 new one; a broker that is really away is a typed 503 with ``Retry-After``,
 and asking again publishes.
 
-The real app on a real server (``tests/test_gateway_app.py``'s stack) and
+The real app on a real server (``tests/test_gateway_app.py``'s stack), a real
+worker (``upscaler.worker``) with the fast model, the embedded broker and
 RabbitMQ (this run's virtual host, through a proxy the test cuts).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +32,36 @@ import pytest
 from proxy import TcpProxy
 from test_gateway_app import Stack, start_stack
 
-from conftest import RABBITMQ_URL, purge_queues
+import gateway.delivery.previews
+from conftest import FAST_MODEL, RABBITMQ_URL, purge_queues
+from servers import wait_for
 from shared.broker import EXPIRES_HEADER, Broker
+from shared.storage import Storage
 from shared.topology import PREVIEW_QUEUE
+from upscaler.registry import ModelRegistry
+from upscaler.worker import UpscaleWorker
+from upscaler.worker_config import WorkerConfig
 
 pytestmark = pytest.mark.timeout(300)
+
+
+@contextmanager
+def worker_on(broker_url: str, storage: Storage, registry: ModelRegistry) -> Iterator[None]:
+    """A real worker (the fast model, on the CPU) in a thread until the block ends."""
+    config = WorkerConfig.from_env(
+        {"SMI_BROKER_URL": broker_url, "SMI_STORAGE_URL": storage.url, "SMI_WORKER_DEVICE": "cpu"}
+    )
+    broker = Broker(broker_url)
+    worker = UpscaleWorker(broker, storage, registry, config)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        worker.stop.set()
+        thread.join(timeout=60)
+        broker.close()
+        assert not thread.is_alive(), "the worker did not stop"
 
 
 def ask(stack: Stack, x: int = 0) -> httpx.Response:
@@ -37,6 +72,62 @@ def ask(stack: Stack, x: int = 0) -> httpx.Response:
 
 def status(stack: Stack, preview_id: str) -> httpx.Response:
     return httpx.get(f"{stack.gateway}/api/previews/{preview_id}", timeout=30)
+
+
+def test_on_the_embedded_broker_an_expired_preview_request_is_dropped_and_a_fresh_one_made(
+    tmp_path: Path, registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch, caplog: Any
+):
+    # The gateway's minute, shortened so that the test need not wait for it.
+    ttl_s = 5.0
+    monkeypatch.setattr(gateway.delivery.previews, "PREVIEW_TTL_MS", int(ttl_s * 1000))
+    caplog.set_level(logging.INFO, logger="upscaler.worker")
+    broker_url = f"filesystem://{tmp_path / 'broker'}"
+    storage = Storage(f"file://{tmp_path / 'storage'}")
+    with start_stack(
+        f"sqlite:///{tmp_path / 'gateway.sqlite3'}",
+        tmp_path,
+        broker_url=broker_url,
+        SMI_BACKGROUND_IN_PROCESS="false",
+        SMI_OFFER_MODELS=FAST_MODEL,
+    ) as stack:
+        asked = ask(stack)
+        assert asked.status_code == 202, asked.text
+        preview_id = asked.json()["preview_id"]
+        prefix = f"previews/{preview_id}"
+        time.sleep(ttl_s + 1)  # no worker yet: the request waits on the queue past its expiry
+
+        with worker_on(broker_url, storage, registry):
+
+            def dropped() -> bool:
+                return any(
+                    "dropped unmade" in record.getMessage()
+                    and getattr(record, "preview_id", None) == preview_id
+                    for record in caplog.records
+                )
+
+            handled = wait_for(
+                lambda: dropped() or storage.exists(f"{prefix}/after.png"),
+                timeout=60,
+                interval=0.1,
+            )
+            assert handled
+            time.sleep(1)  # time to have written anything, had it been made
+            assert not storage.exists(f"{prefix}/before.png")
+            assert not storage.exists(f"{prefix}/after.png"), "made after its page gave up"
+            assert dropped()
+            assert status(stack, preview_id).json()["status"] == "pending"
+
+            # The buyer asks again: a stale pending preview is asked for anew, and made.
+            again = ask(stack)
+            assert again.status_code == 202 and again.json()["preview_id"] == preview_id
+            made = wait_for(
+                lambda: status(stack, preview_id).status_code == 200, timeout=120, interval=0.2
+            )
+            assert made
+            assert status(stack, preview_id).json()["status"] == "ready"
+            assert storage.exists(f"{prefix}/before.png")
+    drops = [r for r in caplog.records if "dropped unmade" in r.getMessage()]
+    assert len(drops) == 1, [r.getMessage() for r in drops]
 
 
 def queued_previews(timeout: float = 5.0) -> dict[str, dict[str, Any]]:

@@ -388,8 +388,10 @@ class TestBadInput:
             (b"\xff\xfe{}", 400, "not valid JSON"),  # not UTF-8
             (b"[" * 5000 + b"]" * 5000, 400, "not valid JSON"),  # too deep
             (b'{"image_url": ' + b"9" * 5000 + b"}", 400, "not valid JSON"),  # too many digits
-            (b'{"image_url": "http://a/\\ud800.jpg"}', 422, "not a usable URL"),  # lone surrogate
-            (b'{"image_url": "http://a/\\u0000.jpg"}', 422, "not a usable URL"),  # control char
+            # Text no database column stores: refused before anything else looks at it.
+            (b'{"image_url": "http://a/\\ud800.jpg"}', 400, "cannot be stored"),  # lone surrogate
+            (b'{"image_url": "http://a/\\u0000.jpg"}', 400, "cannot be stored"),  # NUL
+            (b'{"image_url": "http://a/\\u0007.jpg"}', 422, "not a usable URL"),  # control char
             (b'{"image_url": "http://a:99999/x.jpg"}', 422, "not a usable URL"),
             (b'{"image_url": "http://a:-1/x.jpg"}', 422, "not a usable URL"),
             (b'{"image_url": "http://a:abc/x.jpg"}', 422, "not a usable URL"),
@@ -473,7 +475,7 @@ def test_checkout_to_one_message_on_rabbitmq(database_url, tmp_path, rabbit):
         wait_for(lambda: stack.status(body["job_id"])["status"] == "pending")
         received = drain(rabbit)
     assert [request.job_id for request in received] == [body["job_id"]]
-    assert received[0].source_key.startswith(f"jobs/{body['job_id']}/source.")
+    assert received[0].source_key.startswith("sources/")  # stored once by its content
 
 
 def test_size_and_time_limits_on_the_source(database_url, tmp_path):

@@ -113,6 +113,7 @@ class PreviewConfig:
     global_per_minute: float = 300.0
     keep_s: float = 3600.0  # previews and their sources are deleted after this
     wait_s: float = 30.0  # the page says "unavailable right now" after this
+    squares_per_image: int = 6  # distinct squares of one image kept at once (disk bound)
 
 
 @dataclass(frozen=True)
@@ -398,6 +399,7 @@ class GatewayConfig:
                 global_per_minute=env.number("PREVIEW_GLOBAL_PER_MINUTE", 300, minimum=0.1),
                 keep_s=env.number("PREVIEW_KEEP_S", 3600, minimum=60),
                 wait_s=env.number("PREVIEW_WAIT_S", 30, minimum=1),
+                squares_per_image=int(env.number("PREVIEW_SQUARES_PER_IMAGE", 6, minimum=1)),
             ),
             checkout_options=CheckoutOptions(
                 allow_promotion_codes=env.flag("ALLOW_PROMOTION_CODES", False),

@@ -27,9 +27,10 @@ from fsspec.implementations.local import LocalFileSystem
 CHUNK_BYTES = 1024 * 1024
 
 
-def source_key_for(job_id: str, extension: str) -> str:
-    """Where a job's source image is kept (``jpg``, ``png`` or ``webp``)."""
-    return f"jobs/{job_id}/source.{extension}"
+def source_key_for(digest: str, extension: str) -> str:
+    """Where a sold image is kept (``jpg``, ``png`` or ``webp``): once by its content's
+    sha256, for every job that bought it."""
+    return f"sources/{digest}.{extension}"
 
 
 def result_key_for(job_id: str) -> str:
@@ -87,6 +88,14 @@ class Storage:
         except FileNotFoundError:
             return False
         return True
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (a folder), sorted; none when there is no such folder."""
+        try:
+            found = self.fs.find(self.path(prefix))
+        except FileNotFoundError:
+            return []
+        return sorted(posixpath.relpath(path, self.root) for path in found)
 
     def older_than(self, prefix: str, age_s: float) -> list[str]:
         """Keys under ``prefix`` last written more than ``age_s`` seconds ago."""

@@ -570,8 +570,9 @@ def test_retention_deletes_unpaid_sources_at_expiry_and_results_after_their_days
     retention = Retention(loop.sessions, storage, retention_days=30)
     assert retention.sweep() == 2 and retention.sweep() == 0
     keys = {job_id: loop.job(job_id) for job_id in (unpaid, old, recent, waiting)}
-    assert not storage.exists(keys[unpaid].source_key) and keys[unpaid].source_deleted_at
-    assert not storage.exists(keys[old].source_key)
+    assert keys[unpaid].source_deleted_at and keys[old].source_deleted_at
+    # The four bought the same photo: stored once, it stays while a job still needs it.
+    assert len({job.source_key for job in keys.values()}) == 1
     assert not storage.exists(f"jobs/{old}/result.png") and keys[old].result_deleted_at
     for kept in (recent, waiting):  # not due: both images still there
         assert storage.exists(keys[kept].source_key) and keys[kept].source_deleted_at is None
@@ -657,7 +658,9 @@ def test_smi_admin_erase_removes_a_customer_s_images_and_data_and_says_what_it_k
 
     job = loop.job(done)
     assert job.customer_email is None and job.image_url == "" and job.return_url is None
-    assert not storage.exists(source) and not storage.exists(f"jobs/{done}/result.png")
+    assert job.source_deleted_at and not storage.exists(f"jobs/{done}/result.png")
+    # The shop's photo, bought by both: stored once, kept for the job still in progress.
+    assert loop.job(busy).source_key == source and storage.exists(source)
     assert (job.status, job.amount_cents, job.currency) == ("completed", 50, "usd")
     assert job.stripe_payment_intent_id and loop.refunds(done) == []
     assert httpx.get(link, timeout=30).status_code == 410

@@ -14,21 +14,24 @@ The file goes first, then the mark: a crash in between deletes it again,
 harmlessly. Runs in every gateway process; rows are claimed with ``SKIP LOCKED``.
 
 ``erase_customer`` is the same deletion on request (``smi-admin erase --email``),
-with the customer's addresses removed as well.
+with the customer's addresses removed as well: from the jobs, and from what
+was kept about them (Stripe's events as received, the seller's notifications).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.delivery.emails import forget_link_requests
-from gateway.store.lifecycle import record_audit
-from gateway.store.tables import Job, utcnow
+from gateway.store.lifecycle import hold_source, record_audit
+from gateway.store.tables import Job, Notification, WebhookEvent, utcnow
 from shared.jobs import JobStatus
 from shared.storage import Storage
 
@@ -75,16 +78,32 @@ class Retention:
         return len(jobs)
 
     def _delete(self, session: Session, job: Job) -> None:
-        deleted = delete_images(self.storage, job)
+        deleted = delete_images(session, self.storage, job)
         record_audit(session, job, f"retention: {deleted} deleted", "retention")
         log.info("images deleted", extra={"job_id": job.id, "deleted": deleted})
 
 
-def delete_images(storage: Storage, job: Job) -> str:
-    """Delete the job's stored source and result not deleted yet, mark when; says which went."""
+def delete_images(session: Session, storage: Storage, job: Job) -> str:
+    """Delete the job's stored source and result not deleted yet, mark when; says which went.
+
+    A source is shared by every job that bought the same image: its file goes
+    with the last job that needs it (the others keep it), under the source's
+    lock, so a checkout sharing it meanwhile writes it again after us.
+    """
     now, gone = utcnow(), []
     if job.source_deleted_at is None:
-        storage.delete(job.source_key)
+        hold_source(session, job.source_key)
+        others = session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(
+                Job.source_key == job.source_key,
+                Job.id != job.id,
+                Job.source_deleted_at.is_(None),
+            )
+        )
+        if not others:
+            storage.delete(job.source_key)
         job.source_deleted_at = now
         gone.append("source")
     if job.result_key and job.result_deleted_at is None:
@@ -92,6 +111,41 @@ def delete_images(storage: Storage, job: Job) -> str:
         job.result_deleted_at = now
         gone.append("result")
     return " and ".join(gone) or "nothing"
+
+
+ERASED = "[erased]"
+# Beside an erased address, these fields are the same person's (Stripe's customer_details,
+# billing_details, shipping): name, phone and postal address go with it.
+PERSONAL = frozenset({"name", "phone", "address", "shipping", "shipping_details"})
+
+
+def _erase_from_records(session: Session, address: str, job_ids: list[str]) -> None:
+    """The address, and the name, phone and postal address beside it, out of the Stripe
+    events stored as received (any event naming it: a charge's event names no job) and
+    out of the seller's notifications about the erased jobs."""
+    events = select(WebhookEvent).where(func.lower(WebhookEvent.payload).contains(address))
+    for event in session.scalars(events):
+        event.payload = json.dumps(_scrubbed(json.loads(event.payload or "null"), address))
+    notes = select(Notification).where(Notification.job_id.in_(job_ids))
+    for note in session.scalars(notes):
+        note.body = json.dumps(_scrubbed(json.loads(note.body), address))
+
+
+def _scrubbed(value: Any, address: str) -> Any:
+    """``value`` (parsed JSON) with every string holding ``address`` erased, and in each
+    object that held one, its ``PERSONAL`` fields too."""
+    if isinstance(value, str):
+        return ERASED if address in value.lower() else value
+    if isinstance(value, list):
+        return [_scrubbed(item, address) for item in value]
+    if not isinstance(value, dict):
+        return value
+    cleaned = {key: _scrubbed(item, address) for key, item in value.items()}
+    if any(item == ERASED and value[key] != ERASED for key, item in cleaned.items()):
+        for key in PERSONAL & cleaned.keys():
+            if cleaned[key] is not None:
+                cleaned[key] = ERASED
+    return cleaned
 
 
 FINAL = (JobStatus.COMPLETED, JobStatus.REFUNDED, JobStatus.EXPIRED)
@@ -129,7 +183,7 @@ def erase_customer(session: Session, storage: Storage, email: str) -> Erasure:
         if job.status not in FINAL:
             in_progress.append(job.id)
             continue
-        delete_images(storage, job)
+        delete_images(session, storage, job)
         job.customer_email = None
         job.image_url = ""
         job.return_url = None
@@ -139,5 +193,7 @@ def erase_customer(session: Session, storage: Storage, email: str) -> Erasure:
         )
         erased.append(job.id)
     forget_link_requests(session, address)  # lost-link requests keep the address a while
+    if erased:
+        _erase_from_records(session, address, erased)
     log.info("customer erased", extra={"jobs": len(erased), "in_progress": len(in_progress)})
     return Erasure(email, erased, in_progress)

@@ -10,7 +10,10 @@ a small ``PreviewRequest`` to ``smi.preview``; a worker writes
 ``previews/ID/before.png`` and ``after.png``. The id is a hash of the
 image, model and square, so identical requests share one result. Previews
 and their sources are deleted after ``SMI_PREVIEW_KEEP_S``
-(``gateway.background.retention``).
+(``gateway.background.retention``). What they keep is bounded: at most
+``SMI_PREVIEW_SQUARES_PER_IMAGE`` squares of one image at a time (each
+marked under ``previews/squares/DIGEST/``), and none while the disk is
+nearly full.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from gateway.config import GatewayConfig
-from gateway.errors import NotFoundError, RequestError
+from gateway.errors import NotFoundError, RateLimitedError, RequestError
 from gateway.money.checkout import EXTENSIONS, ensure_room, source_policy
 from gateway.money.sources import fetch_source
 from shared.broker import Broker
@@ -108,6 +111,8 @@ def start_preview(
         "wait_s": config.previews.wait_s,
     }
     state = _state(storage, prefix)
+    if state == "missing":
+        _count_square(storage, config, digest, preview_id)
     if state == "missing" or (state == "pending" and _stale(storage, prefix)):
         request = PreviewRequest(preview_id, source_key, prefix, model, x, y, size)
         # Unmade after the minute that ``_stale`` gives it, on every broker (the worker drops
@@ -119,6 +124,20 @@ def start_preview(
         storage.put(f"{prefix}/meta.json", json.dumps(meta).encode())
         log.info("preview requested", extra={"preview_id": preview_id, "model": model})
     return _shown(meta, state)
+
+
+def _count_square(storage: Storage, config: GatewayConfig, digest: str, preview_id: str) -> None:
+    """Mark a new square of the image ``digest``; ``RateLimitedError`` when the image has as
+    many as it may keep (the page offers those; retention makes room later)."""
+    folder = f"previews/squares/{digest}"
+    made = [key.rsplit("/", 1)[1] for key in storage.keys(folder)]
+    limit = config.previews.squares_per_image
+    if preview_id not in made and len(made) >= limit:
+        raise RateLimitedError(
+            f"this image has {limit} previews already; look at those, or ask again later",
+            retry_after_s=max(1, int(config.previews.keep_s)),
+        )
+    storage.put(f"{folder}/{preview_id}", b"")
 
 
 def preview_status(storage: Storage, preview_id: str) -> dict[str, Any]:

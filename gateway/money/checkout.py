@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from dataclasses import dataclass
@@ -18,7 +19,14 @@ from gateway.money.currencies import exponent
 from gateway.money.payments import Payments
 from gateway.money.pricing import quote_price
 from gateway.money.sources import SourcePolicy, fetch_source, split_url
-from gateway.store.lifecycle import NewJob, create_job, expire, get_job, new_job_id
+from gateway.store.lifecycle import (
+    NewJob,
+    create_job,
+    expire,
+    get_job,
+    hold_source,
+    new_job_id,
+)
 from shared.models import MODELS
 from shared.storage import Storage, source_key_for
 
@@ -141,9 +149,9 @@ def start_checkout(
     quote = next(q for q in quotes if q.model == model)
     job_id = new_job_id()
     buyer_key, key_hash = new_buyer_key()
-    source_key = source_key_for(job_id, EXTENSIONS[source.format])
-    storage.put(source_key, source.data)
+    source_key = source_key_for(hashlib.sha256(source.data).hexdigest(), EXTENSIONS[source.format])
     with sessions.begin() as session:
+        hold_source(session, source_key)  # retention does not delete it under us
         create_job(
             session,
             NewJob(
@@ -161,10 +169,13 @@ def start_checkout(
             job_id,
         )
     try:
+        # Written after the job that needs it is committed, whether or not another job's
+        # copy is there: a retention pass that deleted it before our commit cannot win.
+        storage.put(source_key, source.data)
         checkout = payments.create_checkout_session(
             job_id, quote, return_url, config.checkout_expires_minutes, request.language
         )
-    except GatewayError as exc:
+    except (GatewayError, OSError) as exc:
         with sessions.begin() as session:
             expire(
                 session,

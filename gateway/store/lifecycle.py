@@ -29,6 +29,8 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -38,6 +40,7 @@ from gateway.store.tables import (
     Job,
     OutboxMessage,
     Payment,
+    Source,
     WebhookEvent,
     utcnow,
 )
@@ -118,6 +121,17 @@ class NewJob:
     language: str = "en"
     model: str = DEFAULT_MODEL
     buyer_key_hash: str | None = None
+
+
+def hold_source(session: Session, key: str) -> None:
+    """Lock the stored source ``key`` for this transaction (its row made if need be): a
+    checkout that will use it and a retention pass that may delete it take turns."""
+    values = {"key": key, "used_at": utcnow()}
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(pg_insert(Source).values(values).on_conflict_do_nothing())
+    else:
+        session.execute(sqlite_insert(Source).values(values).on_conflict_do_nothing())
+    session.execute(update(Source).where(Source.key == key).values(used_at=utcnow()))
 
 
 def create_job(session: Session, new: NewJob, job_id: str | None = None) -> Job:

@@ -256,6 +256,20 @@ class LinkRequest(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class Source(Base):
+    """A seller's image, stored once by its content's sha256 for every job that bought it.
+
+    The row is what checkouts and retention lock (``lifecycle.hold_source``):
+    a source is deleted only while no job still needs it, and a checkout that
+    shares it writes it again after its own job is committed.
+    """
+
+    __tablename__ = "sources"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    used_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class RefundStatus(StrEnum):
     """Where one refund is: waiting for (another) try, done at Stripe, or given up."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import string
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,11 +22,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 from system import running_system
 from test_gateway_app import post_event, start_stack
 from test_recovery import TOKEN, Loop, hand_driven
+from test_seller import open_shop
 
+from gateway.background.retention import Retention
 from gateway.http.limits import counted_client
+from gateway.store.lifecycle import expire
+from gateway.store.tables import Job, Notification, WebhookEvent
 from servers import wait_for
 from shared.logs import JsonFormatter, SecretsFilter, TextFormatter
 from shared.messages import EventKind
@@ -304,3 +310,123 @@ def test_twelve_previews_and_twelve_checkouts_of_a_dense_image_at_once_stay_boun
         assert sorted(set(answers)) == [201, 202], answers
         grown = peak_mb(gateway) - before
         assert grown < 150, f"the gateway's peak memory grew by {grown} MB"
+
+
+# -- what erasure leaves ----------------------------------------------------------------
+
+
+@pytest.fixture
+def shop(database_url, tmp_path):
+    with open_shop(database_url, tmp_path) as opened:
+        yield opened
+
+
+def test_erasure_leaves_the_address_in_no_stored_event_and_no_notification(shop):
+    loop, address, name = shop.loop, "Erin.Erasable@Example.com", "Erin Erasable"
+    job_id = loop.buy(email=address, name=name)
+    assert shop.completed(job_id)
+    other = loop.buy(email="keep@example.com", name="Kept Person")  # another customer's
+
+    def received(kind: str) -> int:
+        events = loop.admin("GET", "/admin/events", params={"type": kind}).json()["events"]
+        return len(events)
+
+    for kind in ("checkout.session.completed", "charge.succeeded", "payment_intent.succeeded"):
+        wait_for(lambda kind=kind: received(kind) == 2)  # both purchases' events are stored
+    assert shop.notify() >= 1
+
+    def stored() -> str:
+        with loop.sessions() as session:
+            events = [e.payload or "" for e in session.scalars(select(WebhookEvent))]
+            notes = [n.body for n in session.scalars(select(Notification))]
+        return "\n".join(events + notes).lower()
+
+    assert address.lower() in stored() and name.lower() in stored()  # before: kept
+    erased = loop.admin("POST", "/admin/erase", json={"email": address.upper()})
+    assert erased.status_code == 200 and erased.json()["erased"] == [job_id], erased.text
+    after = stored()
+    assert address.lower() not in after and name.lower() not in after
+    assert "keep@example.com" in after and "kept person" in after  # nobody else's
+    shown = [
+        loop.admin("GET", f"/admin/events/{e['event_id']}").text.lower()
+        for e in loop.admin("GET", "/admin/events").json()["events"]
+    ]
+    assert not [text for text in shown if address.lower() in text or name.lower() in text]
+    assert loop.job(other).customer_email == "keep@example.com"
+
+
+def test_under_the_free_space_floor_new_work_is_refused_and_the_metric_says_why(tmp_path):
+    """A floor above what the disk has: checkouts and previews answer 503 with Retry-After
+    before anything is fetched or written; what is running goes on; the metric shows it."""
+    free = shutil.disk_usage(tmp_path).free
+    floor_mb = str(free // 2**20 + 1024)  # a gigabyte more than there is
+    token = "metrics-token-disk-0123456789"
+    settings = {"SMI_MIN_FREE_MB": floor_mb, "SMI_METRICS_TOKEN": token}
+    with start_stack(f"sqlite:///{tmp_path / 'smi.db'}", tmp_path, **settings) as stack:
+        image = {"image_url": f"{stack.images}/photo.jpg"}
+        for path in ("/api/checkout", "/api/previews"):
+            answer = httpx.post(f"{stack.gateway}{path}", json=image, timeout=30)
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["type"] == "storage_full"
+            assert int(answer.headers["retry-after"]) > 0
+        with stack.sessions()() as session:
+            assert session.scalar(select(func.count()).select_from(Job)) == 0
+        assert [p for p in (tmp_path / "storage").rglob("*") if p.is_file()] == []
+        scrape = httpx.get(
+            f"{stack.gateway}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=30
+        ).text
+        shown = dict(
+            line.split(" ") for line in scrape.splitlines() if line.startswith("smi_disk_free")
+        )
+        assert float(shown["smi_disk_free_floor_bytes"]) == int(floor_mb) * 2**20
+        assert 0 < float(shown["smi_disk_free_bytes"]) < float(shown["smi_disk_free_floor_bytes"])
+    # The same disk with the default floor: the checkout goes through.
+    with start_stack(f"sqlite:///{tmp_path / 'ok.db'}", tmp_path) as stack:
+        assert stack.checkout().status_code == 201
+
+
+def test_one_image_keeps_a_bounded_number_of_preview_squares(tmp_path):
+    settings = {
+        "SMI_PREVIEW_SQUARES_PER_IMAGE": "2",
+        "SMI_PREVIEW_BURST": "100",
+        "SMI_PREVIEW_PER_CLIENT_PER_MINUTE": "10000",
+    }
+    with start_stack(f"sqlite:///{tmp_path / 'smi.db'}", tmp_path, **settings) as stack:
+
+        def preview(x: int, y: int) -> httpx.Response:
+            body = {"image_url": f"{stack.images}/photo.jpg", "x": x, "y": y}
+            return httpx.post(f"{stack.gateway}/api/previews", json=body, timeout=30)
+
+        first, second = preview(0, 0), preview(20, 0)  # the photo is 120x80: squares of 80
+        assert (first.status_code, second.status_code) == (202, 202)
+        third = preview(40, 0)
+        assert third.status_code == 429 and third.json()["error"]["type"] == "rate_limited"
+        assert "2 previews already" in third.json()["error"]["message"]
+        assert int(third.headers["retry-after"]) > 0
+        again = preview(0, 0)  # one of the squares it has: shown as before
+        assert again.status_code == 202
+        assert again.json()["preview_id"] == first.json()["preview_id"]
+        kept = list((tmp_path / "storage" / "previews").glob("*/meta.json"))
+        assert len(kept) == 2
+
+
+def test_a_source_bought_many_times_is_stored_once_and_deleted_with_its_last_job(loop):
+    storage = Storage(loop.stack.config.storage_url)
+    jobs = [loop.stack.checkout().json()["job_id"] for _ in range(5)]
+    keys = {loop.job(job_id).source_key for job_id in jobs}
+    assert len(keys) == 1
+    (key,) = keys
+    stored = [p for p in (Path(loop.stack.config.storage_url[7:]) / "sources").iterdir()]
+    assert [p.name for p in stored] == [key.rsplit("/", 1)[1]]
+    with loop.sessions.begin() as session:  # every checkout but one ran out unpaid
+        for job_id in jobs[:4]:
+            expire(session, session.get_one(Job, job_id), "test", "test", "Expired.")
+    retention = Retention(loop.sessions, storage, retention_days=30)
+    assert retention.sweep() == 4
+    assert storage.exists(key)  # the fifth still needs it
+    with loop.sessions.begin() as session:
+        expire(session, session.get_one(Job, jobs[4]), "test", "test", "Expired.")
+    assert retention.sweep() == 1 and not storage.exists(key)
+    # Bought again afterwards: stored again.
+    again = loop.stack.checkout().json()["job_id"]
+    assert loop.job(again).source_key == key and storage.exists(key)

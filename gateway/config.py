@@ -170,6 +170,9 @@ class GatewayConfig:
     admin_token: str | None
     download_secret: str
     download_ttl_s: int
+    # Secrets links were signed with before the last rotation: still accepted (their
+    # links' lifetime at most), never used to sign (SMI_DOWNLOAD_SECRET_PREVIOUS).
+    download_previous_secrets: tuple[str, ...] = ()
     storefront_origins: tuple[str, ...] = ()
     # No new checkout or preview while the disk holds less (SMI_MIN_FREE_MB).
     min_free_bytes: int = 500 * 2**20
@@ -227,6 +230,16 @@ class GatewayConfig:
         smtp_url = env.text("SMTP_URL", "")
         if smtp_url and urlsplit(smtp_url).scheme not in ("smtp", "smtps"):
             env.problem(f"SMI_SMTP_URL must be smtp:// or smtps://, not {smtp_url!r}")
+        if mode == "live" and not smtp_url:
+            env.problem(
+                "SMI_SMTP_URL is required in live mode: without it emails are only written "
+                "as files (SMI_MAIL_DIR) and no customer receives one"
+            )
+        if mode == "live" and not env.text("DOWNLOAD_SECRET", ""):
+            env.problem(
+                "SMI_DOWNLOAD_SECRET is required in live mode: download links signed with a "
+                "secret of their own outlive a rotated Stripe key"
+            )
         admin_token = env.text("ADMIN_TOKEN", "")
         if admin_token and len(admin_token) < 16:
             env.problem("SMI_ADMIN_TOKEN must be at least 16 characters")
@@ -382,6 +395,11 @@ class GatewayConfig:
             ),
             admin_token=admin_token or None,
             download_secret=download_secret,
+            download_previous_secrets=tuple(
+                secret.strip()
+                for secret in env.text("DOWNLOAD_SECRET_PREVIOUS", "").split(",")
+                if secret.strip()
+            ),
             download_ttl_s=int(env.number("DOWNLOAD_TTL_HOURS", 7 * 24, minimum=0.01) * 3600),
             storefront_origins=storefront_origins,
             trusted_proxies=tuple(trusted_proxies),

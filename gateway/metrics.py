@@ -21,8 +21,9 @@ Two kinds, each where it is true:
   rolled back; refunds and disputes are gauges (their status moves).
 - **The broker's queues** (messages waiting, consumers attached), asked of the
   broker when scraped; a broker that does not answer is ``smi_broker_up 0``.
-- **The disk's room**: free bytes where new work writes, and the floor under
-  which checkouts and previews are refused (``SMI_MIN_FREE_MB``).
+- **Storage**: whether it answered this scrape (an object written, read back
+  and deleted: ``smi_storage_up``), free bytes where new work writes, and the
+  floor under which checkouts and previews are refused (``SMI_MIN_FREE_MB``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def render(
     broker: Broker,
     free_bytes: Callable[[], int | None] = lambda: None,
     floor_bytes: int = 0,
+    check_storage: Callable[[], None] | None = None,
 ) -> tuple[bytes, str]:
     """The exposition text for one scrape, and its content type."""
     registry = CollectorRegistry()
@@ -97,18 +99,34 @@ def render(
             registry.register(collector)
     registry.register(RecordsCollector(sessions))
     registry.register(QueuesCollector(broker))
-    registry.register(RoomCollector(free_bytes, floor_bytes))
+    registry.register(RoomCollector(free_bytes, floor_bytes, check_storage))
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 class RoomCollector(Collector):
     """Free bytes where new work writes (none for an object store), and the floor."""
 
-    def __init__(self, free_bytes: Callable[[], int | None], floor_bytes: int) -> None:
+    def __init__(
+        self,
+        free_bytes: Callable[[], int | None],
+        floor_bytes: int,
+        check_storage: Callable[[], None] | None = None,
+    ) -> None:
         self.free_bytes = free_bytes
         self.floor_bytes = floor_bytes
+        self.check_storage = check_storage
 
     def collect(self) -> Iterable[Any]:
+        if self.check_storage is not None:
+            try:
+                self.check_storage()
+                up = 1
+            except Exception as exc:  # any failure is "down"; why goes to the log
+                log.warning("storage does not answer: %s: %s", type(exc).__name__, exc)
+                up = 0
+            yield GaugeMetricFamily(
+                "smi_storage_up", "Whether storage answered this scrape", value=up
+            )
         free = self.free_bytes()
         if free is None:
             return

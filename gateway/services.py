@@ -11,6 +11,7 @@ talks to one broker.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -23,6 +24,8 @@ from gateway.money.payments import Payments
 from gateway.store.database import create_database_engine, migrate, session_factory
 from shared.broker import Broker
 from shared.storage import Storage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,13 +46,23 @@ class Services:
         engine = create_database_engine(config.database_url)
         if engine.dialect.name == "sqlite":
             migrate(engine)
+        if not config.mail.smtp_url:
+            log.warning(
+                "no SMI_SMTP_URL: emails are written as files in %s and reach no customer",
+                config.mail.folder,
+            )
         return cls(
             config=config,
             engine=engine,
             sessions=session_factory(engine, {SELLER_CHANNELS: seller_channels(config.seller)}),
             payments=Payments(config.stripe, config.checkout_options),
             storage=Storage(config.storage_url),
-            links=DownloadLinks(config.download_secret, config.public_url, config.download_ttl_s),
+            links=DownloadLinks(
+                config.download_secret,
+                config.public_url,
+                config.download_ttl_s,
+                config.download_previous_secrets,
+            ),
             broker=Broker(config.broker_url),
         )
 

@@ -21,6 +21,8 @@ LIVE_ENV = {
     "SMI_STRIPE_LIVE_SECRET_KEY": "sk_live_abc",
     "SMI_STRIPE_LIVE_WEBHOOK_SECRET": "whsec_live",
     "SMI_PUBLIC_URL": "https://shop.example",
+    "SMI_SMTP_URL": "smtps://mailer:secret@smtp.example",
+    "SMI_DOWNLOAD_SECRET": "download-secret-0123456789abcdef",
 }
 
 
@@ -53,8 +55,10 @@ def test_every_problem_is_listed_at_once():
     with pytest.raises(ConfigError) as raised:
         GatewayConfig.from_env(env)
     problems = "\n".join(raised.value.problems)
-    assert len(raised.value.problems) == 7
+    assert len(raised.value.problems) == 9
     for fragment in (
+        "SMI_SMTP_URL is required in live mode",
+        "SMI_DOWNLOAD_SECRET is required in live mode",
         "must start with sk_live_",
         "WEBHOOK_SECRET is required and may not be empty",
         "refused in live mode",
@@ -64,6 +68,17 @@ def test_every_problem_is_listed_at_once():
         "SMI_CHECKOUT_EXPIRES_MINUTES must be within",
     ):
         assert fragment in problems
+
+
+@pytest.mark.parametrize("missing", ["SMI_SMTP_URL", "SMI_DOWNLOAD_SECRET"])
+def test_live_mode_needs_a_mail_server_and_a_download_secret_of_its_own(missing):
+    """Live without a mail server would write emails no customer receives; without its own
+    download secret, rotating the Stripe key would break every link already sent."""
+    env = {key: value for key, value in LIVE_ENV.items() if key != missing}
+    with pytest.raises(ConfigError) as raised:
+        GatewayConfig.from_env(env)
+    assert [p for p in raised.value.problems if p.startswith(f"{missing} is required")]
+    assert GatewayConfig.from_env({**TEST_ENV}).mail.smtp_url is None  # test mode: files
 
 
 @pytest.mark.parametrize("mode", ["test", "live"])

@@ -221,16 +221,21 @@ def test_readyz_names_the_broker_while_it_is_away_and_metrics_add_up_over_proces
             assert seen == {6.0}, seen
 
             proxy.cut()
-            wait_for(lambda: _status(gateway, "/readyz") == 503, timeout=60)
-            down = httpx.get(f"{gateway}/readyz", timeout=30).json()
-            assert down["ready"] is False and down["checks"]["database"] == "ok"
-            assert down["checks"]["broker"] != "ok" and down["checks"]["storage"] == "ok"
-            assert value(scrape(gateway), "smi_broker_up") == 0
+            # The gateway still serves (checkouts, payments, refunds; the outbox waits):
+            # it stays ready and says the broker is away, as its metric does.
+            wait_for(lambda: value(scrape(gateway), "smi_broker_up") == 0, timeout=60)
+            down = httpx.get(f"{gateway}/readyz", timeout=30)
+            assert down.status_code == 200 and down.json()["ready"] is True
+            assert down.json()["checks"] == {
+                "database": "ok",
+                "broker": "unavailable",
+                "storage": "ok",
+            }
             wait_for(lambda: _status(worker, "/readyz") == 503, timeout=60)
             worker_down = httpx.get(f"{worker}/readyz", timeout=30).json()["checks"]
             assert worker_down["broker"] != "ok" and worker_down["model"] == "ok"
             proxy.restore()
-            wait_for(lambda: _status(gateway, "/readyz") == 200, timeout=60)
+            wait_for(lambda: value(scrape(gateway), "smi_broker_up") == 1, timeout=60)
             wait_for(lambda: _status(worker, "/readyz") == 200, timeout=60)
     finally:
         purge_queues()
@@ -242,3 +247,23 @@ def _status(url: str, path: str) -> int:
     except httpx.HTTPError:
         time.sleep(0.2)
         return 0
+
+
+def test_a_gateway_without_its_broker_or_storage_stays_ready_and_says_so(tmp_path):
+    """Readiness is what the process can serve: with the database up, checkouts, payments and
+    refunds go on (the outbox waits for the broker), so the load balancer must keep it;
+    the body, the metrics and the alerts name what is away."""
+    broker = f"amqp://guest:guest@127.0.0.1:{free_port()}//"  # nothing listens there
+    settings = {"SMI_METRICS_TOKEN": METRICS_TOKEN, "SMI_BROKER_URL": broker}
+    with hand_driven(f"sqlite:///{tmp_path / 'smi.db'}", tmp_path, **settings) as loop:
+        shutil.rmtree(tmp_path / "storage")
+        (tmp_path / "storage").write_text("not a folder")  # storage fails its check
+        ready = httpx.get(f"{loop.stack.gateway}/readyz", timeout=30)
+        assert ready.status_code == 200, ready.text
+        assert ready.json() == {
+            "ready": True,
+            "checks": {"database": "ok", "broker": "unavailable", "storage": "unavailable"},
+        }
+        samples = scrape(loop.stack.gateway)
+        assert value(samples, "smi_broker_up") == 0 and value(samples, "smi_storage_up") == 0
+        assert loop.admin("GET", "/admin/jobs").status_code == 200  # it still serves

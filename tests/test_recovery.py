@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -249,7 +250,7 @@ def test_the_watchdog_republishes_stalled_jobs_then_refunds_them(loop):
     assert loop.job(job_id).status == "refunded"
 
 
-def test_emails_go_to_smtp_with_retries_and_each_once(loop):
+def test_emails_go_to_smtp_with_retries_and_each_once(loop, caplog):
     job_id = loop.buy()
     down = loop.email_relay(f"smtp://127.0.0.1:{free_port()}")
     assert down.send_due() == 1  # the confirmation: SMTP refuses the connection
@@ -260,7 +261,7 @@ def test_emails_go_to_smtp_with_retries_and_each_once(loop):
         assert row.published_at is None and row.publish_attempts == 1 and row.last_error
     with loop.sessions.begin() as session:  # skip the backoff
         session.execute(update(OutboxMessage).values(next_attempt_at=None))
-    with MailSink() as sink:
+    with MailSink() as sink, caplog.at_level(logging.INFO, logger="gateway.delivery.mailer"):
         up = loop.email_relay(sink.url)
         loop.event(job_id, EventKind.STARTED, progress=0.0)
         loop.event(
@@ -268,6 +269,9 @@ def test_emails_go_to_smtp_with_retries_and_each_once(loop):
         )
         assert up.send_due() == 3
         assert up.send_due() == 0
+    server = sink.url.split("@")[-1].removeprefix("smtp://")  # the server, never credentials
+    sent = [r.getMessage() for r in caplog.records if r.getMessage().startswith("email sent")]
+    assert sent == [f"email sent to smtp://{server}"] * 3
     kinds = sorted(m["X-SMI-Email"] for m in sink.messages)
     assert kinds == ["completed", "payment_confirmation", "processing"]
     completed = sink.of_kind("completed")[0]
@@ -294,10 +298,13 @@ def test_an_email_that_cannot_be_made_is_given_up_and_the_others_go(loop):
     assert any("cannot be sent" in (m["last_error"] or "") for m in details["outbox"])
 
 
-def test_without_smtp_emails_are_written_as_eml_files(loop, tmp_path):
+def test_without_smtp_emails_are_written_as_eml_files(loop, tmp_path, caplog):
     loop.buy()
-    assert loop.email_relay(None).send_due() == 1
+    with caplog.at_level(logging.INFO, logger="gateway.delivery.mailer"):
+        assert loop.email_relay(None).send_due() == 1
     (path,) = (tmp_path / "mail").glob("*.eml")
+    # The log says where it went: a file, not a customer's inbox.
+    assert [r.getMessage() for r in caplog.records] == [f"email sent to {path}"]
     message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
     assert message["X-SMI-Email"] == "payment_confirmation"
     assert "$0.50" in message.get_body(("plain",)).get_content()
@@ -632,6 +639,27 @@ def test_a_buyer_who_lost_the_link_gets_fresh_ones_and_strangers_learn_nothing(l
         )  # the completed job's only
         assert httpx.get(link, timeout=30).content == b"\x89PNG result"
     assert other  # paid, not completed: no link to send
+
+
+def test_rotating_the_download_secret_keeps_the_links_already_sent(database_url, tmp_path):
+    """The new secret signs; the previous one, kept in SMI_DOWNLOAD_SECRET_PREVIOUS, still
+    opens the links it signed until they expire; once dropped, they are refused."""
+    old, new = "download-secret-old-0123456789", "download-secret-new-0123456789"
+    with hand_driven(database_url, tmp_path, SMI_DOWNLOAD_SECRET=old) as before:
+        job_id = before.buy()
+        Storage(before.stack.config.storage_url).put(f"jobs/{job_id}/result.png", b"\x89PNG")
+        before.event(job_id, EventKind.COMPLETED, result_key=f"jobs/{job_id}/result.png")
+        sent = before.stack.status(job_id, as_buyer=True)["download_url"].rsplit("/", 1)[1]
+        buyer_key = before.stack.buyer_keys[job_id]
+    rotated = {"SMI_DOWNLOAD_SECRET": new, "SMI_DOWNLOAD_SECRET_PREVIOUS": old}
+    with hand_driven(database_url, tmp_path, **rotated) as after:
+        assert httpx.get(f"{after.stack.gateway}/downloads/{sent}", timeout=30).status_code == 200
+        after.stack.buyer_keys[job_id] = buyer_key
+        fresh = after.stack.status(job_id, as_buyer=True)["download_url"].rsplit("/", 1)[1]
+        assert DownloadLinks(new, "http://x", ttl_s=60).job_id(fresh) == job_id  # new signs
+    with hand_driven(database_url, tmp_path, SMI_DOWNLOAD_SECRET=new) as dropped:
+        answer = httpx.get(f"{dropped.stack.gateway}/downloads/{sent}", timeout=30)
+        assert answer.status_code == 403
 
 
 def test_smi_admin_erase_removes_a_customer_s_images_and_data_and_says_what_it_kept(loop):

@@ -9,6 +9,10 @@ A token is the job id signed with ``SMI_DOWNLOAD_SECRET`` and stamped with
 the time it was issued (``itsdangerous``): a changed byte is refused
 (403), an old one has expired (410). Links carry no database state, so a
 fresh one can be issued on every status poll and in every email.
+
+Rotation: the new secret signs, the ones before it (``previous``, from
+``SMI_DOWNLOAD_SECRET_PREVIOUS``) still open the links they signed until
+those expire (``SMI_DOWNLOAD_TTL_HOURS``); then they can be dropped.
 """
 
 from __future__ import annotations
@@ -38,8 +42,11 @@ SALT = "smi-download-link"
 class DownloadLinks:
     """Issues and checks download tokens for completed jobs."""
 
-    def __init__(self, secret: str, public_url: str, ttl_s: int) -> None:
-        self._serializer = URLSafeTimedSerializer(secret, salt=SALT)
+    def __init__(
+        self, secret: str, public_url: str, ttl_s: int, previous: tuple[str, ...] = ()
+    ) -> None:
+        # itsdangerous signs with the last key and accepts any of them.
+        self._serializer = URLSafeTimedSerializer([*previous, secret], salt=SALT)
         self.public_url = public_url.rstrip("/")
         self.ttl_s = ttl_s
 

@@ -59,12 +59,14 @@ class Mailer:
     def __init__(self, config: MailConfig) -> None:
         self.config = config
 
-    def send(self, message: EmailMessage) -> None:
-        """Send it, or raise ``OSError``/``smtplib.SMTPException``."""
+    def send(self, message: EmailMessage) -> str:
+        """Send it, or raise ``OSError``/``smtplib.SMTPException``; returns where it went
+        (the mail server, without credentials, or the file written): what the log says."""
         if self.config.smtp_url:
             self._send_smtp(message, self.config.smtp_url)
-        else:
-            self._write_file(message, self.config.folder)
+            parts = urlsplit(self.config.smtp_url)
+            return f"{parts.scheme}://{parts.hostname}:{parts.port or 25}"
+        return str(self._write_file(message, self.config.folder))
 
     @staticmethod
     def _send_smtp(message: EmailMessage, url: str) -> None:
@@ -88,7 +90,7 @@ class Mailer:
             client.send_message(message)
 
     @staticmethod
-    def _write_file(message: EmailMessage, folder: Path) -> None:
+    def _write_file(message: EmailMessage, folder: Path) -> Path:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")
         about = [message["X-SMI-Job"], message["X-SMI-Email"]]  # a links email has no one job
         name = "-".join([stamp, *(str(part) for part in about if part)]) + ".eml"
@@ -96,6 +98,7 @@ class Mailer:
         partial = folder / f".{name}.part"  # mail readers never see half a message
         partial.write_bytes(bytes(message))
         partial.replace(folder / name)
+        return folder / name
 
 
 class EmailRelay:
@@ -172,12 +175,12 @@ class EmailRelay:
             self._mark(row_id, error=f"cannot be sent: {exc}", outcome=GAVE_UP)
             return
         try:
-            self.mailer.send(message)
+            went_to = self.mailer.send(message)
         except (OSError, smtplib.SMTPException) as exc:
             log.warning("email not sent, will retry: %s", exc, extra=context)
             self._mark(row_id, error=str(exc), outcome=RETRY)
             return
-        log.info("email sent", extra=context)
+        log.info("email sent to %s", went_to, extra=context)
         self._mark(row_id, outcome=SENT)
 
     def _mark(self, row_id: int, *, outcome: str, error: str | None = None) -> None:
@@ -241,12 +244,12 @@ class EmailRelay:
             self._mark_links(row_id, error=f"cannot be sent: {exc}", outcome=GAVE_UP)
             return
         try:
-            self.mailer.send(message)
+            went_to = self.mailer.send(message)
         except (OSError, smtplib.SMTPException) as exc:
             log.warning("lost-link email not sent, will retry: %s", exc, extra=context)
             self._mark_links(row_id, error=str(exc), outcome=RETRY)
             return
-        log.info("lost-link email sent", extra=context)
+        log.info("lost-link email sent to %s", went_to, extra=context)
         self._mark_links(row_id, outcome=SENT)
 
     def _mark_links(self, row_id: int, *, outcome: str, error: str | None = None) -> None:

@@ -193,7 +193,10 @@ class SellerNotifier:
                 if not self.config.email:
                     self._done(row_id, "no SMI_SELLER_EMAIL; not sent")
                     return
-                self.mailer.send(seller_email(json.loads(body), self.sender, self.config.email))
+                went_to = self.mailer.send(
+                    seller_email(json.loads(body), self.sender, self.config.email)
+                )
+                context["sent_to"] = went_to
             else:
                 if not self.config.webhook_url or not self.config.webhook_secret:
                     self._done(row_id, "no SMI_SELLER_WEBHOOK_URL; not sent")

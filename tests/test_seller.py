@@ -575,3 +575,30 @@ def test_a_seller_who_listens_nowhere_gets_no_notification_rows(database_url, tm
         job_id = loop.buy()  # the sale is applied by the gateway, which knows its channels
         with loop.sessions() as session:
             assert session.scalars(select(Notification).filter_by(job_id=job_id)).all() == []
+
+
+def test_a_dashboard_refund_of_a_delivered_image_that_fails_later_says_what_is_true(shop):
+    """Delivered, refunded by the seller in the Dashboard, and the refund fails days later:
+    the buyer is told each of these as it happens, and never that the upscale failed."""
+    loop = shop.loop
+    job_id = loop.buy(REFUND_FAILS_CARD)
+    assert shop.completed(job_id)
+    intent = loop.job(job_id).stripe_payment_intent_id
+    loop.stack.stripe.v1.refunds.create({"payment_intent": intent})  # in the Dashboard
+    wait_for(lambda: loop.job(job_id).status == "refunded")
+    assert loop.job(job_id).customer_message == "Your payment has been refunded in full."
+    relay = loop.email_relay(shop.mail.url)
+    relay.send_due()
+    (refunded,) = shop.mail.of_kind("refunded", job_id)
+    assert "As agreed, we have refunded" in refunded.get_body(("plain",)).get_content()
+    wait_for(lambda: loop.job(job_id).status == "refund_failed", timeout=20)  # refund.failed
+    message = loop.job(job_id).customer_message
+    assert "did not go through" in message and "upscale" not in message
+    assert loop.stack.status(job_id)["message_key"] == "message.refund_failed_by_hand"
+    relay.send_due()
+    (failed,) = shop.mail.of_kind("refund_failed", job_id)
+    text = failed.get_body(("plain",)).get_content()
+    assert failed["Subject"] == "Your refund did not go through"
+    assert "we told you about did not go through" in text and "upscale" not in text
+    relay.send_due()
+    assert len(shop.mail.of_kind("refund_failed", job_id)) == 1  # once

@@ -54,7 +54,7 @@ from shared.jobs import JobStatus
 from shared.models import scale_of
 
 EMAIL_PREFIX = "email:"
-KINDS = ("payment_confirmation", "processing", "completed", "refunded")
+KINDS = ("payment_confirmation", "processing", "completed", "refunded", "refund_failed")
 LINKS = "links"  # the lost-link email: every completed job of one address
 
 # A domain as RFC 5322 lets a msg-id's right part be written (a dot-atom).

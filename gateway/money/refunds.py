@@ -289,7 +289,8 @@ def _refund_did_not_go_through(
     row.status, row.next_attempt_at = RefundStatus.FAILED, None
     row.last_error = f"Stripe reports the refund {status}"
     error = f"Stripe reports refund {row.stripe_refund_id} {status}"
-    lifecycle.refund_failed(session, job, error, source)
+    if lifecycle.refund_failed(session, job, error, source):
+        queue_email(session, job, "refund_failed")  # the buyer may have been told "refunded"
     notify_seller(
         session,
         "refund_failed",
@@ -488,6 +489,7 @@ class Refunder:
         refund.next_attempt_at = None
         if job.status == JobStatus.REFUNDING:  # (a refunded job's money went back another way)
             lifecycle.refund_failed(session, job, error, "refunder")
+            queue_email(session, job, "refund_failed")
         notify_seller(
             session,
             "refund_failed",

@@ -71,6 +71,12 @@ REFUND_FAILED_MESSAGE = (
     "It needs a person now: please write to our support (the address is in your "
     "payment email) and we will refund you."
 )
+# A refund that was not for a failed upscale (a delivered image refunded by hand) and did
+# not go through says only what is true of it.
+REFUND_FAILED_BY_HAND_MESSAGE = (
+    "The refund of your payment did not go through. It needs a person now: please write "
+    "to our support (the address is in your payment email) and we will refund you another way."
+)
 RETRY_MESSAGE = "We are trying your image again."
 # The key of each message in the customer catalogues (gateway/static/i18n/): the page
 # shows the buyer's language; the English text stays for admins and old pages.
@@ -85,6 +91,7 @@ MESSAGE_KEYS = {
     REFUNDED_MESSAGE: "message.refunded",
     REFUNDED_BY_HAND_MESSAGE: "message.refunded_by_hand",
     REFUND_FAILED_MESSAGE: "message.refund_failed",
+    REFUND_FAILED_BY_HAND_MESSAGE: "message.refund_failed_by_hand",
     RETRY_MESSAGE: "message.retry",
     DISPUTED_MESSAGE: "message.disputed",
 }
@@ -404,13 +411,9 @@ def refund_failed(session: Session, job: Job, error: str, source: str) -> bool:
     if job.status not in (JobStatus.REFUNDING, JobStatus.REFUNDED):
         return False
     after_all = " after all" if job.status == JobStatus.REFUNDED else ""
+    message = REFUND_FAILED_MESSAGE if job.failure_reason else REFUND_FAILED_BY_HAND_MESSAGE
     _move(
-        session,
-        job,
-        JobStatus.REFUND_FAILED,
-        f"refund failed{after_all}: {error}",
-        source,
-        REFUND_FAILED_MESSAGE,
+        session, job, JobStatus.REFUND_FAILED, f"refund failed{after_all}: {error}", source, message
     )
     return True
 

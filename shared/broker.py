@@ -162,13 +162,17 @@ class Broker:
         prefetch: int,
         stop: threading.Event,
         drain_timeout_s: float = 600.0,
+        on_poll: Callable[[], None] | None = None,
     ) -> None:
         """Hand each message of ``source`` to ``handle`` until ``stop`` is set and all settle.
 
         Reconnects by itself while the broker is away; returns only after
-        ``stop``.
+        ``stop``. ``on_poll`` is called on the consuming thread after each wait
+        for messages (every fraction of a second) and each reconnection try: it
+        tells that the loop itself still turns.
         """
-        _Consumer(self, source, handle, prefetch, stop, drain_timeout_s).run_until_stopped()
+        consumer = _Consumer(self, source, handle, prefetch, stop, drain_timeout_s, on_poll)
+        consumer.run_until_stopped()
 
     def queue_stats(self, names: list[str], timeout_s: float = 3.0) -> dict[str, tuple[int, int]]:
         """Each queue's (messages waiting, consumers attached), on a connection of its own.
@@ -254,8 +258,10 @@ class _Consumer(ConsumerMixin):
         prefetch: int,
         stop: threading.Event,
         drain_timeout_s: float,
+        on_poll: Callable[[], None] | None = None,
     ) -> None:
         self.connection = broker.connection()
+        self.on_poll = on_poll
         self.source = source
         self.handle = handle
         self.prefetch = prefetch
@@ -299,6 +305,8 @@ class _Consumer(ConsumerMixin):
     def on_connection_error(self, exc: Exception, interval: float) -> None:
         if self.stop.is_set():
             raise _Stopped from exc
+        if self.on_poll is not None:
+            self.on_poll()  # waiting for the broker is not being stuck
         log.warning("broker unreachable, again in %.0fs: %s", interval, exc)
 
     def _on_message(self, message: Any) -> None:
@@ -316,6 +324,8 @@ class _Consumer(ConsumerMixin):
 
     def on_iteration(self) -> None:
         self._apply_pending()
+        if self.on_poll is not None:
+            self.on_poll()
         if not self.stop.is_set():
             return
         if not self._cancelled:

@@ -160,22 +160,26 @@ def test_bench_prints_stages_and_writes_json(registry, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU here: cuda is accepted")
 def test_the_worker_image_s_settings_without_a_gpu_say_so_and_cpu_still_works(tmp_path):
     """SMI_WORKER_DEVICE=cuda (as the image sets it) on a machine without a GPU: one clear
-    line and exit 1; ``--device cpu`` then runs with the CPU's precision."""
+    log line, JSON like every other line of a container's log, and exit 1; ``--device cpu``
+    then runs with the CPU's precision."""
     env = {
         **os.environ,
         "SMI_WORKER_DEVICE": "cuda",
         "SMI_BROKER_URL": f"filesystem://{tmp_path / 'broker'}",
         "SMI_STORAGE_URL": f"file://{tmp_path / 'storage'}",
-        "SMI_LOG_FORMAT": "text",
+        "SMI_LOG_FORMAT": "json",
     }
     bin_dir = Path(sys.executable).parent
     refused = subprocess.run(
         [bin_dir / "smi-worker"], env=env, capture_output=True, text=True, timeout=120
     )
     assert refused.returncode == 1
-    assert refused.stderr.strip().splitlines()[-1] == (
+    lines = [json.loads(line) for line in refused.stderr.strip().splitlines()]
+    assert lines[-1]["level"] == "ERROR" and lines[-1]["logger"] == "upscaler.worker"
+    assert lines[-1]["message"] == (
         "smi-worker: no CUDA GPU is visible to PyTorch, so cuda is refused"
     )
+    env["SMI_LOG_FORMAT"] = "text"
     started = subprocess.Popen(
         [bin_dir / "smi-worker", "--device", "cpu"],
         env=env,

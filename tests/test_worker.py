@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -25,6 +26,7 @@ from shared.messages import EventKind, JobEvent, UpscaleRequest
 from shared.storage import Storage
 from shared.topology import DEAD_QUEUE, EVENTS_QUEUE, UPSCALE_QUEUE
 from upscaler.images import encode_image
+from upscaler.metrics import serve_health
 from upscaler.options import PipelineOptions, default_options
 from upscaler.worker import EventPublisher, UpscaleWorker
 from upscaler.worker_config import WorkerConfig
@@ -320,3 +322,66 @@ def test_while_storage_is_away_the_worker_takes_no_job_and_fails_none(
     kinds = [event.kind for event in events_of(broker_url, None)]
     assert EventKind.FAILED not in kinds and EventKind.COMPLETED in kinds
     assert good.exists("jobs/j1/result.png")
+
+
+def test_healthz_fails_while_the_job_in_hand_hangs_and_one_tile_still_shows_progress(
+    tmp_path, storage, registry
+):
+    """A model pass that never returns (a hung GPU) makes /healthz fail after the stall bound,
+    although the reporter thread still beats; an idle worker polling for messages stays live.
+    The job, one tile, shows progress past 0 while its model pass runs."""
+    broker_url = f"filesystem://{tmp_path / 'broker'}"
+    photo(storage, "jobs/h1/source.png")  # 24x24: one 32px tile
+    config = config_for(broker_url, storage, stall_s=1.0, heartbeat_s=0.2)
+    broker = Broker(broker_url)
+    worker = UpscaleWorker(
+        broker, storage, registry, config, events=EventPublisher(broker, "test-worker")
+    )
+    worker.warm_up()
+    (upscaler,) = worker._upscalers.values()
+    network, entered, release = upscaler.network, threading.Event(), threading.Event()
+
+    def hung(windows: torch.Tensor) -> torch.Tensor:
+        entered.set()
+        release.wait(120)
+        return network(windows)
+
+    upscaler.network = hung
+    server = serve_health(0, worker.readiness, worker.liveness, host="127.0.0.1")
+    healthz = f"http://127.0.0.1:{server.server_address[1]}/healthz"
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        time.sleep(2.5)  # idle for longer than the bound: its polling is its progress
+        assert httpx.get(healthz, timeout=10).status_code == 200
+        submit(broker_url, UpscaleRequest("h1", "jobs/h1/source.png", "jobs/h1/r.png").to_json())
+        assert entered.wait(60), "the job never reached the model"
+        time.sleep(2.5)
+        stuck = httpx.get(healthz, timeout=10)
+        assert stuck.status_code == 503, stuck.text
+        assert "1 job(s) in hand" in stuck.json()["stuck"]
+        release.set()
+        deadline = time.monotonic() + 60
+        while not storage.exists("jobs/h1/r.png") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert storage.exists("jobs/h1/r.png")
+        assert httpx.get(healthz, timeout=10).status_code == 200
+    finally:
+        release.set()
+        worker.stop.set()
+        thread.join(timeout=60)
+        server.shutdown()
+        broker.close()
+    events = events_of(broker_url, None)
+    # Heartbeats went on while it hung: only /healthz tells the hang.
+    beats = [e for e in events if e.kind == EventKind.PROGRESS]
+    assert len(beats) >= 5
+    assert any(0 < (e.progress or 0) < 1 for e in beats)  # one tile, yet not 0 until done
+    assert EventKind.COMPLETED in {e.kind for e in events}
+
+
+def test_the_stall_bound_is_a_setting():
+    assert WorkerConfig.from_env({}).stall_s == 600
+    assert WorkerConfig.from_env({"SMI_WORKER_STALL_S": "90"}).stall_s == 90
+    with pytest.raises(ConfigError, match="SMI_WORKER_STALL_S"):
+        WorkerConfig.from_env({"SMI_WORKER_STALL_S": "0"})

@@ -1,12 +1,14 @@
 """The worker's metrics and health, on a port of its own (``SMI_WORKER_METRICS_PORT``).
 
-    server = serve_health(9100, worker.readiness)     # /metrics, /healthz, /readyz
+    server = serve_health(9100, worker.readiness, worker.liveness)   # /metrics, /healthz, /readyz
     JOBS.labels(outcome="completed").inc()
 
 One worker is one process, so the client's default registry is exact. GPU
 memory (and utilisation, where NVML answers) is read when scraped.
 ``/readyz`` answers 200 when the broker and storage answer and the model is
-loaded, else 503 naming what does not.
+loaded, else 503 naming what does not. ``/healthz`` answers 200 while the
+worker's job loop moves, 503 once it has not for ``SMI_WORKER_STALL_S``
+(a hung job or consumer: the orchestrator should restart the process).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ STAGE_SECONDS = Histogram(
 GPU_METRICS = ("smi_worker_gpu_memory_bytes", "smi_worker_gpu_utilization_ratio")
 
 Readiness = Callable[[], dict[str, str | None]]  # check name -> None when fine, else why
+Liveness = Callable[[], str | None]  # None while the process makes progress, else why not
 
 
 class GpuCollector(Collector):
@@ -83,7 +86,9 @@ class GpuCollector(Collector):
 REGISTRY.register(GpuCollector())
 
 
-def serve_health(port: int, readiness: Readiness, host: str = "0.0.0.0") -> ThreadingHTTPServer:
+def serve_health(
+    port: int, readiness: Readiness, liveness: Liveness | None = None, host: str = "0.0.0.0"
+) -> ThreadingHTTPServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` on ``port``, from a daemon thread."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -91,7 +96,11 @@ def serve_health(port: int, readiness: Readiness, host: str = "0.0.0.0") -> Thre
             if self.path == "/metrics":
                 self._answer(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
             elif self.path == "/healthz":
-                self._answer(200, b'{"ok": true}', "application/json")
+                stuck = liveness() if liveness is not None else None
+                if stuck:
+                    log.error("not live: %s", stuck)
+                body = {"ok": not stuck, **({"stuck": stuck} if stuck else {})}
+                self._answer(503 if stuck else 200, json.dumps(body).encode(), "application/json")
             elif self.path == "/readyz":
                 checks = readiness()
                 failing = {name: why for name, why in checks.items() if why}

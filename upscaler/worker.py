@@ -14,11 +14,20 @@ encodes and stores job N-1:
 3. finish: encode, write the result, ``completed`` event, and only then is
    the message acknowledged.
 
-The upscale stage only records how far a job is; a reporter thread sends
-it as ``progress`` events (every ``progress_interval_s`` while it moves,
-and every ``heartbeat_s`` for each job in hand, so the gateway knows the
-worker lives). ``pipeline=False`` takes one message at a time through the
-same stages.
+The stages only record how far a job is (decoded: 5%, the model's tiles
+from 5% to 90%, encoded: 95%, so that a job of one tile moves too); a
+reporter thread sends it as ``progress`` events (every
+``progress_interval_s`` while it moves, and every ``heartbeat_s`` for each
+job in hand, so the gateway knows the worker lives). ``pipeline=False``
+takes one message at a time through the same stages.
+
+Liveness (``/healthz``, ``liveness``): the job loop marks each step it makes
+(a tile done, a stage done, a job settled, and while it holds no job each
+wait for messages). When no mark comes for ``stall_s``, a job hangs (a hung
+device, a read that never returns) or the consumer loop does: ``/healthz``
+fails and the orchestrator restarts the worker, whose unacknowledged jobs go
+back to the queue. The reporter's heartbeats, from a thread of their own,
+prove nothing of that.
 
 Errors, from any stage: a ``PermanentError`` (corrupt image, unknown model)
 fails the job at once; anything else is tried again from stage 1 after a
@@ -67,6 +76,10 @@ log = logging.getLogger(__name__)
 # the device, one on it, one being finished.
 PIPELINE_PREFETCH = 4
 REPORT_POLL_S = 0.05
+# How far a job is at each point of its stages (see the module docstring).
+PROGRESS_DECODED = 0.05
+PROGRESS_UPSCALED = 0.9
+PROGRESS_ENCODED = 0.95
 
 
 STORAGE_RETRY_S = 5.0
@@ -152,6 +165,8 @@ class UpscaleWorker:
         self._finished = threading.Event()
         self._in_hand: dict[int, Job] = {}
         self._lock = threading.Lock()
+        # When the job loop last moved (monotonic; later than now while a wait is planned).
+        self._moved_at = time.monotonic()
 
     def warm_up(self) -> float:
         """Load the default model before taking jobs; on a GPU or compiled, run it once.
@@ -187,12 +202,14 @@ class UpscaleWorker:
         )
         for thread in [*stages, reporter, previews]:
             thread.start()
+        self._moved()
         try:
             self.broker.consume(
                 UPSCALE_QUEUE,
                 self._on_delivery,
                 prefetch=PIPELINE_PREFETCH if self.config.pipeline else 1,
                 stop=self.stop,
+                on_poll=self._polled,
             )
         finally:
             self.stop.set()
@@ -222,6 +239,26 @@ class UpscaleWorker:
         checks["model"] = None if self._upscalers else "no model loaded yet"
         return checks
 
+    def liveness(self) -> str | None:
+        """What ``/healthz`` reports: ``None`` while the job loop moves, else what is stuck."""
+        quiet = time.monotonic() - self._moved_at
+        if quiet <= self.config.stall_s:
+            return None
+        with self._lock:
+            holding = len(self._in_hand)
+        where = f"with {holding} job(s) in hand" if holding else "while waiting for messages"
+        return f"the job loop has not moved for {quiet:.0f} s {where}"
+
+    def _moved(self, wait_s: float = 0.0) -> None:
+        """The job loop made a step (and plans to wait ``wait_s`` before the next)."""
+        self._moved_at = max(self._moved_at, time.monotonic() + wait_s)
+
+    def _polled(self) -> None:
+        """The consumer waited for messages: that is the loop's step only while no job is in
+        hand (with one, the job itself must move)."""
+        if not self._in_hand and self._inbox.empty():
+            self._moved()
+
     def _wait_for_storage(self, job: Job) -> None:
         """Hold the prepare stage (no new job starts) until storage answers or we stop."""
         while not self.stop.is_set():
@@ -229,6 +266,7 @@ class UpscaleWorker:
             if problem is None:
                 return
             log.warning("storage not ready, no job taken: %s", problem, extra=job.context)
+            self._moved(STORAGE_RETRY_S)  # waiting for storage is not being stuck
             self.stop.wait(STORAGE_RETRY_S)
 
     def _on_delivery(self, delivery: Delivery) -> None:
@@ -310,8 +348,10 @@ class UpscaleWorker:
             try:
                 carry_on = step(job)
             except Exception as exc:
+                self._moved()
                 self._failed(job, exc)
                 continue
+            self._moved()
             if carry_on and sink is not None:
                 sink.put(job)
         if sink is not None:
@@ -355,6 +395,7 @@ class UpscaleWorker:
         ensure_encodable(len(image.mode), image.pixels.dtype, fmt)  # before the device's time
         job.pixels = self._buffers.copy_of(image.pixels)
         job.stages["prepare_s"] = time.perf_counter() - started
+        job.fraction = PROGRESS_DECODED
         return True
 
     def _upscale(self, job: Job) -> bool:
@@ -368,7 +409,9 @@ class UpscaleWorker:
         out = self._buffers.take(shape, source.dtype)
 
         def progress(done: int, total: int) -> None:
-            job.fraction = done / total if total else 1.0
+            self._moved()
+            share = done / total if total else 1.0
+            job.fraction = PROGRESS_DECODED + (PROGRESS_UPSCALED - PROGRESS_DECODED) * share
 
         try:
             result = upscaler.upscale(source, progress=progress, out=out)
@@ -379,6 +422,7 @@ class UpscaleWorker:
             self._buffers.give(source)
             job.pixels = None
         job.result = result.pixels
+        job.fraction = PROGRESS_UPSCALED
         job.output_pixels = shape[0] * shape[1]
         job.stages["upscale_s"] = time.perf_counter() - started
         job.stages["model_s"] = result.infer_s
@@ -393,6 +437,8 @@ class UpscaleWorker:
             self._buffers.give(job.result)
             job.result = None
         job.stages["encode_s"] = time.perf_counter() - started
+        job.fraction = PROGRESS_ENCODED
+        self._moved()
         stored = time.perf_counter()
         self.storage.put(job.request.result_key, data)
         job.stages["store_s"] = time.perf_counter() - stored
@@ -443,6 +489,7 @@ class UpscaleWorker:
                 )
                 job.tries += 1
                 metrics.JOBS.labels(outcome="retried").inc()
+                self._moved(delay)  # the backoff is a planned wait
                 timer = threading.Timer(delay, self._inbox.put, args=(job,))
                 timer.daemon = True
                 timer.start()
@@ -463,6 +510,7 @@ class UpscaleWorker:
             self._in_hand.pop(id(job), None)
             if not requeue:
                 self.jobs_done += 1
+        self._moved()
         if self.config.max_jobs and self.jobs_done >= self.config.max_jobs:
             self.stop.set()
 

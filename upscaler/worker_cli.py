@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import os
 import signal
-import sys
 from collections.abc import Sequence
 from types import FrameType
 
@@ -44,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = WorkerConfig.from_env()
     except ConfigError as exc:
-        print(f"smi-worker: {exc}", file=sys.stderr)
+        log.error("smi-worker: %s", exc)
         return 2
     overrides = {
         "device": args.device,
@@ -65,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         warm_up_s = worker.warm_up()
     except UpscalerError as exc:
-        print(f"smi-worker: {exc}", file=sys.stderr)
+        # A missing GPU or weights: one log line like the others (JSON in a container).
+        log.error("smi-worker: %s", exc)
         return 1
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     if config.metrics_port is not None:
-        health = serve_health(config.metrics_port, worker.readiness)
+        health = serve_health(config.metrics_port, worker.readiness, worker.liveness)
         log.info("metrics and health on port %d", health.server_address[1])
     log.info(
         "worker %s ready on %s (%s, %s, warm-up %.1fs)",

@@ -51,6 +51,8 @@ class WorkerConfig:
     progress_interval_s: float
     max_jobs: int = 0  # stop after this many jobs (0: never); for tests and rolling restarts
     metrics_port: int | None = None  # /metrics, /healthz, /readyz (None: not served)
+    # /healthz fails once the job loop has not moved for this long (a hung device or read).
+    stall_s: float = 600.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> WorkerConfig:
@@ -88,6 +90,7 @@ class WorkerConfig:
             metrics_port=int(env.number("WORKER_METRICS_PORT", 0, minimum=0, maximum=65535))
             if env.text("WORKER_METRICS_PORT", "")
             else None,
+            stall_s=env.number("WORKER_STALL_S", 600.0, minimum=1),
         )
         env.check()
         return config

@@ -17,6 +17,7 @@ from kombu import Connection
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from devtools.s3server import LocalS3, local_s3
 from gateway.money.fulfilment import fulfil_checkout
 from gateway.store.lifecycle import NewJob, create_job
 from shared.broker import Broker
@@ -121,6 +122,22 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     subprocess.run(["rabbitmqctl", "-q", "delete_vhost", RABBITMQ_VHOST], capture_output=True)
+
+
+# An S3-compatible server (moto's, a subprocess on a free port) started by the first test
+# that asks for it, with one bucket for the run; each test gets a prefix of its own.
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[LocalS3]:
+    """The run's S3 server, its bucket made; fails loudly when it cannot start."""
+    with local_s3(tmp_path_factory.mktemp("s3")) as server:
+        server.use_in_this_process()  # and, through os.environ, every process tests start
+        yield server
+
+
+@pytest.fixture
+def s3_url(s3_server: LocalS3) -> str:
+    """``s3://BUCKET/PREFIX`` of this test's own (the run's bucket, a fresh prefix)."""
+    return s3_server.storage_url(f"t-{secrets.token_hex(6)}")
 
 
 def purge_queues() -> None:

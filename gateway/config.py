@@ -173,6 +173,11 @@ class GatewayConfig:
     # Secrets links were signed with before the last rotation: still accepted (their
     # links' lifetime at most), never used to sign (SMI_DOWNLOAD_SECRET_PREVIOUS).
     download_previous_secrets: tuple[str, ...] = ()
+    # Where storage can presign (S3): ``presigned`` answers a download with a redirect to a
+    # short-lived address at the store itself, ``stream`` sends the bytes through the
+    # gateway (SMI_DOWNLOAD_REDIRECT); the address's lifetime (SMI_DOWNLOAD_PRESIGNED_TTL_S).
+    download_redirect: str = "presigned"
+    download_presigned_ttl_s: int = 300
     storefront_origins: tuple[str, ...] = ()
     # No new checkout or preview while the disk holds less (SMI_MIN_FREE_MB).
     min_free_bytes: int = 500 * 2**20
@@ -252,6 +257,12 @@ class GatewayConfig:
             env.text("DOWNLOAD_SECRET", "")
             or hmac.new(secret_key.encode(), b"smi-download-links", hashlib.sha256).hexdigest()
         )
+        download_redirect = env.text("DOWNLOAD_REDIRECT", "presigned").strip().lower()
+        if download_redirect not in ("presigned", "stream"):
+            env.problem(
+                f"SMI_DOWNLOAD_REDIRECT must be presigned or stream, not {download_redirect!r}"
+            )
+            download_redirect = "presigned"
 
         storefront_origins = tuple(
             origin.strip().rstrip("/")
@@ -401,6 +412,10 @@ class GatewayConfig:
                 if secret.strip()
             ),
             download_ttl_s=int(env.number("DOWNLOAD_TTL_HOURS", 7 * 24, minimum=0.01) * 3600),
+            download_redirect=download_redirect,
+            download_presigned_ttl_s=int(
+                env.number("DOWNLOAD_PRESIGNED_TTL_S", 300, minimum=10, maximum=3600)
+            ),
             storefront_origins=storefront_origins,
             trusted_proxies=tuple(trusted_proxies),
             min_free_bytes=int(env.number("MIN_FREE_MB", 500, minimum=0) * 2**20),

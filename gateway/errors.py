@@ -7,12 +7,14 @@ GatewayError                        (500) only if something forgot to be specifi
 │   └── SourceImageError            (422) the image URL or its bytes cannot be sold
 ├── NotFoundError                   (404) no such job (or a job id nobody may see)
 ├── ConflictError                   (409) the job's state does not allow it (admin actions)
+│   └── ResultUnavailableError      (409) a completed job's stored result is missing or damaged
 ├── UnauthorizedError               (401) admin API or /metrics without the right bearer token
 ├── DownloadForbiddenError          (403) a download token that was changed or made up
 ├── DownloadExpiredError            (410) a download token past its lifetime
 ├── WebhookSignatureError           (400) missing, wrong or stale Stripe-Signature
 ├── PaymentProviderUnavailable      (503) Stripe rate limits or network: try later
 ├── StorageFullError                (503) the disk is nearly full: no new work until it is not
+├── StorageUnavailableError         (503) storage does not answer (a download): try later
 ├── EventTooEarlyError              (503) a refund or dispute event before its payment's
 └── PaymentProviderRejected         (502) Stripe refused the request as invalid
 """
@@ -61,6 +63,11 @@ class ConflictError(GatewayError):
     """Raised when an admin action does not fit the job's current status."""
 
 
+class ResultUnavailableError(ConflictError):
+    """Raised when a completed job's result is missing from storage or does not match the
+    size and sha256 its worker reported: nothing is sent, the job's audit trail says why."""
+
+
 class UnauthorizedError(GatewayError):
     """Raised when an admin (or metrics) request lacks the configured bearer token."""
 
@@ -94,6 +101,12 @@ class StorageFullError(GatewayError):
     database go to has less free space than ``SMI_MIN_FREE_MB``."""
 
     retry_after_s = 60
+
+
+class StorageUnavailableError(GatewayError):
+    """Raised when storage does not answer while a download is opened (its error is logged)."""
+
+    retry_after_s = 30
 
 
 class EventTooEarlyError(GatewayError):

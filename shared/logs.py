@@ -79,24 +79,36 @@ class JobIdFilter(logging.Filter):
         return True
 
 
-# A download link's token is a credential for days: no log line keeps it.
+# A download link's token is a credential for days: no log line keeps it. Nor does one keep
+# a presigned storage address's signature or credentials (a download's redirect).
 _DOWNLOAD_TOKEN = re.compile(r"(/downloads/)[^/?#\s\"']+")
+_PRESIGNED = re.compile(
+    r"((?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|AWSAccessKeyId"
+    r"|x-amz-security-token)=)[^&\s\"']+",
+    re.IGNORECASE,
+)
 
 
 def redact(text: str) -> str:
-    """``text`` with every download token replaced by ``[token]``."""
-    return _DOWNLOAD_TOKEN.sub(r"\1[token]", text)
+    """``text`` with every download token replaced by ``[token]``, and a presigned
+    address's signature and credentials by ``[redacted]``."""
+    return _PRESIGNED.sub(r"\1[redacted]", _DOWNLOAD_TOKEN.sub(r"\1[token]", text))
+
+
+def _secret_in(text: str) -> bool:
+    return "/downloads/" in text or ("=" in text and _PRESIGNED.search(text) is not None)
 
 
 class SecretsFilter(logging.Filter):
-    """Download tokens out of every line: the access log's path, a library's message."""
+    """Download tokens and presigned addresses' signatures out of every line: the access
+    log's path, a library's message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and "/downloads/" in record.msg:
+        if isinstance(record.msg, str) and _secret_in(record.msg):
             record.msg = redact(record.msg)
         if isinstance(record.args, tuple):
             record.args = tuple(
-                redact(arg) if isinstance(arg, str) and "/downloads/" in arg else arg
+                redact(arg) if isinstance(arg, str) and _secret_in(arg) else arg
                 for arg in record.args
             )
         return True

@@ -14,9 +14,12 @@ do not retry it).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any, ClassVar, Self
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class MessageError(ValueError):
@@ -69,7 +72,7 @@ class _Message:
             expected = _TYPES.get(str(f.type))
             if expected is not None and not isinstance(value, expected):
                 raise MessageError(f"{self.SCHEMA}.{f.name} must be {f.type}, got {value!r}")
-            if isinstance(value, bool) and expected in (int, (int, float)):
+            if isinstance(value, bool) and expected is not None and str(f.type) != "bool":
                 raise MessageError(f"{self.SCHEMA}.{f.name} must be {f.type}, got {value!r}")
 
 
@@ -79,6 +82,7 @@ _TYPES: dict[str, Any] = {
     "float": (int, float),
     "bool": bool,
     "str | None": (str, type(None)),
+    "int | None": (int, type(None)),
     "float | None": (int, float, type(None)),
     "dict[str, Any]": dict,
 }
@@ -132,7 +136,16 @@ class PreviewRequest(_Message):
 
 @dataclass(frozen=True)
 class JobEvent(_Message):
-    """What a worker reports: started, progress (0..1), completed or failed."""
+    """What a worker reports: started, progress (0..1), completed or failed.
+
+    A ``completed`` event names the stored result (``result_key``) and, from
+    workers that know them, its size in bytes and sha256 (``result_size``,
+    ``result_sha256``): the gateway records them on the job and checks the
+    stored object against them when it serves the download. Both are optional:
+    an event from an older worker still completes its job, unchecked. (A
+    gateway older than these fields refuses events that carry them: roll the
+    gateways out before the workers.)
+    """
 
     SCHEMA: ClassVar[str] = "smi.job-event.v1"
 
@@ -146,6 +159,8 @@ class JobEvent(_Message):
     retryable: bool = False
     attempt: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    result_size: int | None = None
+    result_sha256: str | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -157,3 +172,7 @@ class JobEvent(_Message):
             raise MessageError("a completed event needs its result_key")
         if self.kind == EventKind.FAILED and not self.error:
             raise MessageError("a failed event needs an error")
+        if self.result_size is not None and self.result_size < 0:
+            raise MessageError(f"result_size must be >= 0, got {self.result_size}")
+        if self.result_sha256 is not None and not _SHA256.fullmatch(self.result_sha256):
+            raise MessageError(f"result_sha256 must be 64 hex digits, got {self.result_sha256!r}")

@@ -113,12 +113,29 @@ def test_malformed_requests_are_refused(body):
         {"kind": "progress", "progress": 1.5},
         {"kind": "completed"},
         {"kind": "failed"},
+        {"kind": "completed", "result_key": "r", "result_size": -1},
+        {"kind": "completed", "result_key": "r", "result_size": True},
+        {"kind": "completed", "result_key": "r", "result_size": "12"},
+        {"kind": "completed", "result_key": "r", "result_sha256": "ABC"},
+        {"kind": "completed", "result_key": "r", "result_sha256": "0" * 63 + "G"},
     ],
 )
 def test_malformed_events_are_refused(fields):
     event = {"schema": "smi.job-event.v1", "job_id": "j", "event_id": "e", **fields}
     with pytest.raises(MessageError):
         JobEvent.from_json(event)
+
+
+def test_a_completed_event_carries_the_result_s_size_and_digest_or_not():
+    """Both optional: an event from a worker older than them still parses."""
+    digest = "ab" * 32
+    event = JobEvent(
+        "j", EventKind.COMPLETED, "e", result_key="r", result_size=7, result_sha256=digest
+    )
+    assert JobEvent.from_json(event.to_json()) == event
+    old = {"schema": "smi.job-event.v1", "job_id": "j", "event_id": "e", "kind": "completed"}
+    parsed = JobEvent.from_json({**old, "result_key": "r"})
+    assert parsed.result_size is None and parsed.result_sha256 is None
 
 
 def test_work_queues_dead_letter_and_everything_is_durable():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import os
 import signal
@@ -132,6 +133,9 @@ def test_a_job_is_upscaled_stored_and_reported(broker_url, storage, registry):
     assert set(events) == {EventKind.STARTED, EventKind.PROGRESS, EventKind.COMPLETED}
     completed = events[EventKind.COMPLETED]
     assert completed.result_key == "jobs/j1/result.png" and completed.worker == "test-worker"
+    stored = storage.get("jobs/j1/result.png")  # what the gateway checks the download against
+    assert completed.result_size == len(stored)
+    assert completed.result_sha256 == hashlib.sha256(stored).hexdigest()
     with Broker(broker_url).connection() as connection:  # acknowledged: nothing left
         assert connection.SimpleQueue(UPSCALE_QUEUE).qsize() == 0
 
@@ -140,9 +144,38 @@ def test_a_stored_result_is_announced_again_without_recomputing(broker_url, stor
     storage.put("jobs/j2/result.png", b"already here")  # the source is not even needed
     submit(broker_url, UpscaleRequest("j2", "jobs/j2/source.png", "jobs/j2/result.png").to_json())
     run_worker(broker_url, storage, registry, jobs=1)
-    kinds = sorted(event.kind for event in events_of(broker_url, None))
-    assert kinds == [EventKind.COMPLETED, EventKind.STARTED]
+    events = {event.kind: event for event in events_of(broker_url, None)}
+    assert sorted(events) == [EventKind.COMPLETED, EventKind.STARTED]
     assert storage.get("jobs/j2/result.png") == b"already here"
+    completed = events[EventKind.COMPLETED]
+    assert completed.result_size == len(b"already here")
+    assert completed.result_sha256 == hashlib.sha256(b"already here").hexdigest()
+
+
+def test_on_s3_the_result_is_one_upload_reported_with_its_digest(
+    s3_server, s3_url, registry, tmp_path
+):
+    """The worker reads its source from S3 and writes its result there in one request (no
+    temporary key copied into place: S3 has no rename), its sha256 beside it."""
+    broker_url = f"filesystem://{tmp_path / 'broker'}"
+    storage = Storage(s3_url)
+    photo(storage, "jobs/s3/source.png", size=16)
+    submit(broker_url, UpscaleRequest("s3", "jobs/s3/source.png", "jobs/s3/result.png").to_json())
+    before = len(s3_server.requests(settle_s=0.3))
+    run_worker(broker_url, storage, registry, jobs=1, tile=0)
+    written = [
+        (r.method, r.path.rsplit("/", 2)[-2:])
+        for r in s3_server.requests(settle_s=0.3)[before:]
+        if r.method in ("PUT", "POST", "DELETE")
+    ]
+    assert written == [("PUT", ["s3", "result.png"])]
+    events = {event.kind: event for event in events_of(broker_url, None)}
+    stored = storage.get("jobs/s3/result.png")
+    assert decode_image(stored).pixels.shape == (64, 64, 3)
+    completed = events[EventKind.COMPLETED]
+    assert completed.result_size == len(stored)
+    assert completed.result_sha256 == hashlib.sha256(stored).hexdigest()
+    assert storage.stat("jobs/s3/result.png").sha256 == completed.result_sha256
 
 
 @pytest.mark.parametrize(

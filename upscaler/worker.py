@@ -11,8 +11,9 @@ encodes and stores job N-1:
    after a crash) is announced ``completed`` again without recomputing;
    otherwise the source is read and decoded;
 2. upscale: the network, one job at a time on the device;
-3. finish: encode, write the result, ``completed`` event, and only then is
-   the message acknowledged.
+3. finish: encode, write the result (one write: one upload on S3), the
+   ``completed`` event with its size and sha256, and only then is the message
+   acknowledged.
 
 The stages only record how far a job is (decoded: 5%, the model's tiles
 from 5% to 90%, encoded: 95%, so that a job of one tile moves too); a
@@ -61,7 +62,7 @@ import torch
 from shared.broker import Broker, Delivery
 from shared.images import decode_image
 from shared.messages import EventKind, JobEvent, MessageError, PreviewRequest, UpscaleRequest
-from shared.storage import Storage
+from shared.storage import Storage, StoredObject
 from shared.topology import EVENTS_QUEUE, PREVIEW_QUEUE, UPSCALE_QUEUE
 from upscaler import metrics
 from upscaler.errors import PERMANENT, PermanentError, UpscalerError
@@ -380,7 +381,7 @@ class UpscaleWorker:
         self.events.publish(request, EventKind.STARTED, progress=0.0)
         if self._result_stored(request.result_key):
             log.info("result already stored; announcing it again", extra=job.context)
-            self._complete(job, {})
+            self._complete(job, {}, self.storage.describe(request.result_key))
             return False
         try:
             data = self.storage.get(request.source_key)
@@ -439,18 +440,22 @@ class UpscaleWorker:
         job.stages["encode_s"] = time.perf_counter() - started
         job.fraction = PROGRESS_ENCODED
         self._moved()
-        stored = time.perf_counter()
-        self.storage.put(job.request.result_key, data)
-        job.stages["store_s"] = time.perf_counter() - stored
-        self._complete(job, job.stages)
+        storing = time.perf_counter()
+        # One write (one upload on S3) with the result's sha256; the event carries both.
+        stored = self.storage.put(job.request.result_key, data)
+        del data
+        job.stages["store_s"] = time.perf_counter() - storing
+        self._complete(job, job.stages, stored)
         return False
 
-    def _complete(self, job: Job, stages: dict[str, float]) -> None:
+    def _complete(self, job: Job, stages: dict[str, float], stored: StoredObject) -> None:
         self.events.publish(
             job.request,
             EventKind.COMPLETED,
             progress=1.0,
             result_key=job.request.result_key,
+            result_size=stored.size,
+            result_sha256=stored.sha256,
             extra={name: round(seconds, 3) for name, seconds in stages.items()},
         )
         metrics.JOBS.labels(outcome="completed").inc()

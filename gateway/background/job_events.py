@@ -41,6 +41,7 @@ def apply_job_event(session: Session, event: JobEvent) -> str:
     if job.status == JobStatus.DISPUTED and event.kind == EventKind.COMPLETED and event.result_key:
         # Kept for a won dispute, which then delivers it; nothing is sent meanwhile.
         job.result_key = event.result_key
+        job.result_size, job.result_sha256 = event.result_size, event.result_sha256
         lifecycle.record_audit(session, job, "result stored while disputed", source)
         return "stored"
     if job.status not in ACTIVE:
@@ -51,7 +52,9 @@ def apply_job_event(session: Session, event: JobEvent) -> str:
         return "progress"
     if event.kind == EventKind.COMPLETED:
         assert event.result_key is not None  # the message's schema requires it
-        lifecycle.complete(session, job, event.result_key, source)
+        lifecycle.complete(
+            session, job, event.result_key, source, event.result_size, event.result_sha256
+        )
         queue_email(session, job, "completed")
         return "completed"
     fail_job(session, job, str(event.error), source)

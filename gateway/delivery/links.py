@@ -28,11 +28,17 @@ from itsdangerous import BadData, BadSignature, SignatureExpired, URLSafeTimedSe
 from itsdangerous.encoding import base64_decode, base64_encode
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.errors import DownloadExpiredError, DownloadForbiddenError
-from gateway.store.lifecycle import UnknownJobError, get_job
+from gateway.errors import (
+    DownloadExpiredError,
+    DownloadForbiddenError,
+    ResultUnavailableError,
+    StorageUnavailableError,
+)
+from gateway.store.lifecycle import UnknownJobError, audit_trail, get_job, record_audit
+from gateway.store.tables import Job
 from shared.jobs import JobStatus
 from shared.models import scale_of
-from shared.storage import Storage
+from shared.storage import Storage, StoredObject
 
 log = logging.getLogger(__name__)
 
@@ -111,21 +117,34 @@ def holds_buyer_key(stored_hash: str | None, key: str | None) -> bool:
 
 @dataclass(frozen=True)
 class Download:
-    """What a valid link opens: a stored result, its size and the name to save it under."""
+    """What a valid link opens: a stored result checked against what its worker reported,
+    its size, the name to save it under and its validators."""
 
+    job_id: str
     key: str
     size: int
     filename: str
+    etag: str  # strong, quoted: the result's sha256 where known
+    modified: float | None = None
+    store_etag: str | None = None  # the store's own (S3's), for answers the store sends
 
     @property
     def suffix(self) -> str:
         return self.key.rsplit(".", 1)[-1]
 
 
+UNAVAILABLE = (
+    "this image cannot be delivered right now: its stored copy is missing or damaged. "
+    "We have been told; please contact support"
+)
+
+
 def open_download(
     sessions: sessionmaker[Session], storage: Storage, links: DownloadLinks, token: str
 ) -> Download:
-    """The result a token opens; 403 for a bad token, 410 once it is gone or expired."""
+    """The result a token opens: 403 for a bad token, 410 once it is gone or expired, 409
+    when the stored result is missing or is not what the worker reported (recorded in the
+    job's audit trail for the admin; nothing is sent)."""
     job_id = links.job_id(token)
     with sessions() as session:
         try:
@@ -135,9 +154,55 @@ def open_download(
     if job.status != JobStatus.COMPLETED or not job.result_key or job.result_deleted_at:
         raise DownloadExpiredError("this download is no longer available")
     try:
-        size = storage.size(job.result_key)
-    except FileNotFoundError as exc:
-        log.error("completed job has no stored result", extra={"job_id": job.id})
-        raise DownloadExpiredError("this download is no longer available") from exc
+        found = storage.stat(job.result_key)
+        problem = _mismatch(storage, job, found)
+    except FileNotFoundError:
+        _report(sessions, job.id, "the stored result is missing")
+        raise ResultUnavailableError(UNAVAILABLE) from None
+    except OSError as exc:
+        log.error("storage does not answer: %s", exc, extra={"job_id": job.id})
+        raise StorageUnavailableError("downloads are unavailable for a moment; try again") from exc
+    if problem:
+        _report(sessions, job.id, problem)
+        raise ResultUnavailableError(UNAVAILABLE)
     suffix = job.result_key.rsplit(".", 1)[-1]
-    return Download(job.result_key, size, f"{job.id}-{job.model}-{scale_of(job.model)}x.{suffix}")
+    if job.result_sha256:
+        etag = f'"{job.result_sha256}"'
+    else:  # a result stored before digests were reported: its size and time
+        etag = f'"{found.size:x}-{int((found.modified or 0) * 1000):x}"'
+    return Download(
+        job.id,
+        job.result_key,
+        found.size,
+        f"{job.id}-{job.model}-{scale_of(job.model)}x.{suffix}",
+        etag,
+        found.modified,
+        found.etag,
+    )
+
+
+def _mismatch(storage: Storage, job: Job, found: StoredObject) -> str | None:
+    """How the stored result differs from what its worker reported; ``None`` if it does not
+    (or nothing was reported: a result from a worker older than the check)."""
+    assert job.result_key is not None
+    if job.result_size is not None and found.size != job.result_size:
+        return f"the stored result has {found.size} bytes, not the {job.result_size} reported"
+    if job.result_sha256:
+        digest = storage.sha256(job.result_key, found)
+        if digest != job.result_sha256:
+            return (
+                f"the stored result's sha256 is {digest[:16]}..., "
+                f"not {job.result_sha256[:16]}... as reported"
+            )
+    return None
+
+
+def _report(sessions: sessionmaker[Session], job_id: str, problem: str) -> None:
+    """Log the problem and put it in the job's audit trail (once, not at every try)."""
+    log.error("download refused: %s", problem, extra={"job_id": job_id})
+    reason = f"download refused: {problem}"
+    with sessions.begin() as session:
+        job = get_job(session, job_id, lock=True)
+        trail = audit_trail(session, job_id)
+        if not trail or trail[-1].reason != reason:
+            record_audit(session, job, reason, "downloads")

@@ -28,8 +28,10 @@ from gateway.errors import (
     PaymentProviderUnavailable,
     RateLimitedError,
     RequestError,
+    ResultUnavailableError,
     SourceImageError,
     StorageFullError,
+    StorageUnavailableError,
     UnauthorizedError,
     UnstorableTextError,
     UnsupportedMediaTypeError,
@@ -52,6 +54,7 @@ ANSWERS: dict[type[GatewayError], tuple[int, str]] = {
     NotFoundError: (404, "not_found"),
     RateLimitedError: (429, "rate_limited"),
     ConflictError: (409, "conflict"),
+    ResultUnavailableError: (409, "result_unavailable"),
     UnauthorizedError: (401, "unauthorized"),
     DownloadForbiddenError: (403, "forbidden"),
     DownloadExpiredError: (410, "link_expired"),
@@ -59,6 +62,7 @@ ANSWERS: dict[type[GatewayError], tuple[int, str]] = {
     PaymentProviderUnavailable: (503, "payment_provider_unavailable"),
     EventTooEarlyError: (503, "event_too_early"),
     StorageFullError: (503, "storage_full"),
+    StorageUnavailableError: (503, "storage_unavailable"),
     PaymentProviderRejected: (502, "payment_provider_rejected"),
 }
 
@@ -76,7 +80,11 @@ def error_response(error: GatewayError) -> JSONResponse:
     headers = {}
     if isinstance(
         error,
-        PaymentProviderUnavailable | RateLimitedError | EventTooEarlyError | StorageFullError,
+        PaymentProviderUnavailable
+        | RateLimitedError
+        | EventTooEarlyError
+        | StorageFullError
+        | StorageUnavailableError,
     ):
         headers["Retry-After"] = str(error.retry_after_s)
     if isinstance(error, UnauthorizedError):

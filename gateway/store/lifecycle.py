@@ -357,10 +357,19 @@ def start_processing(
     return first
 
 
-def complete(session: Session, job: Job, result_key: str, source: str) -> None:
-    """``-> completed`` with the stored result's key."""
+def complete(
+    session: Session,
+    job: Job,
+    result_key: str,
+    source: str,
+    size: int | None = None,
+    sha256: str | None = None,
+) -> None:
+    """``-> completed`` with the stored result's key, and its size and sha256 when known."""
     _move(session, job, JobStatus.COMPLETED, "result stored", source, COMPLETED_MESSAGE)
     job.result_key = result_key
+    job.result_size = size
+    job.result_sha256 = sha256
     job.progress = 1.0
     job.finished_at = utcnow()
 

@@ -50,6 +50,8 @@ def job_record(job: Job) -> dict[str, Any]:
         "failure_reason": job.failure_reason,
         "progress": job.progress,
         "attempts": job.attempts,
+        "result_size": job.result_size,
+        "result_sha256": job.result_sha256,
         "created_at": stamp(job.created_at),
         "paid_at": stamp(job.paid_at),
         "finished_at": stamp(job.finished_at),

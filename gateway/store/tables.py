@@ -55,6 +55,9 @@ class Job(Base):
     return_url: Mapped[str | None] = mapped_column(Text)
     source_key: Mapped[str] = mapped_column(String(255))
     result_key: Mapped[str | None] = mapped_column(String(255))
+    # What the worker stored (its completion event): checked against the object when served.
+    result_size: Mapped[int | None] = mapped_column(BigInteger)
+    result_sha256: Mapped[str | None] = mapped_column(String(64))
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     amount_cents: Mapped[int] = mapped_column(Integer)

@@ -1,6 +1,7 @@
 """``smi-gateway``: serve the gateway, migrate its database, or run its background work alone.
 
-    smi-gateway [serve] [--host H] [--port P]   uvicorn; SQLite databases migrate on start
+    smi-gateway [serve] [--host H] [--port P]   uvicorn (P: SMI_GATEWAY_PORT, else 8000);
+                                                SQLite databases migrate on start
     smi-gateway migrate                         alembic upgrade head (PostgreSQL deployments)
     smi-gateway background                      relay, job events, emails, refunds, watchdog
                                                 without the HTTP server
@@ -40,7 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command", nargs="?", default="serve", choices=["serve", "migrate", "background"]
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=os.environ.get("SMI_GATEWAY_PORT") or 8000,
+        help="default: SMI_GATEWAY_PORT, else 8000",
+    )
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument(
         "--no-access-log",
@@ -169,6 +175,7 @@ def _run_background(config: GatewayConfig) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    Background.start(services).wait(stop)
+    # Its liveness probe reads this file's age (gateway.background).
+    Background.start(services).wait(stop, alive=config.data_dir / "background.alive")
     services.close()
     return 0

@@ -17,13 +17,22 @@
 
 Each may run in any number of gateway processes at once: rows are claimed
 with ``SKIP LOCKED`` or leases, effects are guarded by unique keys.
+
+``smi-gateway background`` serves no HTTP, so its liveness is a file: while
+every loop's thread runs and none has been inside one step for longer than
+``STUCK_S`` (a call that never returns), ``wait`` touches ``alive`` every
+``ALIVE_EVERY_S`` (``SMI_DATA_DIR/background.alive`` in ``smi-gateway
+background``); a probe fails when the file is older than a minute
+(deploy/compose.yaml, deploy/k8s/gateway.yaml).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gateway.background.catch_up import StripeCatchUp
 from gateway.background.job_events import consume_job_events
@@ -39,6 +48,9 @@ from gateway.services import Services
 
 log = logging.getLogger(__name__)
 
+ALIVE_EVERY_S = 10.0
+STUCK_S = 900.0  # far beyond any step's timeouts (Stripe, SMTP, the database, storage)
+
 
 @dataclass
 class Background:
@@ -46,6 +58,7 @@ class Background:
 
     threads: list[threading.Thread] = field(default_factory=list)
     stops: list[threading.Event] = field(default_factory=list)
+    loops: list[Periodic] = field(default_factory=list)
 
     @classmethod
     def start(cls, services: Services) -> Background:
@@ -89,7 +102,7 @@ class Background:
                 max_backoff_s=max(config.seller.reconcile_interval_s, 300.0),
             ),
         ]
-        background = cls()
+        background = cls(loops=loops)
         for loop in loops:
             thread, stop = loop.start()
             background.threads.append(thread)
@@ -112,7 +125,32 @@ class Background:
         for thread in self.threads:
             thread.join(timeout=timeout_s)
 
-    def wait(self, stop: threading.Event) -> None:
-        """Block until ``stop`` is set, then stop everything."""
-        stop.wait()
+    def problem(self) -> str | None:
+        """``None`` while every thread runs and no loop is stuck in a step, else what is wrong."""
+        for thread in self.threads:
+            if not thread.is_alive():
+                return f"the {thread.name} thread has ended"
+        now = time.monotonic()
+        for loop in self.loops:
+            if loop.stuck_for(now) > STUCK_S:
+                return f"{loop.name} has been in one step for {loop.stuck_for(now):.0f} s"
+        return None
+
+    def wait(
+        self, stop: threading.Event, alive: Path | None = None, every_s: float = ALIVE_EVERY_S
+    ) -> None:
+        """Block until ``stop`` is set, then stop everything; meanwhile touch ``alive`` every
+        ``every_s`` while ``problem`` finds none (and say what it found once it does)."""
+        said: str | None = None
+        while True:
+            if alive is not None:
+                problem = self.problem()
+                if problem is None:
+                    alive.parent.mkdir(parents=True, exist_ok=True)
+                    alive.touch()
+                elif problem != said:
+                    log.error("not live: %s", problem)
+                said = problem
+            if stop.wait(every_s if alive is not None else None):
+                break
         self.stop()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +26,23 @@ class Periodic:
     interval_s: float = POLL_S
     max_backoff_s: float = 30.0
     on_error: Callable[[Exception], None] | None = None
+    # When the step now running began (monotonic); None between steps.
+    busy_since: float | None = field(default=None, init=False, compare=False)
+
+    def stuck_for(self, now: float | None = None) -> float:
+        """Seconds the step now running has run (0 between steps)."""
+        since = self.busy_since
+        return 0.0 if since is None else (time.monotonic() if now is None else now) - since
 
     def run(self, stop: threading.Event) -> None:
         backoff = self.interval_s
         while not stop.is_set():
             try:
-                done = self.step()
+                self.busy_since = time.monotonic()
+                try:
+                    done = self.step()
+                finally:
+                    self.busy_since = None
                 backoff = self.interval_s
                 if done:
                     continue

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Build the images with whichever engine this machine has (podman, else docker).
 #   bash scripts/images.sh [gateway] [gpu]        (both by default; `make images`)
+# SMI_RELEASE: their tag (default: the project's version in pyproject.toml), for
+# deploy/compose.yaml (SMI_RELEASE in deploy/.env) and your registry; each is tagged
+# :latest too, for `podman run smi-gateway` on this machine.
 # BASE_IMAGE: the base of both (python:3.11-slim). Where no registry is reachable
 # and podman is the engine, a base is made from Debian's own packages (mmdebstrap)
 # and kept as localhost/smi-python-base.
+# With podman, CONTAINERS_CONF names deploy/podman/containers.conf (runc, ulimits these
+# machines accept) unless set: `podman run` needs the same (docs/OPERATIONS.md, "Images").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(gateway gpu)
+RELEASE=${SMI_RELEASE:-$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)}
+STAGE_LABEL=org.sell-my-images.stage=wheel  # the Dockerfiles' build stage
 
 if command -v podman >/dev/null; then
   ENGINE=podman
@@ -51,15 +58,21 @@ if [ "$ENGINE" = podman ]; then
   build+=(--pull=never --format docker -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
 fi
 # The host's pip mirrors on disk (file:// extra indexes) serve the builds too: PyTorch's
-# wheels are not downloaded again where the machine has them.
+# wheels are not downloaded again where the machine has them. They go in as a pip
+# configuration file, a build secret mounted only while pip runs (the Dockerfiles'
+# `RUN --mount=type=secret,id=pipconf`), and their folders as read-only volumes: neither
+# is written into a layer or the image's history, as a build argument would be.
 mirrors=$(pip3 config get global.extra-index-url 2>/dev/null | tr ' ' '\n' | grep '^file://' || true)
+pipconf=$(mktemp)
+trap 'rm -f "$pipconf"' EXIT
 if [ -n "$mirrors" ] && [ "$ENGINE" = podman ]; then
   for mirror in $mirrors; do
     root=$(dirname "${mirror#file://}")
     [ -d "$root" ] && build+=(-v "$root:$root:ro")
   done
-  build+=(--build-arg "PIP_EXTRA_INDEX_URL=$(echo $mirrors)")
+  printf '[global]\nextra-index-url = %s\n' "$(echo $mirrors)" > "$pipconf"
 fi
+build+=(--secret "id=pipconf,src=$pipconf")
 for target in "${targets[@]}"; do
   case "$target" in
     gateway) file=Dockerfile.gateway tag=smi-gateway ;;
@@ -67,6 +80,8 @@ for target in "${targets[@]}"; do
     *) echo "images: unknown image $target (gateway, gpu)" >&2; exit 2 ;;
   esac
   started=$(date +%s)
-  "${build[@]}" ${BUILD_ARGS:-} -f "$file" -t "$tag" .
-  echo "images: $tag built from $BASE in $(( $(date +%s) - started )) s" >&2
+  "${build[@]}" ${BUILD_ARGS:-} -f "$file" -t "$tag:$RELEASE" -t "$tag:latest" .
+  # The build stage's image (the wheel), untagged and of no further use.
+  "$ENGINE" image prune --force --filter "label=$STAGE_LABEL" >/dev/null
+  echo "images: $tag:$RELEASE built from $BASE in $(( $(date +%s) - started )) s" >&2
 done

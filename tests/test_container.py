@@ -36,7 +36,9 @@ def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_gateway_image_builds_from_the_wheel_and_is_ready_with_postgresql_and_rabbitmq():
+def test_the_gateway_image_builds_from_the_wheel_and_is_ready_with_postgresql_and_rabbitmq(
+    tmp_path,
+):
     built = subprocess.run(
         ["bash", "scripts/images.sh", "gateway"], cwd=ROOT, capture_output=True, text=True
     )
@@ -50,11 +52,24 @@ def test_the_gateway_image_builds_from_the_wheel_and_is_ready_with_postgresql_an
     assert "cv2" in probe.stdout
     full_opencv = podman("run", "--rm", "smi-gateway", "pip", "show", "opencv-python", check=False)
     assert full_opencv.returncode != 0
+    # The host's pip mirrors served the build as a secret: no path of theirs in the history,
+    # and the build stage's image is gone.
+    history = podman("history", "--no-trunc", "--format", "{{.CreatedBy}}", "smi-gateway")
+    assert "file://" not in history.stdout and "PIP_EXTRA_INDEX_URL" not in history.stdout
+    stage = podman("images", "-a", "-q", "--filter", "label=org.sell-my-images.stage=wheel")
+    assert stage.stdout.strip() == ""
     port = free_port()
+    # As the restricted pods run it (deploy/k8s): a read-only root, every capability
+    # dropped, no privilege escalation, writable /tmp and SMI_DATA_DIR only.
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0o1777)  # an emptyDir's mode
     with postgres_database() as database:
         name = f"smi-gateway-test-{port}"
         podman(
             "run", "-d", "--rm", "--name", name, "--network", "host",
+            "--read-only", "--tmpfs", "/tmp", "-v", f"{data}:/var/lib/smi",
+            "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
             "-e", f"SMI_DATABASE_URL={database}",
             "-e", f"SMI_BROKER_URL={RABBITMQ_URL}",
             "-e", "SMI_STRIPE_TEST_SECRET_KEY=sk_test_image",

@@ -31,7 +31,7 @@ from gateway.config import GatewayConfig
 from gateway.http import admin, customer, downloads, health, previews, webhooks
 from gateway.http.errors import HANDLERS
 from gateway.http.headers import SafeHeaders
-from gateway.http.limits import CheckoutLimits
+from gateway.http.limits import CheckoutLimits, DatabaseBuckets
 from gateway.http.requests import StorableText
 from gateway.services import Services
 
@@ -43,6 +43,10 @@ def create_app(config: GatewayConfig) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = await run_in_threadpool(Services.open, config)
         app.state.services = services
+        if services.engine.dialect.name == "postgresql":  # the fleet shares its buckets
+            shared = DatabaseBuckets(services.engine)
+            for kind in ("checkout_limits", "link_limits", "preview_limits"):
+                getattr(app.state, kind).buckets = shared
         background = Background.start(services) if config.background_in_process else None
         try:
             yield

@@ -267,3 +267,40 @@ def test_a_gateway_without_its_broker_or_storage_stays_ready_and_says_so(tmp_pat
         samples = scrape(loop.stack.gateway)
         assert value(samples, "smi_broker_up") == 0 and value(samples, "smi_storage_up") == 0
         assert loop.admin("GET", "/admin/jobs").status_code == 200  # it still serves
+
+
+@pytest.mark.slow
+def test_two_gateways_on_postgresql_share_their_rate_limits(tmp_path):
+    """Two gateway processes, one database: a client's bucket and everyone's hold for the
+    pair (each process keeping its own would let twice as many through)."""
+    settings = {
+        "SMI_CHECKOUT_BURST": "3",
+        "SMI_CHECKOUT_PER_CLIENT_PER_MINUTE": "0.1",
+        "SMI_CHECKOUT_GLOBAL_PER_MINUTE": "24",  # everyone's bucket: 4 at once
+        "SMI_TRUSTED_PROXIES": "127.0.0.1",
+    }
+    broker = f"filesystem://{tmp_path / 'broker'}"
+    with (
+        postgres_database() as url,
+        running_system(tmp_path, url, broker, gateways=2, **settings) as system,
+    ):
+        first, second = system.gateways
+
+        def junk(n: int) -> int:  # an invalid checkout: counted in its client's bucket only
+            gateway = (first, second)[n % 2]
+            return httpx.post(f"{gateway}/api/checkout", json={}, timeout=30).status_code
+
+        answers = [junk(n) for n in range(12)]
+        assert (answers.count(400), answers.count(429)) == (3, 9), answers
+
+        def ask_links(n: int) -> int:  # valid, from as many clients: everyone's bucket
+            gateway = (first, second)[n % 2]
+            return httpx.post(
+                f"{gateway}/api/links",
+                json={"email": f"buyer{n}@example.com"},
+                headers={"X-Forwarded-For": f"198.51.100.{n + 1}"},
+                timeout=30,
+            ).status_code
+
+        answers = [ask_links(n) for n in range(12)]
+        assert (answers.count(202), answers.count(429)) == (4, 8), answers

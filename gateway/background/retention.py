@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.delivery.emails import forget_link_requests
 from gateway.store.lifecycle import hold_source, record_audit
-from gateway.store.tables import Job, Notification, WebhookEvent, utcnow
+from gateway.store.tables import Job, Notification, RateBucket, WebhookEvent, utcnow
 from shared.jobs import JobStatus
 from shared.storage import Storage
 
@@ -75,6 +76,8 @@ class Retention:
                 self._delete(session, job)
         for key in self.storage.older_than("previews", self.preview_keep_s):
             self.storage.delete(key)
+        with self.sessions.begin() as session:  # a refilled bucket is the same as none
+            session.execute(delete(RateBucket).where(RateBucket.full_at < time.time()))
         return len(jobs)
 
     def _delete(self, session: Session, job: Job) -> None:

@@ -68,12 +68,12 @@ async def checkout(request: Request) -> Response:
 async def _checkout(request: Request) -> Response:
     services = services_of(request)
     limits, client = request.app.state.checkout_limits, client_of(request)
-    limits.take_client(client)
+    await limits.take_client(client)
     body = await read_json(request, BODY_LIMIT)
     config = services.config
     origins = tuple(origin_of(url) for url in (*config.storefront_origins, config.public_url))
     wanted = parse_checkout_request(body, f"{config.public_url}/", origins)
-    limits.take_everyone(client)  # only a valid request takes from everyone's share
+    await limits.take_everyone(client)  # only a valid request takes from everyone's share
     # Checkouts fetch from other servers, which may be slow on purpose: they take
     # threads from a limiter of their own, never from the pool webhooks and
     # status polls use.
@@ -98,9 +98,9 @@ LINKS_SENT = (
 
 async def lost_links(request: Request) -> Response:
     limits, client = request.app.state.link_limits, client_of(request)
-    limits.take_client(client)
+    await limits.take_client(client)
     address = email_in(await read_json(request, BODY_LIMIT))
-    limits.take_everyone(client)
+    await limits.take_everyone(client)
     # One row, the same for every address, and nothing read: the answer cannot tell (by
     # its words or its time) whether we know the address. The email relay looks it up.
     await in_session(request, lambda session: request_links(session, address), write=True)

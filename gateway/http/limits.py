@@ -2,14 +2,16 @@
 
     limits = CheckoutLimits(per_client_per_minute=30, burst=10, global_per_minute=600)
     client = client_of(request)     # the address that is counted
-    limits.take_client(client)      # before the body is read; or RateLimitedError(retry_after_s)
-    limits.take_everyone(client)    # once the request is valid: junk never drains it
+    await limits.take_client(client)    # before the body is read; or RateLimitedError
+    await limits.take_everyone(client)  # once the request is valid: junk never drains it
 
 Every click on "Buy" fetches and stores an image and creates a job and a
 Stripe session, so anonymous clicks are limited: each client address has a
 bucket of ``burst`` checkouts refilled at its rate, and all clients share
-one more. Buckets live in the process (each gateway process limits its own
-share) and are forgotten when full again.
+one more. On PostgreSQL the buckets are rows every gateway process and host
+shares (``DatabaseBuckets``), so the limits hold for the whole fleet; on
+SQLite (one machine) each process keeps its own (``MemoryBuckets``). Full
+buckets are forgotten (retention deletes the rows).
 
 A client is its connection's address: ``X-Forwarded-For`` counts only when
 the connection comes from a proxy of ``SMI_TRUSTED_PROXIES`` (none by
@@ -19,6 +21,7 @@ the block one subscriber is given.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -26,10 +29,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from gateway.errors import RateLimitedError
 from gateway.http.requests import services_of
+
+log = logging.getLogger(__name__)
 
 MAX_CLIENTS = 100_000  # buckets kept before the full ones are dropped
 
@@ -56,8 +64,90 @@ class TokenBucket:
         return self.tokens + (now - self.stamp) * self.rate >= self.capacity
 
 
+class MemoryBuckets:
+    """Token buckets in this process (one gateway process limits its own share)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.buckets: dict[str, TokenBucket] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str, capacity: float, rate: float) -> float:
+        """Take a token from ``key``'s bucket: 0, or the seconds until there is one."""
+        with self._lock:
+            now = self.clock()
+            bucket = self.buckets.get(key)
+            if bucket is None:
+                if len(self.buckets) >= MAX_CLIENTS:
+                    self.buckets = {k: b for k, b in self.buckets.items() if not b.full(now)}
+                bucket = self.buckets[key] = TokenBucket(capacity, rate, capacity, now)
+            return bucket.take(now)
+
+    def give_back(self, key: str, capacity: float) -> None:
+        with self._lock:
+            bucket = self.buckets.get(key)
+            if bucket is not None:
+                bucket.tokens = min(capacity, bucket.tokens + 1)
+
+
+class DatabaseBuckets:
+    """Token buckets in PostgreSQL (``rate_buckets``): every gateway process and host draws
+    from the same ones, on the database's clock. One statement takes a token.
+
+    Should the database not answer, the process's own buckets stand in (logged):
+    a limit is never a reason to refuse every customer.
+    """
+
+    TAKE = text(
+        """
+        INSERT INTO rate_buckets (key, tokens, stamp, full_at)
+        SELECT :key, :capacity - 1, now_s, now_s + 1 / :rate
+        FROM (SELECT EXTRACT(EPOCH FROM clock_timestamp()) AS now_s) AS clock
+        ON CONFLICT (key) DO UPDATE SET
+            tokens = LEAST(:capacity, rate_buckets.tokens
+                + (EXCLUDED.stamp - rate_buckets.stamp) * :rate) - 1,
+            stamp = EXCLUDED.stamp,
+            full_at = EXCLUDED.stamp + (:capacity + 1 - LEAST(:capacity, rate_buckets.tokens
+                + (EXCLUDED.stamp - rate_buckets.stamp) * :rate)) / :rate
+        WHERE LEAST(:capacity, rate_buckets.tokens
+            + (EXCLUDED.stamp - rate_buckets.stamp) * :rate) >= 1
+        RETURNING tokens
+        """
+    )
+    LEFT = text(
+        "SELECT tokens + (EXTRACT(EPOCH FROM clock_timestamp()) - stamp) * :rate "
+        "FROM rate_buckets WHERE key = :key"
+    )
+    GIVE_BACK = text(
+        "UPDATE rate_buckets SET tokens = LEAST(:capacity, tokens + 1) WHERE key = :key"
+    )
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.fallback = MemoryBuckets()
+
+    def take(self, key: str, capacity: float, rate: float) -> float:
+        values = {"key": key, "capacity": float(capacity), "rate": float(rate)}
+        try:
+            with self.engine.begin() as connection:
+                if connection.execute(self.TAKE, values).first() is not None:
+                    return 0.0
+                left = connection.execute(self.LEFT, values).scalar_one()
+        except SQLAlchemyError as exc:
+            log.warning("shared rate limits unavailable, this process's own apply: %s", exc)
+            return self.fallback.take(key, capacity, rate)
+        return max(0.0, (1 - float(left)) / rate)
+
+    def give_back(self, key: str, capacity: float) -> None:
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(self.GIVE_BACK, {"key": key, "capacity": float(capacity)})
+        except SQLAlchemyError:
+            self.fallback.give_back(key, capacity)
+
+
 class CheckoutLimits:
-    """One bucket per client address and one for all of them."""
+    """One bucket per client address and one for all of them, of kind ``what``."""
 
     def __init__(
         self,
@@ -67,46 +157,44 @@ class CheckoutLimits:
         global_per_minute: float,
         clock: Callable[[], float] = time.monotonic,
         what: str = "checkouts",
+        buckets: MemoryBuckets | DatabaseBuckets | None = None,
     ) -> None:
         self.what = what
         self.rate = per_client_per_minute / 60
         self.burst = burst
-        self.clock = clock
-        everyone = max(burst, global_per_minute / 6)  # ten seconds' worth at once
-        self.everyone = TokenBucket(everyone, global_per_minute / 60, everyone, clock())
-        self.clients: dict[str, TokenBucket] = {}
-        self._lock = threading.Lock()
+        self.everyone = max(burst, global_per_minute / 6)  # ten seconds' worth at once
+        self.everyone_rate = global_per_minute / 60
+        self.buckets = buckets or MemoryBuckets(clock)
 
     def take(self, client: str) -> None:
         """Count one request from ``client`` in both buckets; ``RateLimitedError`` when it must
         wait."""
-        self.take_client(client)
-        self.take_everyone(client)
+        self.count_client(client)
+        self.count_everyone(client)
 
-    def take_client(self, client: str) -> None:
+    async def take_client(self, client: str) -> None:
+        """``count_client`` off the event loop (the buckets may be the database's)."""
+        await run_in_threadpool(self.count_client, client)
+
+    async def take_everyone(self, client: str) -> None:
+        """``count_everyone`` off the event loop."""
+        await run_in_threadpool(self.count_everyone, client)
+
+    def count_client(self, client: str) -> None:
         """Count one request in ``client``'s own bucket; ``RateLimitedError`` when it must wait."""
-        with self._lock:
-            now = self.clock()
-            bucket = self.clients.get(client)
-            if bucket is None:
-                if len(self.clients) >= MAX_CLIENTS:
-                    self.clients = {k: b for k, b in self.clients.items() if not b.full(now)}
-                bucket = self.clients[client] = TokenBucket(self.burst, self.rate, self.burst, now)
-            wait = bucket.take(now)
+        wait = self.buckets.take(f"{self.what}:{client}", self.burst, self.rate)
         if wait:
             raise RateLimitedError(
                 f"too many {self.what} from you just now; try again in {math.ceil(wait)} s",
                 retry_after_s=math.ceil(wait),
             )
 
-    def take_everyone(self, client: str) -> None:
-        """Count a valid request (``take_client`` counted it already) in everyone's bucket."""
-        with self._lock:
-            wait = self.everyone.take(self.clock())
-            bucket = self.clients.get(client)
-            if wait and bucket is not None:
-                bucket.tokens += 1  # not this client's fault: give its token back
+    def count_everyone(self, client: str) -> None:
+        """Count a valid request (``count_client`` counted it already) in everyone's bucket."""
+        wait = self.buckets.take(f"{self.what}:*", self.everyone, self.everyone_rate)
         if wait:
+            # Not this client's fault: give its token back.
+            self.buckets.give_back(f"{self.what}:{client}", self.burst)
             raise RateLimitedError(
                 f"the shop is very busy; try again in {math.ceil(wait)} s",
                 retry_after_s=math.ceil(wait),

@@ -28,7 +28,7 @@ from gateway.http.requests import off_loop, read_json, services_of
 async def create(request: Request) -> Response:
     services = services_of(request)
     limits, client = request.app.state.preview_limits, client_of(request)
-    limits.take_client(client)
+    await limits.take_client(client)
     body = await read_json(request, BODY_LIMIT)
     if not isinstance(body, dict):
         raise RequestError("the body must be a JSON object")
@@ -38,7 +38,7 @@ async def create(request: Request) -> Response:
     if model is not None and not isinstance(model, str):
         raise RequestError("model must be a string")
     at = _point(body)
-    limits.take_everyone(client)  # only a valid request takes from everyone's share
+    await limits.take_everyone(client)  # only a valid request takes from everyone's share
     # Fetching the image is a checkout's kind of work: the same limited threads.
     status = await anyio.to_thread.run_sync(
         lambda: start_preview(

@@ -273,6 +273,18 @@ class Source(Base):
     used_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class RateBucket(Base):
+    """A rate limit's token bucket shared by every gateway process (PostgreSQL only:
+    ``gateway.http.limits.DatabaseBuckets``); a row whose bucket has refilled is deleted."""
+
+    __tablename__ = "rate_buckets"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    stamp: Mapped[float] = mapped_column(Float)  # the database's clock, epoch seconds
+    full_at: Mapped[float] = mapped_column(Float, index=True)
+
+
 class RefundStatus(StrEnum):
     """Where one refund is: waiting for (another) try, done at Stripe, or given up."""
 

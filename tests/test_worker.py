@@ -311,10 +311,37 @@ def test_a_stopping_worker_hands_back_what_it_has_not_started(storage, registry)
     events = events_of(RABBITMQ_URL, None)
     completed = [e.job_id for e in events if e.kind == EventKind.COMPLETED]
     started = {e.job_id for e in events if e.kind == EventKind.STARTED}
-    assert len(completed) == len(set(completed)) and set(completed) == started
+    # Started (a STARTED event) and not completed: prepared, then handed back, not lost.
+    assert len(completed) == len(set(completed)) and set(completed) <= started
     with Broker(RABBITMQ_URL).connection() as connection:
         left = connection.SimpleQueue(UPSCALE_QUEUE).qsize()
     assert len(completed) + left == 4 and left >= 1
+    purge_queues()
+
+
+def test_on_sigterm_the_job_on_the_model_finishes_and_the_prepared_one_goes_back(storage, registry):
+    """Stopped while one job is on the model and the next is prepared: the first finishes;
+    the second (decoded, never on the model) and every other goes back to the queue."""
+    purge_queues()
+    submit_photos(RABBITMQ_URL, storage, "d", 4, size=64)  # seconds each on the model
+    config = config_for(RABBITMQ_URL, storage, tile=16, overlap=4)
+    broker = Broker(RABBITMQ_URL)
+    worker = UpscaleWorker(broker, storage, registry, config, events=EventPublisher(broker, "w"))
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    seen: list[JobEvent] = []
+    while len({e.job_id for e in seen if e.kind == EventKind.STARTED}) < 2:
+        seen += events_of(RABBITMQ_URL, 1, timeout=120)  # the second is prepared only once
+    worker.stop.set()  # what SIGTERM does            # the first is on the model
+    thread.join(timeout=180)
+    assert not thread.is_alive()
+    broker.close()
+    seen += events_of(RABBITMQ_URL, None)
+    assert [e.job_id for e in seen if e.kind == EventKind.COMPLETED] == ["d0"]
+    assert not [e for e in seen if e.kind == EventKind.FAILED]
+    assert not storage.exists("jobs/d1/result.png")
+    with Broker(RABBITMQ_URL).connection() as connection:
+        assert connection.SimpleQueue(UPSCALE_QUEUE).qsize() == 3  # d1, d2, d3 back
     purge_queues()
 
 

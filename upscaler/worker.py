@@ -402,6 +402,15 @@ class UpscaleWorker:
     def _upscale(self, job: Job) -> bool:
         self._ahead.release()  # the next job may be prepared now
         assert job.pixels is not None
+        if self.stop.is_set():
+            # Stopping: only the job already on the model is finished. One prepared but
+            # not started on it goes back to the queue for another worker, so the grace
+            # period (terminationGracePeriodSeconds) must cover one job, never two.
+            self._buffers.give(job.pixels)
+            job.pixels = None
+            log.info("stopping: a prepared job goes back to the queue", extra=job.context)
+            self._settle(job, requeue=True)
+            return False
         started = time.perf_counter()
         upscaler = self._upscaler(job.request.model)
         scale = upscaler.spec.scale

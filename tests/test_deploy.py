@@ -533,10 +533,11 @@ def test_compose_hands_the_shop_s_settings_from_the_env_file_and_none_to_the_wor
         "SMI_ADMIN_TOKEN",
         "SMI_DOWNLOAD_SECRET",
         "SMI_STRIPE_TEST_SECRET_KEY",
+        "SMI_SMTP_URL",  # customers get their emails, test mode or live
     ):
         assert name in example, name
     text = (DEPLOY / "env.example").read_text()
-    for name in ("SMI_TRUSTED_PROXIES", "SMI_SMTP_URL", "SMI_STRIPE_LIVE_SECRET_KEY"):
+    for name in ("SMI_TRUSTED_PROXIES", "SMI_STRIPE_LIVE_SECRET_KEY"):
         assert f"# {name}=" in text, name  # named, for whoever needs it
     # What a shop writes there reaches its processes as written: a gateway, its background
     # and its migration start on the example's settings, and on a live shop's.
@@ -547,6 +548,9 @@ def test_compose_hands_the_shop_s_settings_from_the_env_file_and_none_to_the_wor
         config = GatewayConfig.from_env(env)
         assert config.storefront_origins == ("https://shop.example.com",), name
         assert env["SMI_TRUSTED_PROXIES"] == "172.16.0.0/12" and config.metrics_token
+        assert config.mail.smtp_url, name  # emails go to a mail server, not a lost folder
+        # The compose store is reachable inside its network only: downloads are streamed.
+        assert config.download_redirect == "stream", name
     # The worker: the broker and the store, no secret of the shop's, and a valid config.
     worker = container_env(services["worker"], shop)
     assert not set(worker) & SHOP_SECRETS

@@ -1,6 +1,6 @@
 """``smi-demo``: the whole system on one machine with the embedded defaults.
 
-    smi-demo [--port 8000] [--gateway-port 8001] [--emulator-port 12111] [--data-dir var/demo]
+    smi-demo [--port 8000] [--gateway-port PORT+1] [--emulator-port PORT+2] [--data-dir var/demo]
 
 Serves a demo shop at ``--port`` (its own origin, as a real shop would be)
 and starts the Stripe emulator, the gateway and one upscaling worker, each
@@ -115,14 +115,24 @@ class Processes:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="smi-demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000, help="the demo shop")
-    parser.add_argument("--gateway-port", type=int, help="default: --port + 1")
-    parser.add_argument("--emulator-port", type=int, default=12111)
-    parser.add_argument("--data-dir", type=Path, default=Path("var/demo"))
+    parser = argparse.ArgumentParser(
+        prog="smi-demo", description=__doc__.splitlines()[0].replace("``", "")
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="the address everything listens on (127.0.0.1)"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="the demo shop's port (8000)")
+    parser.add_argument("--gateway-port", type=int, help="the gateway's port (--port + 1)")
+    parser.add_argument("--emulator-port", type=int, help="the Stripe emulator's port (--port + 2)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("var/demo"),
+        help="database, images, emails and logs, emptied at each start (var/demo)",
+    )
     args = parser.parse_args(argv)
     gateway_port = args.gateway_port or args.port + 1
+    args.emulator_port = args.emulator_port or args.port + 2
     for flag, port in (
         ("--port", args.port),
         ("--gateway-port", gateway_port),
@@ -133,7 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     data_dir = args.data_dir.resolve()
     if data_dir.exists():
-        print(f"Starting from an empty {data_dir} (the last run's jobs had only the emulator)")
+        # The emulator keeps its payments in memory: the last run's jobs would point at
+        # payments that no longer exist anywhere.
+        print(
+            f"Emptying {data_dir}: a demo starts afresh (its Stripe emulator forgets every "
+            "payment when it stops, so the last run's orders cannot be kept)"
+        )
         shutil.rmtree(data_dir)
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)

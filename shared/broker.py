@@ -46,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import amqp.exceptions
 from kombu import Connection, Producer, Queue
 from kombu.exceptions import OperationalError
 from kombu.mixins import ConsumerMixin
@@ -58,8 +59,14 @@ log = logging.getLogger(__name__)
 
 SETTLE_INTERVAL_S = 0.2
 EXPIRES_HEADER = "x-smi-expires-at"
-# What kombu raises while the broker is away or drops the connection.
-_KOMBU_ERRORS: tuple[type[BaseException], ...] = (OSError, OperationalError)
+# What kombu raises while the broker is away or drops the connection; py-amqp's own
+# connection errors too (ConnectionForced: RabbitMQ closed it, as on a restart or
+# ``rabbitmqctl close_connection``), which kombu lets through as they are.
+_KOMBU_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    OperationalError,
+    amqp.exceptions.ConnectionError,
+)
 
 
 class BrokerError(Exception):

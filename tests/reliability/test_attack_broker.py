@@ -20,6 +20,7 @@ RabbitMQ (this run's virtual host, through a proxy the test cuts).
 from __future__ import annotations
 
 import logging
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -193,3 +194,45 @@ def test_after_rabbitmq_comes_back_the_first_preview_is_no_500(
         assert sorted(queued) == sorted(ids)
         for headers in queued.values():  # each carries the moment it expires
             assert 0 < float(headers[EXPIRES_HEADER]) - time.time() <= 60
+
+
+def close_connections_of_this_vhost() -> int:
+    """What RabbitMQ does on a restart or shutdown, to this run's virtual host only: close
+    each of its connections from the broker's side (Connection.Close, CONNECTION_FORCED)."""
+    vhost = RABBITMQ_URL.rsplit("/", 1)[1]
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "vhost"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    closed = 0
+    for line in listed:
+        pid, _, on = line.partition("\t")
+        if on.strip() == vhost and pid.startswith("<"):
+            subprocess.run(
+                ["rabbitmqctl", "-q", "close_connection", pid, "closed by the test"],
+                capture_output=True,
+                check=True,
+            )
+            closed += 1
+    return closed
+
+
+def test_after_rabbitmq_closes_the_connection_itself_the_next_preview_is_published(
+    tmp_path: Path,
+):
+    """A broker-side close (py-amqp's ConnectionForced, not an OSError) is a lost connection
+    like any other: the publisher reconnects and sends again, no 500."""
+    with start_stack(
+        f"sqlite:///{tmp_path / 'gateway.sqlite3'}",
+        tmp_path,
+        broker_url=RABBITMQ_URL,
+        SMI_BACKGROUND_IN_PROCESS="false",
+        SMI_PREVIEW_BURST="20",
+    ) as stack:
+        assert ask(stack, x=0).status_code == 202  # the publishing connection is up
+        assert close_connections_of_this_vhost() >= 1
+        answers = [ask(stack, x=x).status_code for x in (1, 2, 3)]
+        assert answers == [202, 202, 202], answers
+    purge_queues()

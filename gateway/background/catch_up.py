@@ -19,6 +19,7 @@ import time
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.errors import EventTooEarlyError, PaymentProviderUnavailable
 from gateway.money.payments import Payments
 from gateway.money.stripe_events import HANDLERS, apply_event
 
@@ -41,11 +42,19 @@ class StripeCatchUp:
         events = self.payments.list_events(sorted(HANDLERS), self.cursor - MARGIN_S)
         applied = 0
         for event in sorted(events, key=lambda e: (e.get("created", 0), str(e.get("id")))):
-            if apply_event(self.sessions, event, self.payments) == "applied":
+            context = {"event_id": event.get("id"), "type": event.get("type")}
+            try:
+                outcome = apply_event(self.sessions, event, self.payments)
+            except (EventTooEarlyError, PaymentProviderUnavailable):
+                break  # for now: the next pass takes it up again from here, in order
+            except Exception as exc:
+                # One event that cannot be applied (stored with why, for an admin to see
+                # and replay) must not hold up every later one: Stripe retries its webhook.
+                log.error("a Stripe event could not be applied: %s", exc, extra=context)
+                self.cursor = max(self.cursor, int(event.get("created") or 0))
+                continue
+            if outcome == "applied":
                 applied += 1
-                log.warning(
-                    "applied a Stripe event whose webhook never came",
-                    extra={"event_id": event.get("id"), "type": event.get("type")},
-                )
+                log.warning("applied a Stripe event whose webhook never came", extra=context)
             self.cursor = max(self.cursor, int(event.get("created") or 0))
         return applied

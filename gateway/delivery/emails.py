@@ -78,6 +78,28 @@ def message_id(sender: str, label: str, *identity: object) -> str:
     return f"<{left}.{digest}@{domain}>"
 
 
+MAX_ADDRESS_LENGTH = 320  # the column's width, and RFC 5321's 64 + 1 + 255
+_NOT_IN_AN_ADDRESS = re.compile("[\x00-\x20\x7f\ufffd]")
+
+
+def usable_email(value: object) -> str | None:
+    """An address Stripe gave (the buyer typed it there) if mail can be sent to it and the
+    database can keep it; else ``None``: the order goes on, and no email is sent."""
+    if not isinstance(value, str):
+        return None
+    address = value.strip()
+    local, at, domain = address.rpartition("@")
+    if (
+        not at
+        or not local
+        or "." not in domain
+        or len(address) > MAX_ADDRESS_LENGTH
+        or _NOT_IN_AN_ADDRESS.search(address)
+    ):
+        return None
+    return address
+
+
 def email_kind(kind: str) -> str:
     """The outbox kind for an email kind (``completed`` -> ``email:completed``)."""
     if kind not in KINDS:

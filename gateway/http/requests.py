@@ -4,7 +4,6 @@ blocking work off the loop."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
@@ -24,6 +23,7 @@ from gateway.errors import (
 from gateway.http.errors import error_response
 from gateway.services import Services
 from gateway.store.lifecycle import UnknownJobError
+from gateway.store.tables import UNSTORABLE
 
 T = TypeVar("T")
 
@@ -65,11 +65,6 @@ async def read_json(request: Request, limit: int, *, empty: Any = None) -> Any:
     except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, too deep, too many digits
         raise RequestError("the body is not valid JSON") from exc
     return storable(parsed, "the body")
-
-
-# What no text column stores: PostgreSQL refuses NUL, and UTF-8 has no lone surrogates
-# (JSON's "\ud800" escape makes one). Percent-decoding replaces bad UTF-8, never yields these.
-UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def storable(value: T, where: str) -> T:

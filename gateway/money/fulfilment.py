@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.delivery.emails import email_row
+from gateway.delivery.emails import email_row, usable_email
 from gateway.delivery.seller import notify_seller
 from gateway.errors import ConflictError
 from gateway.money.payments import Payments
@@ -29,6 +29,7 @@ from gateway.store.lifecycle import (
     lock_for_payment,
     mark_paid,
     queue_again,
+    record_audit,
     record_decline,
     record_payment_to_return,
 )
@@ -88,7 +89,7 @@ def fulfil_checkout(session: Session, checkout: Mapping[str, Any], source: str) 
     paid = Paid(
         session_id=str(checkout["id"]),
         payment_intent_id=str(checkout.get("payment_intent") or "") or None,
-        customer_email=details.get("email") or checkout.get("customer_email"),
+        customer_email=usable_email(details.get("email") or checkout.get("customer_email")),
         amount_cents=amount if isinstance(amount, int) else None,
         tax_cents=int(totals.get("amount_tax") or 0),
         discount_cents=int(totals.get("amount_discount") or 0),
@@ -109,6 +110,16 @@ def fulfil_checkout(session: Session, checkout: Mapping[str, Any], source: str) 
         start_refund(session, job, problem, source, paid_amount, paid_currency)
         return True
     mark_paid(session, job_id, locked, paid, source, [email_row(job_id, "payment_confirmation")])
+    if paid.customer_email is None and (details.get("email") or checkout.get("customer_email")):
+        log.warning(
+            "the buyer's email address cannot be used: no email reaches them", extra=context
+        )
+        record_audit(
+            session,
+            get_job(session, job_id),
+            "the email address given at Stripe cannot be used: none is sent",
+            source,
+        )
     notify_seller(
         session,
         "sale",

@@ -31,6 +31,7 @@ from gateway.errors import (
     GatewayError,
     PaymentProviderRejected,
     RequestError,
+    UnstorableTextError,
     WebhookSignatureError,
 )
 from gateway.money.disputes import dispute_closed, dispute_opened
@@ -43,12 +44,14 @@ from gateway.money.fulfilment import (
 from gateway.money.payments import Payments
 from gateway.money.refunds import refund_reported, refunded_at_stripe
 from gateway.store.lifecycle import DuplicateEventError, UnknownJobError, claim_event
-from gateway.store.tables import EventOutcome, Job, Payment, WebhookEvent, utcnow
+from gateway.store.tables import UNSTORABLE, EventOutcome, Job, Payment, WebhookEvent, utcnow
 from shared.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_TOLERANCE_S = 300
+# Stripe's ids and types are short: the columns that keep them are wider than any of them.
+MAX_ID_LENGTH, MAX_TYPE_LENGTH = 255, 128
 # Event type -> what it does to our records, in the transaction that claims the
 # event. Each takes the event's object and returns whether anything changed.
 HANDLERS: dict[str, Callable[[Session, dict[str, Any], str], bool]] = {
@@ -112,6 +115,10 @@ def verify_event(
         or not isinstance(data.get("object"), dict)
     ):
         raise RequestError("webhook body is not a Stripe event")
+    if UNSTORABLE.search(event["id"] + event["type"]):
+        raise UnstorableTextError("the event's id or type holds a character that cannot be stored")
+    if len(event["id"]) > MAX_ID_LENGTH or len(event["type"]) > MAX_TYPE_LENGTH:
+        raise RequestError("webhook body is not a Stripe event (its id or type is too long)")
     if bool(event.get("livemode")) != live:
         mode = "live" if event.get("livemode") else "test"
         raise RequestError(f"a {mode}-mode event at a {'live' if live else 'test'}-mode gateway")
@@ -132,6 +139,7 @@ def apply_event(
     second try: the handlers are idempotent, so an event that took effect
     changes nothing again).
     """
+    event = storable_event(event)
     handler = HANDLERS.get(event["type"])
     stripe_object = dict(event["data"]["object"])
     if handler is not None and payments is not None and event["type"] in PAYMENT_EVENTS:
@@ -177,6 +185,28 @@ def apply_event(
         raise
     log.info("event %s", outcome, extra={**context, "job_id": job_id})
     return outcome
+
+
+def storable_event(event: dict[str, Any]) -> dict[str, Any]:
+    """``event`` with every character no database stores (a NUL or lone surrogate a buyer
+    typed into their email or name at Stripe) made U+FFFD.
+
+    The event is Stripe's, signed: refusing it would leave a paid order unfulfilled and
+    the catch-up failing on it for ever. What a buyer typed is stored as it can be
+    (``usable_email`` then refuses such an address for sending).
+    """
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return UNSTORABLE.sub("\ufffd", value)
+        if isinstance(value, dict):
+            return {clean(key): clean(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [clean(item) for item in value]
+        return value
+
+    cleaned: dict[str, Any] = clean(event)
+    return cleaned
 
 
 def replay_event(sessions: sessionmaker[Session], event_id: str, payments: Payments) -> str:

@@ -8,6 +8,7 @@ outbox message per kind (``outbox``), one refund per idempotency key
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -23,6 +24,10 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# What no text column stores: PostgreSQL refuses NUL, and UTF-8 has no lone surrogates
+# (JSON's "\ud800" escape makes one). Percent-decoding replaces bad UTF-8, never yields these.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def utcnow() -> datetime:

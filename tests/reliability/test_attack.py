@@ -15,6 +15,7 @@ import logging
 import re
 import shutil
 import string
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import ip_network
@@ -28,8 +29,10 @@ from test_gateway_app import post_event, start_stack
 from test_recovery import TOKEN, Loop, hand_driven
 from test_seller import open_shop
 
+from gateway.background.catch_up import StripeCatchUp
 from gateway.background.retention import Retention
 from gateway.http.limits import counted_client
+from gateway.money.payments import Payments
 from gateway.store.lifecycle import expire
 from gateway.store.tables import Job, Notification, WebhookEvent
 from servers import wait_for
@@ -430,3 +433,49 @@ def test_a_source_bought_many_times_is_stored_once_and_deleted_with_its_last_job
     # Bought again afterwards: stored again.
     again = loop.stack.checkout().json()["job_id"]
     assert loop.job(again).source_key == key and storage.exists(key)
+
+
+# -- what a buyer typed at Stripe -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "typed",
+    ["buyer\x00x@example.com", "b" * 380 + "@example.com"],
+    ids=["nul", "too-long"],
+)
+def test_an_address_no_database_or_mail_server_takes_does_not_strand_the_payment(
+    database_url, tmp_path, typed
+):
+    """The buyer's email at Stripe is what they typed: a paid order is fulfilled whatever
+    it holds (the address is not kept, no email is attempted), its later events apply, and
+    the catch-up goes on past it."""
+    settings = {"SMI_BACKGROUND_IN_PROCESS": "false", "SMI_ADMIN_TOKEN": TOKEN}
+    with start_stack(database_url, tmp_path, webhooks=False, **settings) as stack:
+        loop = Loop(stack, stack.sessions())
+        body = stack.checkout().json()
+        job_id = body["job_id"]
+        paid = stack.pay(body["checkout_url"], "4242424242424242", email=typed)
+        assert paid["outcome"] == "paid", paid
+        event = stack.stripe.v1.events.list({"type": "checkout.session.completed"}).data[0]
+        answer = post_event(stack, event.to_dict())
+        assert answer.status_code == 200 and answer.json()["result"] == "applied", answer.text
+        job = loop.job(job_id)
+        assert job.status == "pending" and job.customer_email is None
+        assert any("cannot be used" in e.reason for e in loop.audit(job_id))
+        # Its refund, made at Stripe, is recorded like any other.
+        intent = job.stripe_payment_intent_id
+        stack.stripe.v1.refunds.create({"payment_intent": intent})
+        refunded = stack.stripe.v1.events.list({"type": "charge.refunded"}).data[0]
+        assert post_event(stack, refunded.to_dict()).json()["result"] == "applied"
+        assert loop.job(job_id).status == "refunded"
+        stored = loop.admin("GET", f"/admin/events/{event.id}")
+        assert stored.status_code == 200, stored.text
+
+        # The catch-up: another paid order whose webhook was lost is fulfilled in the same
+        # pass as the odd one is seen again.
+        other = stack.checkout().json()
+        assert stack.pay(other["checkout_url"], "4242424242424242")["outcome"] == "paid"
+        catch_up = StripeCatchUp(loop.sessions, Payments(stack.config.stripe))
+        catch_up.cursor = int(time.time()) - 600
+        catch_up.check()
+        assert loop.job(other["job_id"]).status == "pending"

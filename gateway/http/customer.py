@@ -73,21 +73,22 @@ async def _checkout(request: Request) -> Response:
     config = services.config
     origins = tuple(origin_of(url) for url in (*config.storefront_origins, config.public_url))
     wanted = parse_checkout_request(body, f"{config.public_url}/", origins)
-    await limits.take_everyone(client)  # only a valid request takes from everyone's share
+    # Only a valid request takes from everyone's share (given back if its image is unusable).
     # Checkouts fetch from other servers, which may be slow on purpose: they take
     # threads from a limiter of their own, never from the pool webhooks and
     # status polls use.
-    started = await anyio.to_thread.run_sync(
-        partial(
-            start_checkout,
-            config,
-            services.sessions,
-            services.payments,
-            services.storage,
-            wanted,
-        ),
-        limiter=checkout_limiter(request),
-    )
+    async with limits.everyones_share(client):
+        started = await anyio.to_thread.run_sync(
+            partial(
+                start_checkout,
+                config,
+                services.sessions,
+                services.payments,
+                services.storage,
+                wanted,
+            ),
+            limiter=checkout_limiter(request),
+        )
     return JSONResponse(vars(started), status_code=201)
 
 

@@ -3,7 +3,8 @@
     limits = CheckoutLimits(per_client_per_minute=30, burst=10, global_per_minute=600)
     client = client_of(request)     # the address that is counted
     await limits.take_client(client)    # before the body is read; or RateLimitedError
-    await limits.take_everyone(client)  # once the request is valid: junk never drains it
+    async with limits.everyones_share(client):  # once the request is valid: junk never
+        ...                                     # drains it, nor a source found unusable
 
 Every click on "Buy" fetches and stores an image and creates a job and a
 Stripe session, so anonymous clicks are limited: each client address has a
@@ -25,7 +26,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
@@ -34,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from gateway.errors import RateLimitedError
+from gateway.errors import RateLimitedError, RequestError
 from gateway.http.requests import services_of
 
 log = logging.getLogger(__name__)
@@ -179,6 +181,18 @@ class CheckoutLimits:
     async def take_everyone(self, client: str) -> None:
         """``count_everyone`` off the event loop."""
         await run_in_threadpool(self.count_everyone, client)
+
+    @asynccontextmanager
+    async def everyones_share(self, client: str) -> AsyncIterator[None]:
+        """One of everyone's tokens for the work inside; given back when that work finds
+        the request invalid after all (its image cannot be sold: a made-up address, a
+        404), so junk never drains what honest buyers share."""
+        await self.take_everyone(client)
+        try:
+            yield
+        except RequestError:
+            await run_in_threadpool(self.buckets.give_back, f"{self.what}:*", self.everyone)
+            raise
 
     def count_client(self, client: str) -> None:
         """Count one request in ``client``'s own bucket; ``RateLimitedError`` when it must wait."""

@@ -38,14 +38,15 @@ async def create(request: Request) -> Response:
     if model is not None and not isinstance(model, str):
         raise RequestError("model must be a string")
     at = _point(body)
-    await limits.take_everyone(client)  # only a valid request takes from everyone's share
+    # Only a valid request takes from everyone's share (given back if its image is unusable).
     # Fetching the image is a checkout's kind of work: the same limited threads.
-    status = await anyio.to_thread.run_sync(
-        lambda: start_preview(
-            services.config, services.storage, services.broker, image_url.strip(), model, at
-        ),
-        limiter=checkout_limiter(request),
-    )
+    async with limits.everyones_share(client):
+        status = await anyio.to_thread.run_sync(
+            lambda: start_preview(
+                services.config, services.storage, services.broker, image_url.strip(), model, at
+            ),
+            limiter=checkout_limiter(request),
+        )
     return _answer(status)
 
 

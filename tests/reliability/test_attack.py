@@ -252,10 +252,42 @@ def test_behind_a_trusted_proxy_clients_count_by_address_and_ipv6_by_its_64(tmp_
 
 def test_requests_that_fail_validation_leave_everyone_s_share_alone(tmp_path):
     settings = {**LIMITED, "SMI_TRUSTED_PROXIES": "127.0.0.1"}
+    settings["SMI_PREVIEW_GLOBAL_PER_MINUTE"] = "12"  # everyone's previews: 5 at once
     with start_stack(f"sqlite:///{tmp_path / 'smi.db'}", tmp_path, **settings) as stack:
         junk = [checkout_from(stack, f"192.0.2.{n}", {}) for n in range(1, 40)]
         assert set(junk) == {400}, junk
+        # Junk that parses, whose image then cannot be sold: a made-up address, another
+        # host, a page that is not there. Everyone's token is given back each time.
+        unusable = [
+            {"image_url": "x"},
+            {"image_url": "http://elsewhere.example/photo.jpg"},
+            {"image_url": f"{stack.images}/no-such-photo.jpg"},
+        ]
+        answers = [
+            checkout_from(stack, f"198.18.{n}.{m}", body)
+            for n, body in enumerate(unusable)
+            for m in range(1, 15)
+        ]
+        assert set(answers) == {422}, answers
         assert checkout_from(stack, "203.0.113.50") == 201  # the next honest buyer
+        previews = [
+            httpx.post(
+                f"{stack.gateway}/api/previews",
+                json=body,
+                headers={"X-Forwarded-For": f"198.19.{n}.{m}"},
+                timeout=30,
+            ).status_code
+            for n, body in enumerate(unusable)
+            for m in range(1, 4)
+        ]
+        assert set(previews) == {422}, previews
+        honest = httpx.post(
+            f"{stack.gateway}/api/previews",
+            json={"image_url": f"{stack.images}/photo.jpg"},
+            headers={"X-Forwarded-For": "203.0.113.51"},
+            timeout=30,
+        )
+        assert honest.status_code == 202, honest.text
 
 
 @pytest.mark.parametrize(

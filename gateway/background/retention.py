@@ -31,7 +31,7 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.delivery.emails import forget_link_requests
-from gateway.store.lifecycle import hold_source, record_audit
+from gateway.store.lifecycle import forget_customer, hold_source, record_audit
 from gateway.store.tables import Job, Notification, RateBucket, WebhookEvent, utcnow
 from shared.jobs import JobStatus
 from shared.storage import Storage
@@ -122,11 +122,30 @@ ERASED = "[erased]"
 PERSONAL = frozenset({"name", "phone", "address", "shipping", "shipping_details"})
 
 
-def _erase_from_records(session: Session, address: str, job_ids: list[str]) -> None:
+def _erase_from_records(session: Session, address: str, jobs: list[Job]) -> None:
     """The address, and the name, phone and postal address beside it, out of the Stripe
-    events stored as received (any event naming it: a charge's event names no job) and
-    out of the seller's notifications about the erased jobs."""
-    events = select(WebhookEvent).where(func.lower(WebhookEvent.payload).contains(address))
+    events stored as received and out of the seller's notifications about the erased jobs.
+
+    An event is looked at when it is about one of the jobs, names one of their payments
+    (a charge's event names no job), or holds the address as it is stored: as typed, or
+    as JSON writes it (``\u00f6`` for ``ö``). Each is compared decoded, case aside.
+    """
+    job_ids = [job.id for job in jobs]
+    named = {
+        value
+        for job in jobs
+        for value in (job.stripe_payment_intent_id, job.stripe_session_id)
+        if value
+    }
+    escaped = json.dumps(address)[1:-1]
+    events = select(WebhookEvent).where(
+        or_(
+            WebhookEvent.job_id.in_(job_ids),
+            func.lower(WebhookEvent.payload).contains(address),
+            func.lower(WebhookEvent.payload).contains(escaped),
+            *(WebhookEvent.payload.contains(value) for value in named),
+        )
+    )
     for event in session.scalars(events):
         event.payload = json.dumps(_scrubbed(json.loads(event.payload or "null"), address))
     notes = select(Notification).where(Notification.job_id.in_(job_ids))
@@ -181,22 +200,20 @@ def erase_customer(session: Session, storage: Storage, email: str) -> Erasure:
             select(Job).where(func.lower(Job.customer_email) == address).with_for_update()
         )
     )
-    erased, in_progress = [], []
+    erased, in_progress, gone = [], [], []
     for job in jobs:
         if job.status not in FINAL:
             in_progress.append(job.id)
             continue
         delete_images(session, storage, job)
-        job.customer_email = None
-        job.image_url = ""
-        job.return_url = None
-        job.checkout_url = None
+        forget_customer(job)
         record_audit(
             session, job, "erased at the customer's request: images and addresses", "admin"
         )
         erased.append(job.id)
+        gone.append(job)
     forget_link_requests(session, address)  # lost-link requests keep the address a while
-    if erased:
-        _erase_from_records(session, address, erased)
+    if gone:
+        _erase_from_records(session, address, gone)
     log.info("customer erased", extra={"jobs": len(erased), "in_progress": len(in_progress)})
     return Erasure(email, erased, in_progress)

@@ -43,7 +43,13 @@ from gateway.money.fulfilment import (
 )
 from gateway.money.payments import Payments
 from gateway.money.refunds import refund_reported, refunded_at_stripe
-from gateway.store.lifecycle import DuplicateEventError, UnknownJobError, claim_event
+from gateway.store.lifecycle import (
+    DuplicateEventError,
+    UnknownJobError,
+    claim_event,
+    customer_forgotten,
+    impersonal,
+)
 from gateway.store.tables import UNSTORABLE, EventOutcome, Job, Payment, WebhookEvent, utcnow
 from shared.failpoints import failpoint
 
@@ -165,6 +171,9 @@ def apply_event(
                 changed = handler(session, stripe_object, f"stripe:{event['id']}")
                 row.outcome = EventOutcome.APPLIED if changed else EventOutcome.NO_CHANGE
                 row.detail = f"replayed by an admin (it was {before})" if replay else None
+                job = session.get(Job, job_id)
+                if job is not None and customer_forgotten(job):  # erased: kept erased
+                    row.payload = json.dumps(impersonal(event))
             failpoint("webhook.applied")
             outcome = str(row.outcome)
         failpoint("webhook.committed")

@@ -141,6 +141,40 @@ def hold_source(session: Session, key: str) -> None:
     session.execute(update(Source).where(Source.key == key).values(used_at=utcnow()))
 
 
+def forget_customer(job: Job) -> None:
+    """Erase what the job says of its customer (``retention.erase_customer``): address and
+    pages. The amounts, ids and dates stay: they are the financial record."""
+    job.customer_email = None
+    job.image_url = ""
+    job.return_url = None
+    job.checkout_url = None
+
+
+def customer_forgotten(job: Job) -> bool:
+    """Whether ``forget_customer`` erased this job's customer (no job is sold without an
+    image address otherwise)."""
+    return job.image_url == "" and job.customer_email is None
+
+
+# In a Stripe object, what is the buyer's own: their details, and every address of theirs.
+_PERSONAL = frozenset(
+    {"customer_details", "billing_details", "shipping", "shipping_details"}
+    | {"email", "customer_email", "receipt_email"}
+)
+
+
+def impersonal(value: Any) -> Any:
+    """Parsed JSON (a Stripe event) with the buyer's details and addresses erased."""
+    if isinstance(value, list):
+        return [impersonal(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    return {
+        key: "[erased]" if key in _PERSONAL and item else impersonal(item)
+        for key, item in value.items()
+    }
+
+
 def create_job(session: Session, new: NewJob, job_id: str | None = None) -> Job:
     """Insert a job awaiting payment, with its first audit row."""
     job = Job(

@@ -356,8 +356,13 @@ def shop(database_url, tmp_path):
         yield opened
 
 
-def test_erasure_leaves_the_address_in_no_stored_event_and_no_notification(shop):
-    loop, address, name = shop.loop, "Erin.Erasable@Example.com", "Erin Erasable"
+@pytest.mark.parametrize(
+    ("address", "name"),
+    [("Erin.Erasable@Example.com", "Erin Erasable"), ("Jösé.Müller@exämple.com", "Jösé Müller")],
+    ids=["ascii", "accents"],
+)
+def test_erasure_leaves_the_address_in_no_stored_event_and_no_notification(shop, address, name):
+    loop = shop.loop
     job_id = loop.buy(email=address, name=name)
     assert shop.completed(job_id)
     other = loop.buy(email="keep@example.com", name="Kept Person")  # another customer's
@@ -371,10 +376,13 @@ def test_erasure_leaves_the_address_in_no_stored_event_and_no_notification(shop)
     assert shop.notify() >= 1
 
     def stored() -> str:
+        """Every stored event and notification, decoded (JSON keeps "ö" as "\\u00f6")."""
         with loop.sessions() as session:
-            events = [e.payload or "" for e in session.scalars(select(WebhookEvent))]
-            notes = [n.body for n in session.scalars(select(Notification))]
-        return "\n".join(events + notes).lower()
+            events = [
+                json.loads(e.payload or "null") for e in session.scalars(select(WebhookEvent))
+            ]
+            notes = [json.loads(n.body) for n in session.scalars(select(Notification))]
+        return json.dumps(events + notes, ensure_ascii=False).lower()
 
     assert address.lower() in stored() and name.lower() in stored()  # before: kept
     erased = loop.admin("POST", "/admin/erase", json={"email": address.upper()})
@@ -388,6 +396,12 @@ def test_erasure_leaves_the_address_in_no_stored_event_and_no_notification(shop)
     ]
     assert not [text for text in shown if address.lower() in text or name.lower() in text]
     assert loop.job(other).customer_email == "keep@example.com"
+    # Events that come after the erasure (a refund in the Dashboard) are kept erased too.
+    intent = loop.job(job_id).stripe_payment_intent_id
+    loop.stack.stripe.v1.refunds.create({"payment_intent": intent, "amount": 10})
+    wait_for(lambda: received("charge.refunded") == 1 and received("refund.created") == 1)
+    after = stored()
+    assert address.lower() not in after and name.lower() not in after
 
 
 def test_under_the_free_space_floor_new_work_is_refused_and_the_metric_says_why(tmp_path):

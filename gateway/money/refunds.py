@@ -379,6 +379,8 @@ class Refunder:
         reason: str,
         planned: int | None,
         paid: int | None,
+        *,
+        second_look: bool = True,
     ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """Stripe's refund for our row ``key`` (the one already made, or a new one of what is
         left of the payment now; ``None`` when nothing is left), and the payment's refunds
@@ -386,7 +388,10 @@ class Refunder:
 
         What is left is read from Stripe as each attempt is sent, not from when
         the refund was planned: a part refunded in the Dashboard meanwhile (its
-        events perhaps still on their way) is never asked for twice.
+        events perhaps still on their way) is never asked for twice. One made
+        between that reading and our request makes Stripe refuse ours: then
+        the refunds are read once more and, if they changed, what is left now
+        is asked for.
         """
         at_stripe = self.payments.list_refunds(intent)
         live = [r for r in at_stripe if r.get("status") in LIVE_REFUND_STATUSES]
@@ -405,7 +410,16 @@ class Refunder:
         # Stripe ties an idempotency key to its request's parameters: another amount than
         # planned is another request, with a key of its own (one per amount).
         request_key = key if amount == planned else f"{key}-{amount}"
-        made = self.payments.refund(intent, job_id, reason, key, amount, request_key)
+        try:
+            made = self.payments.refund(intent, job_id, reason, key, amount, request_key)
+        except PaymentProviderRejected:
+            if not second_look:
+                raise
+            now = [r["id"] for r in self.payments.list_refunds(intent)]
+            if now == [r["id"] for r in at_stripe]:
+                raise  # refused for another reason: nothing changed at Stripe
+            log.info("refunds changed at Stripe while ours was sent; asking for what is left")
+            return self._send(intent, job_id, key, reason, planned, paid, second_look=False)
         return made, at_stripe
 
     def _succeeded(

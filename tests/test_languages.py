@@ -9,7 +9,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from markupsafe import escape
+from starlette.testclient import TestClient
 
+from devtools.shop import SHOP_TEXT, create_shop_app
 from gateway.delivery.emails import KINDS, EmailSettings, render_email
 from gateway.languages import LANGUAGES, catalogue, choose, translate
 from gateway.money.currencies import format_money
@@ -106,3 +109,17 @@ def test_every_email_renders_in_every_language(language, kind):
     text = message.get_body(("plain",)).get_content()
     assert translate(language, "email.hello") in text
     assert format_money(192, "eur", language) in text and "{" not in text
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_demo_shop_speaks_the_chosen_language(language):
+    """Its own words too, not only the gateway's buttons: a Japanese page is Japanese."""
+    with TestClient(create_shop_app("http://127.0.0.1:9")) as client:
+        page = client.get("/", params={"lang": language})
+    assert page.status_code == 200
+    assert f'<html lang="{language}">' in page.text
+    text = SHOP_TEXT[language]
+    for key in ("title", "language", "emails", "cat"):
+        assert str(escape(text[key])) in page.text, key  # as the template escapes it
+    if language != "en":
+        assert SHOP_TEXT["en"]["title"] not in page.text

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,22 +103,32 @@ def _answers(endpoint: str) -> bool:
 
 @contextmanager
 def local_s3(
-    log_dir: Path, bucket: str | None = None, timeout_s: float = 30.0
+    log_dir: Path,
+    bucket: str | None = None,
+    timeout_s: float = 30.0,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    wrap: Sequence[str] = (),
 ) -> Iterator[LocalS3]:
-    """moto's server on a free loopback port with one empty bucket; stopped afterwards."""
+    """moto's server on a free loopback port with one empty bucket; stopped afterwards.
+
+    ``host`` and ``port`` put it elsewhere (a test network's host); ``wrap`` goes before
+    its command (``ip netns exec NAME``, to run it in that host's namespace).
+    """
     command = Path(sys.executable).parent / "moto_server"
     if not command.is_file():
         raise S3ServerUnavailable(
             f"{command} is missing: install the development extra (pip install -e '.[dev]', "
             "which brings moto[server])"
         )
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
+    port = port or _free_port()
+    endpoint = f"http://{host}:{port}"
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"s3-{port}.log"
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [str(command), "-H", "127.0.0.1", "-p", str(port)],
+            [*wrap, str(command), "-H", host, "-p", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

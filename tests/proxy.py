@@ -6,6 +6,10 @@
 
 While cut, the listening socket is closed, so a client's connect is refused
 exactly as if the server were down; restoring listens on the same port again.
+
+``listen_host`` puts it on another address of this machine: a test network's
+bridge (tests/netns.py), so that hosts in namespaces reach a service that
+listens on loopback only.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from servers import free_port
 
 
 class TcpProxy:
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, listen_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
-        self.port = free_port()
+        self.listen_host = listen_host
+        self.port = free_port(listen_host)
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._listener: socket.socket | None = None
@@ -41,7 +46,7 @@ class TcpProxy:
     def restore(self) -> None:
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
+        listener.bind((self.listen_host, self.port))
         listener.listen(128)
         with self._lock:
             self._listener = listener

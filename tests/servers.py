@@ -83,14 +83,15 @@ def deliver_at_once(gateways: list[str], payload: bytes, secret: str) -> list[An
 _HANDED_OUT: set[int] = set()
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     """A port nobody listens on right now (for servers that must know their own address).
 
     Taken below Linux's ephemeral range (32768-60999), where the kernel picks
     the source ports of outgoing connections: one of those could otherwise
     land on it between this check and the server binding it. Never the same
     port twice in one run: two servers of one test asked for theirs together
-    once drew the same number, and the second could not bind.
+    once drew the same number, and the second could not bind. ``host``: the
+    address the server will listen on.
     """
     import random
     import socket
@@ -101,7 +102,7 @@ def free_port() -> int:
             continue
         with socket.socket() as probe:
             try:
-                probe.bind(("127.0.0.1", port))
+                probe.bind((host, port))
             except OSError:
                 continue
             _HANDED_OUT.add(port)

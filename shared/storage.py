@@ -17,6 +17,14 @@ keeps an atomic temporary file and rename. Folder listings are never cached
 (s3fs would keep them for the life of the process, and this process would
 then miss what other processes write there later). Reads stream in chunks:
 one ranged GET on S3, never its 50 MB read-ahead blocks.
+
+``put(key, data, replace=False)`` never writes over an object that is there
+(``FileExistsError``): a worker that comes back late with a job another
+worker has delivered keeps its hands off the delivered result. A local
+folder links the finished file into place, which fails if one is there; S3
+is asked first and the write is conditional (``If-None-Match: *``), so of
+two writers at the same moment one wins where the store honours the
+condition, as AWS S3 and MinIO do.
 """
 
 from __future__ import annotations
@@ -107,9 +115,12 @@ class Storage:
             raise ValueError(f"invalid storage key {key!r}")
         return posixpath.join(self.root, key)
 
-    def put(self, key: str, data: bytes) -> StoredObject:
+    def put(self, key: str, data: bytes, *, replace: bool = True) -> StoredObject:
         """Write ``data`` under ``key``; readers never see a partial object. Returns its size
-        and sha256 (on S3 also kept as the object's metadata)."""
+        and sha256 (on S3 also kept as the object's metadata).
+
+        With ``replace=False`` an object already under ``key`` stays as it is and
+        ``FileExistsError`` is raised (see the module)."""
         target = self.path(key)
         digest = hashlib.sha256(data).hexdigest()
         if self.local:
@@ -117,13 +128,35 @@ class Storage:
             temporary = f"{target}.{secrets.token_hex(4)}.part"
             with open(temporary, "wb") as fh:
                 fh.write(data)
-            os.replace(temporary, target)
+            if replace:
+                os.replace(temporary, target)
+            else:
+                try:
+                    os.link(temporary, target)  # fails when there is one: never replaces it
+                finally:
+                    os.unlink(temporary)
         elif self.s3:
             # One PUT, or one multipart upload: S3 shows the object whole once it completes.
-            self.fs.pipe_file(target, data, Metadata={SHA256_METADATA: digest})
+            self._refuse_existing(key, replace)
+            mode = "overwrite" if replace else "create"  # create: If-None-Match: *
+            try:
+                self.fs.pipe_file(target, data, mode=mode, Metadata={SHA256_METADATA: digest})
+            except OSError as exc:
+                if replace or isinstance(exc, FileExistsError):
+                    raise
+                # A refused condition may come back as another error (a 409 when two
+                # writes raced, a store's own wording): what counts is who is there now.
+                self._refuse_existing(key, replace, cause=exc)
+                raise
         else:
+            self._refuse_existing(key, replace)
             self.fs.pipe_file(target, data)
         return StoredObject(len(data), digest)
+
+    def _refuse_existing(self, key: str, replace: bool, cause: BaseException | None = None) -> None:
+        """``FileExistsError`` when ``replace`` is off and an object is under ``key``."""
+        if not replace and self.exists(key):
+            raise FileExistsError(f"{key} is stored already; not replaced") from cause
 
     def get(self, key: str) -> bytes:
         """The object's bytes; ``FileNotFoundError`` when there is none."""

@@ -17,6 +17,7 @@ from shared.jobs import (
     check_transition,
 )
 from shared.messages import EventKind, JobEvent, MessageError, UpscaleRequest
+from shared.storage import Storage
 from shared.topology import ALL_QUEUES, DEAD_LETTER_EXCHANGE, UPSCALE_QUEUE
 
 
@@ -136,6 +137,19 @@ def test_a_completed_event_carries_the_result_s_size_and_digest_or_not():
     old = {"schema": "smi.job-event.v1", "job_id": "j", "event_id": "e", "kind": "completed"}
     parsed = JobEvent.from_json({**old, "result_key": "r"})
     assert parsed.result_size is None and parsed.result_sha256 is None
+
+
+def test_a_write_that_must_not_replace_leaves_a_local_object_as_it_is(tmp_path):
+    """A late worker's result is not written over a delivered one (``replace=False``); the
+    default still replaces. No temporary file is left either way."""
+    storage = Storage(f"file://{tmp_path}")
+    first = storage.put("jobs/j1/result.png", b"first", replace=False)
+    with pytest.raises(FileExistsError):
+        storage.put("jobs/j1/result.png", b"late", replace=False)
+    assert storage.get("jobs/j1/result.png") == b"first" and first.size == 5
+    assert [p.name for p in (tmp_path / "jobs" / "j1").iterdir()] == ["result.png"]
+    storage.put("jobs/j1/result.png", b"replaced")
+    assert storage.get("jobs/j1/result.png") == b"replaced"
 
 
 def test_work_queues_dead_letter_and_everything_is_durable():

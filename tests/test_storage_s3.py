@@ -72,6 +72,33 @@ def test_an_object_is_written_once_with_its_sha256(s3_server, s3_url):
     assert storage.get("jobs/j1/result.png") == data
 
 
+def test_a_write_that_must_not_replace_leaves_what_is_there(s3_server, s3_url):
+    """``replace=False``: the object there stays, the writer is told; where nothing is, one
+    conditional PUT (If-None-Match: *) writes it."""
+    storage = Storage(s3_url)
+    stored = storage.put("jobs/j1/result.png", b"first", replace=False)
+    assert stored.sha256 == hashlib.sha256(b"first").hexdigest()
+    before = len(s3_server.requests(settle_s=0.3))
+    with pytest.raises(FileExistsError):
+        storage.put("jobs/j1/result.png", b"late", replace=False)
+    assert storage.get("jobs/j1/result.png") == b"first"
+    assert storage.stat("jobs/j1/result.png").sha256 == stored.sha256
+    assert not [r for r in since(s3_server, before) if r.method in ("PUT", "POST")]
+
+
+def test_a_conditional_write_that_loses_a_race_raises_and_changes_nothing(s3_url, monkeypatch):
+    """Another writer got there between the look and the write: S3 refuses the conditional
+    PUT, and this writer hears ``FileExistsError`` like the one that looked too late."""
+    storage = Storage(s3_url)
+    looks = iter([False])  # the first look finds nothing; the object is there after that
+    monkeypatch.setattr(storage, "exists", lambda key: next(looks, True))
+    written_by_another_process(s3_url, "jobs/j2/result.png", b"first")
+    with pytest.raises(FileExistsError):
+        storage.put("jobs/j2/result.png", b"late", replace=False)
+    monkeypatch.undo()
+    assert storage.get("jobs/j2/result.png") == b"first"
+
+
 def test_an_object_without_a_stored_digest_is_read_through_once(s3_server, s3_url):
     storage = Storage(s3_url)
     bucket, prefix = s3_url.removeprefix("s3://").split("/", 1)

@@ -74,18 +74,24 @@ class BrokerError(Exception):
 
 
 class Broker:
-    """One broker URL; publishes on a connection of its own, safe to share between threads."""
+    """One broker URL; publishes on a connection of its own, safe to share between threads.
 
-    def __init__(self, url: str) -> None:
+    ``heartbeat_s`` (RabbitMQ): AMQP heartbeats on the consuming connections, 0 for none.
+    """
+
+    def __init__(self, url: str, *, heartbeat_s: float = 0.0) -> None:
         self.url = url
+        self.heartbeat_s = heartbeat_s
         self._lock = threading.Lock()
         self._connection: Connection | None = None
 
-    def connection(self) -> Connection:
+    def connection(self, heartbeat_s: float = 0.0) -> Connection:
         """A new kombu connection with the options our topology relies on.
 
         - ``amqp://`` / ``pyamqp://`` (RabbitMQ): publisher confirms, so a
-          publish returns only once the broker has the message;
+          publish returns only once the broker has the message; with
+          ``heartbeat_s``, AMQP heartbeats (the consumer loop sends and checks
+          them), so that a peer gone silent is noticed by both sides;
         - ``filesystem://PATH``: the embedded default, a folder shared by the
           processes of one machine.
         """
@@ -104,7 +110,9 @@ class Broker:
                     "store_processed": False,
                 },
             )
-        return Connection(self.url, transport_options={"confirm_publish": True})
+        return Connection(
+            self.url, heartbeat=heartbeat_s, transport_options={"confirm_publish": True}
+        )
 
     def publish(
         self,
@@ -267,7 +275,7 @@ class _Consumer(ConsumerMixin):
         drain_timeout_s: float,
         on_poll: Callable[[], None] | None = None,
     ) -> None:
-        self.connection = broker.connection()
+        self.connection = broker.connection(broker.heartbeat_s)
         self.on_poll = on_poll
         self.source = source
         self.handle = handle

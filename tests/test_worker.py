@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from conftest import FAST_MODEL, RABBITMQ_URL, purge_queues, sample
-from shared.broker import Broker
+from shared.broker import Broker, _Consumer
 from shared.env import ConfigError
 from shared.images import decode_image
 from shared.messages import EventKind, JobEvent, UpscaleRequest
-from shared.storage import Storage
+from shared.storage import Storage, StoredObject
 from shared.topology import DEAD_QUEUE, EVENTS_QUEUE, UPSCALE_QUEUE
 from upscaler.images import encode_image
 from upscaler.metrics import serve_health
@@ -150,6 +150,40 @@ def test_a_stored_result_is_announced_again_without_recomputing(broker_url, stor
     completed = events[EventKind.COMPLETED]
     assert completed.result_size == len(b"already here")
     assert completed.result_sha256 == hashlib.sha256(b"already here").hexdigest()
+
+
+def test_a_result_stored_while_upscaling_is_kept_and_announced(storage, registry, tmp_path):
+    """Another worker delivered the job while this one worked on it (its link was cut and
+    the broker gave the job away): the result it finishes with is not written over the one
+    stored, which it announces as it is."""
+    broker_url = f"filesystem://{tmp_path / 'broker'}"
+    photo(storage, "jobs/j3/source.png")
+    submit(broker_url, UpscaleRequest("j3", "jobs/j3/source.png", "jobs/j3/result.png").to_json())
+    config = config_for(broker_url, storage, max_jobs=1)
+    broker = Broker(broker_url)
+    worker = UpscaleWorker(
+        broker, storage, registry, config, events=EventPublisher(broker, "test-worker")
+    )
+    worker.warm_up()
+    (upscaler,) = worker._upscalers.values()
+    network = upscaler.network
+
+    def delivered_meanwhile(windows: torch.Tensor) -> torch.Tensor:
+        if not storage.exists("jobs/j3/result.png"):
+            storage.put("jobs/j3/result.png", b"delivered by another worker")
+        return network(windows)
+
+    upscaler.network = delivered_meanwhile
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    thread.join(timeout=180)
+    assert not thread.is_alive(), "the worker did not finish its job"
+    broker.close()
+    assert storage.get("jobs/j3/result.png") == b"delivered by another worker"
+    completed = [e for e in events_of(broker_url, None) if e.kind == EventKind.COMPLETED]
+    assert [(e.result_size, e.result_sha256) for e in completed] == [
+        (27, hashlib.sha256(b"delivered by another worker").hexdigest())
+    ]
 
 
 def test_on_s3_the_result_is_one_upload_reported_with_its_digest(
@@ -357,9 +391,9 @@ class FlakyStorage(Storage):
         self._answer()
         return super().get(key)
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, *, replace: bool = True) -> StoredObject:
         self._answer()
-        super().put(key, data)
+        return super().put(key, data, replace=replace)
 
     def _answer(self) -> None:
         if not self.back.is_set():
@@ -438,6 +472,21 @@ def test_healthz_fails_while_the_job_in_hand_hangs_and_one_tile_still_shows_prog
     assert len(beats) >= 5
     assert any(0 < (e.progress or 0) < 1 for e in beats)  # one tile, yet not 0 until done
     assert EventKind.COMPLETED in {e.kind for e in events}
+
+
+def test_broker_heartbeats_are_a_setting_of_the_consuming_connections():
+    """The broker takes a silent worker's jobs back within about two heartbeats; the
+    publishing connection, idle between jobs, has none (nothing would send them)."""
+    config = WorkerConfig.from_env({})
+    assert config.broker_heartbeat_s == 30
+    assert WorkerConfig.from_env({"SMI_WORKER_BROKER_HEARTBEAT_S": "5"}).broker_heartbeat_s == 5
+    with pytest.raises(ConfigError, match="SMI_WORKER_BROKER_HEARTBEAT_S"):
+        WorkerConfig.from_env({"SMI_WORKER_BROKER_HEARTBEAT_S": "-1"})
+    for heartbeat_s in (5, 0):
+        broker = Broker(RABBITMQ_URL, heartbeat_s=heartbeat_s)
+        consumer = _Consumer(broker, UPSCALE_QUEUE, print, 1, threading.Event(), 1.0)
+        assert (consumer.connection.heartbeat or 0) == heartbeat_s
+        assert not broker.connection().heartbeat  # what publishes
 
 
 def test_the_stall_bound_is_a_setting():

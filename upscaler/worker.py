@@ -13,7 +13,9 @@ encodes and stores job N-1:
 2. upscale: the network, one job at a time on the device;
 3. finish: encode, write the result (one write: one upload on S3), the
    ``completed`` event with its size and sha256, and only then is the message
-   acknowledged.
+   acknowledged. A result found stored by then (another worker delivered the
+   job while this one was cut off from the broker) is kept, never written
+   over, and announced again as it is.
 
 The stages only record how far a job is (decoded: 5%, the model's tiles
 from 5% to 90%, encoded: 95%, so that a job of one tile moves too); a
@@ -451,8 +453,20 @@ class UpscaleWorker:
         self._moved()
         storing = time.perf_counter()
         # One write (one upload on S3) with the result's sha256; the event carries both.
-        stored = self.storage.put(job.request.result_key, data)
-        del data
+        # Never over a result that is there: another worker may have delivered this job
+        # while this one was cut off (its message went back to the queue), and the buyer's
+        # link and the job's recorded sha256 are that result's.
+        key = job.request.result_key
+        try:
+            stored = self.storage.put(key, data, replace=False)
+        except FileExistsError:
+            log.warning(
+                "result already stored by another attempt; kept, not replaced", extra=job.context
+            )
+            self._complete(job, {}, self.storage.describe(key))
+            return False
+        finally:
+            del data
         job.stages["store_s"] = time.perf_counter() - storing
         self._complete(job, job.stages, stored)
         return False

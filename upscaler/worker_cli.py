@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["precision"] = default_precision(args.device)
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     configure_service_logging(worker=config.name)  # every line says which worker
-    broker = Broker(config.broker_url)
+    broker = Broker(config.broker_url, heartbeat_s=config.broker_heartbeat_s)
     try:
         worker = UpscaleWorker(
             broker, Storage(config.storage_url), ModelRegistry.from_env(), config

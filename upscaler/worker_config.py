@@ -49,6 +49,9 @@ class WorkerConfig:
     retry_backoff_s: float
     heartbeat_s: float
     progress_interval_s: float
+    # AMQP heartbeats on the consuming connections (0: none): the broker takes back the
+    # jobs of a worker that has gone silent (its network cut) within about two of them.
+    broker_heartbeat_s: float = 30.0
     max_jobs: int = 0  # stop after this many jobs (0: never); for tests and rolling restarts
     metrics_port: int | None = None  # /metrics, /healthz, /readyz (None: not served)
     # /healthz fails once the job loop has not moved for this long (a hung device or read).
@@ -87,6 +90,7 @@ class WorkerConfig:
             retry_backoff_s=env.number("WORKER_RETRY_BACKOFF_S", 2.0, minimum=0),
             heartbeat_s=env.number("WORKER_HEARTBEAT_S", 15.0, minimum=0.1),
             progress_interval_s=env.number("WORKER_PROGRESS_INTERVAL_S", 1.0, minimum=0),
+            broker_heartbeat_s=env.number("WORKER_BROKER_HEARTBEAT_S", 30.0, minimum=0),
             metrics_port=int(env.number("WORKER_METRICS_PORT", 0, minimum=0, maximum=65535))
             if env.text("WORKER_METRICS_PORT", "")
             else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -20,12 +21,13 @@ import pytest
 import torch
 
 from conftest import FAST_MODEL, RABBITMQ_URL, purge_queues, sample
+from servers import wait_for
 from shared.broker import Broker, _Consumer
 from shared.env import ConfigError
 from shared.images import decode_image
-from shared.messages import EventKind, JobEvent, UpscaleRequest
+from shared.messages import EventKind, JobEvent, PreviewRequest, UpscaleRequest
 from shared.storage import Storage, StoredObject
-from shared.topology import DEAD_QUEUE, EVENTS_QUEUE, UPSCALE_QUEUE
+from shared.topology import DEAD_QUEUE, EVENTS_QUEUE, PREVIEW_QUEUE, UPSCALE_QUEUE
 from upscaler.images import encode_image
 from upscaler.metrics import serve_health
 from upscaler.options import PipelineOptions, default_options
@@ -494,3 +496,47 @@ def test_the_stall_bound_is_a_setting():
     assert WorkerConfig.from_env({"SMI_WORKER_STALL_S": "90"}).stall_s == 90
     with pytest.raises(ConfigError, match="SMI_WORKER_STALL_S"):
         WorkerConfig.from_env({"SMI_WORKER_STALL_S": "0"})
+
+
+def test_a_preview_consumer_that_dies_is_started_again_and_readiness_says_so_meanwhile(
+    storage, registry, tmp_path
+):
+    """As when both consumers bound a fresh embedded broker at once and one read the file
+    the other was writing (kombu's filesystem transport raised JSONDecodeError): the
+    preview consumer dies; it is started again, /readyz says so until it is, and a preview
+    asked for is then made."""
+    broker_url = f"filesystem://{tmp_path / 'broker'}"
+    back = threading.Event()
+
+    class PreviewBindFailsOnce(Broker):
+        failed = False
+
+        def consume(self, source, handle, **options) -> None:  # type: ignore[no-untyped-def]
+            if source.name == PREVIEW_QUEUE.name and not self.failed:
+                self.failed = True
+                back.wait(timeout=30)  # until the test has seen readiness say it is down
+                raise json.JSONDecodeError("Expecting value", "", 0)
+            super().consume(source, handle, **options)
+
+    config = config_for(broker_url, storage)
+    broker = PreviewBindFailsOnce(broker_url)
+    worker = UpscaleWorker(broker, storage, registry, config)
+    worker._upscaler(FAST_MODEL)  # the model is loaded: only the consumer is in question
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        back.set()
+        wait_for(lambda: worker.readiness()["previews"] is not None, timeout=30)
+        assert worker.readiness()["previews"] == "the consumer is restarting"
+        wait_for(lambda: worker.readiness()["previews"] is None, timeout=30)
+        photo(storage, "previews/sources/x.png", size=32)
+        request = PreviewRequest(
+            "p" * 32, "previews/sources/x.png", "previews/pp", FAST_MODEL, 0, 0, 16
+        )
+        Broker(broker_url).publish(PREVIEW_QUEUE, request.to_json(), message_id="p")
+        wait_for(lambda: storage.exists("previews/pp/after.png"), timeout=60)
+    finally:
+        worker.stop.set()
+        thread.join(timeout=60)
+        broker.close()
+    assert not thread.is_alive()

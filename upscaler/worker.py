@@ -78,6 +78,7 @@ log = logging.getLogger(__name__)
 # Messages in hand at once when pipelined: one being prepared, one ready for
 # the device, one on it, one being finished.
 PIPELINE_PREFETCH = 4
+PREVIEW_RESTART_S, PREVIEW_RESTART_MAX_S = 1.0, 30.0
 REPORT_POLL_S = 0.05
 # How far a job is at each point of its stages (see the module docstring).
 PROGRESS_DECODED = 0.05
@@ -165,6 +166,7 @@ class UpscaleWorker:
         self._ready: queue.Queue[Job | None] = queue.Queue(maxsize=1)
         self._upscaled: queue.Queue[Job | None] = queue.Queue(maxsize=1)
         self._ahead = threading.Semaphore(1)
+        self._previews_up = threading.Event()  # the preview consumer runs (/readyz)
         self._finished = threading.Event()
         self._in_hand: dict[int, Job] = {}
         self._lock = threading.Lock()
@@ -196,13 +198,7 @@ class UpscaleWorker:
         reporter = threading.Thread(target=self._report, name="reporter", daemon=True)
         # Free previews on a consumer of their own: a buyer deciding whether to pay never
         # waits behind the paid queue.
-        previews = threading.Thread(
-            target=self.broker.consume,
-            args=(PREVIEW_QUEUE, self._on_preview),
-            kwargs={"prefetch": 1, "stop": self.stop},
-            name="previews",
-            daemon=True,
-        )
+        previews = threading.Thread(target=self._consume_previews, name="previews", daemon=True)
         for thread in [*stages, reporter, previews]:
             thread.start()
         self._moved()
@@ -222,6 +218,23 @@ class UpscaleWorker:
             self._finished.set()
             reporter.join()
 
+    def _consume_previews(self) -> None:
+        """The preview consumer, started again whenever it dies (as it did when two
+        consumers bound the embedded broker's fresh folder at once) until ``stop``; while it
+        is down ``/readyz`` says so."""
+        delay = PREVIEW_RESTART_S
+        while not self.stop.is_set():
+            self._previews_up.set()
+            try:
+                self.broker.consume(PREVIEW_QUEUE, self._on_preview, prefetch=1, stop=self.stop)
+                return  # stopped
+            except Exception:
+                self._previews_up.clear()
+                log.exception("the preview consumer died; starting it again in %.0f s", delay)
+                if self.stop.wait(delay):
+                    return
+                delay = min(delay * 2, PREVIEW_RESTART_MAX_S)
+
     def readiness(self) -> dict[str, str | None]:
         """What ``/readyz`` reports: ``None`` for each check that passes, else what is wrong
         in words that name no address (an exception's text, with its host, port or
@@ -240,6 +253,7 @@ class UpscaleWorker:
                 )
                 checks[name] = "unavailable"
         checks["model"] = None if self._upscalers else "no model loaded yet"
+        checks["previews"] = None if self._previews_up.is_set() else "the consumer is restarting"
         return checks
 
     def liveness(self) -> str | None:

@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WEIGHTS := models/weights/RealESRGAN_x4plus.ncnn.pth
 
-.PHONY: setup lock images image-gateway weights browser ops-tools container-tools demo compare test test-fast lint bench gpu-bundle gpu-rehearsal gpu-bench clean
+.PHONY: setup lock images image-gateway weights browser ops-tools container-tools wordpress wordpress-plugin demo compare test test-fast lint bench gpu-bundle gpu-rehearsal gpu-bench clean
 
 setup: $(STAMP) $(WEIGHTS)
 
@@ -77,6 +77,25 @@ container-tools:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	  podman buildah mmdebstrap runc)
 
+# The WordPress plugin's tests (tests/test_wordpress*.py) install Debian's WordPress (with a
+# theme and the language files: the site is switched to French) on the machine's MariaDB and
+# serve it with PHP's built-in server; Debian's PHP_CodeSniffer checks the plugin's PHP.
+# The wordpress package pulls in Apache, which the tests never start.
+WORDPRESS_PACKAGES := wordpress wordpress-theme-twentytwentythree wordpress-l10n php-cli \
+  php-mysql php-curl php-xml php-mbstring php-codesniffer mariadb-client
+wordpress:
+	@(test -f /usr/share/wordpress/wp-content/languages/fr_FR.mo && \
+	  test -d /usr/share/wordpress/wp-content/themes/twentytwentythree && \
+	  command -v php >/dev/null && command -v phpcs >/dev/null && command -v mysql >/dev/null) || \
+	  (echo "test set-up: WordPress, PHP and PHP_CodeSniffer (the WordPress plugin's tests)" && \
+	  apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  $(WORDPRESS_PACKAGES))
+
+# The zip a seller uploads in WordPress (Plugins → Add New → Upload Plugin), in dist/.
+wordpress-plugin:
+	$(PYTHON) integrations/wordpress/build.py zip --output dist
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -86,12 +105,13 @@ lint: $(STAMP)
 #   chromium and fonts-noto-cjk   the browser tests (tests/test_browser.py)
 #   promtool                      the alert rules' tests (only the checker, no server)
 #   podman, buildah, mmdebstrap, runc   the gateway image's test (tests/test_container.py)
+#   wordpress, php, phpcs, ...    the WordPress plugin's tests (tests/test_wordpress*.py)
 # from Debian's packages (apt-get, as root, as on the development machines and CI).
-test: setup browser ops-tools container-tools lint
+test: setup browser ops-tools container-tools wordpress lint
 	$(BIN)/pytest
 
 # For development: everything but the tests marked slow (the fault suite, whole-system runs).
-test-fast: setup ops-tools lint
+test-fast: setup ops-tools wordpress lint
 	$(BIN)/pytest -m "not slow"
 
 BENCH := $(BIN)/smi-bench --input-size 128 --tile 64 --overlap 10 --baseline --no-seams --warmup 1 --repeat 15

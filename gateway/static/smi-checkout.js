@@ -5,8 +5,9 @@
  *   <img src="/photos/lake.jpg" data-smi-image="https://shop.example/photos/lake.jpg">
  *   <button data-smi-image="https://shop.example/photos/lake.jpg">Buy high-res</button>
  *
- * An <img> with data-smi-image gets a "Buy high-res" button after it; a button
- * or link with it becomes one. A click asks the gateway for a checkout
+ * An <img> with data-smi-image gets a "Buy high-res" button after it (or the
+ * shop's own words from its data-smi-label); a button or link with it becomes
+ * one. A click asks the gateway for a checkout
  * (POST /api/checkout), shows the price and sizes, and goes to the payment
  * page when the customer confirms. Back on this page, the smi_payment,
  * job_id and session_id parameters open a modal that follows the job
@@ -553,9 +554,12 @@
         button = document.createElement("button");
         button.type = "button";
         button.className = "smi-button smi-buy";
-        button.textContent = t("buy.button");
+        var words = element.getAttribute("data-smi-label");
+        button.textContent = words || t("buy.button");
+        // The accessible name starts with the words on the button, then names the image.
         var label = element.getAttribute("alt");
-        if (label) button.setAttribute("aria-label", t("buy.button_label", { name: label }));
+        if (label && words) button.setAttribute("aria-label", words + ": " + label);
+        else if (label) button.setAttribute("aria-label", t("buy.button_label", { name: label }));
         element.insertAdjacentElement("afterend", button);
       }
       button.addEventListener("click", function (event) {

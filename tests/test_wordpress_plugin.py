@@ -370,6 +370,28 @@ def test_the_checks_say_why_when_the_gateway_does_not_answer(site):
     assert answer["none"] == "smi_no_gateway"
 
 
+def test_only_administrators_see_the_plugin_s_pages(site):
+    answer = site.php_json(
+        """
+        update_option( 'smi_settings', array() );
+        $editor = wp_insert_user( array(
+            'user_login' => 'ed', 'user_pass' => wp_generate_password(), 'role' => 'editor' ) );
+        $pages = array();
+        foreach ( array( 'editor' => $editor, 'admin' => 1 ) as $who => $id ) {
+            wp_set_current_user( $id );
+            ob_start();
+            SMI_Sales_Page::render();
+            $pages[ $who ] = ob_get_clean();
+        }
+        wp_delete_user( $editor );
+        echo wp_json_encode( $pages );
+        """
+    )
+    assert answer["editor"] == ""
+    # An administrator without a gateway is sent to the settings.
+    assert "options-general.php?page=sell-my-images" in answer["admin"]
+
+
 def test_uninstalling_removes_the_options(tmp_path):
     with wordpress_site(tmp_path) as site:
         site.install_plugin(build_plugin(tmp_path / "dist"))

@@ -175,9 +175,13 @@ class WordPressSite:
 
 
 def _link_or_copy(source: str, target: str) -> None:
-    # Debian's tree holds relative symbolic links (to /usr/share/javascript, getid3):
-    # link what they point at, so they keep working in the copy.
+    # Debian's tree holds relative symbolic links (to /usr/share/javascript, getid3, and
+    # /etc): what they point at is copied, so it works in the copy and nothing the site
+    # writes reaches /etc. WordPress's own files are hard links where the disk allows.
     real = os.path.realpath(source)
+    if not real.startswith(f"{WORDPRESS}/"):
+        shutil.copy2(real, target)
+        return
     try:
         os.link(real, target)
     except OSError:
@@ -243,7 +247,10 @@ def wordpress_site(tmp: Path, port: int | None = None) -> Iterator[WordPressSite
     base = tmp / "wordpress"
     root = base / "site"
     base.mkdir(parents=True)
-    shutil.copytree(WORDPRESS, root, copy_function=_link_or_copy)
+    # .htaccess is Apache's (a link to /etc/wordpress/htaccess); php -S has none.
+    shutil.copytree(
+        WORDPRESS, root, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(".htaccess")
+    )
     (root / "wp-config.php").unlink()
     (root / "wp-content" / "uploads").mkdir(exist_ok=True)
     database = f"smi_wp_{secrets.token_hex(6)}"

@@ -249,6 +249,26 @@ def test_every_image_of_posts_and_pages_but_not_of_other_types(site, photos):
     assert "smi-checkout" not in other["script"]
 
 
+def test_an_excerpt_sells_nothing(site, photos):
+    answer = site.php_json(
+        """
+        update_option( 'smi_settings', array( 'gateway_url' => 'https://gw.example',
+            'images' => 'all' ) );
+        $id = wp_insert_post( array( 'post_status' => 'publish', 'post_title' => 'Photos',
+            'post_content' => $data ) );
+        global $post;
+        $post = get_post( $id );
+        setup_postdata( $post );
+        $excerpt = get_the_excerpt();
+        do_action( 'wp_enqueue_scripts' );
+        wp_delete_post( $id, true );
+        echo wp_json_encode( array( $excerpt, wp_script_is( 'smi-checkout', 'enqueued' ) ) );
+        """,
+        f'<p>A photo.</p><p><img src="{photos[0]["url"]}" alt=""></p>',
+    )
+    assert answer == ["A photo.", False]
+
+
 def test_images_with_the_seller_s_class_on_the_block_or_the_image(site, photos):
     cat, coffee = photos
     by_block = image_block(cat, className="for-sale")

@@ -93,7 +93,8 @@ final class SMI_Storefront {
 	 * @return string
 	 */
 	public static function mark_content_images( $content ) {
-		if ( is_feed() || '' === SMI_Options::gateway_url() ) {
+		// An excerpt is made from the content with its images stripped: nothing is sold there.
+		if ( is_feed() || doing_filter( 'get_the_excerpt' ) || '' === SMI_Options::gateway_url() ) {
 			return $content;
 		}
 		$settings = SMI_Options::all();

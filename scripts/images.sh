@@ -8,7 +8,7 @@
 # and podman is the engine, a base is made from Debian's own packages (mmdebstrap)
 # and kept as localhost/smi-python-base.
 # With podman, CONTAINERS_CONF names deploy/podman/containers.conf (runc, ulimits these
-# machines accept) unless set: `podman run` needs the same (docs/OPERATIONS.md, "Images").
+# machines accept) unless set: `podman run` needs the same (docs/OPERATIONS.md, "Deploying").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 targets=("$@")

@@ -50,6 +50,9 @@ SHOP_SECRETS = {
     "SMI_SMTP_URL",
     "SMI_SELLER_WEBHOOK_SECRET",
 }
+# Secrets a shop may go without: the pods take them when their Secret has them
+# (secretKeyRef optional), and the example Secret names them commented out.
+OPTIONAL_SECRETS = {"SMI_DOWNLOAD_SECRET_PREVIOUS", "SMI_SELLER_WEBHOOK_SECRET"}
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -102,6 +105,15 @@ def secret_env(container: dict[str, Any]) -> dict[str, tuple[str, str]]:
         if ref:
             found[entry["name"]] = (ref["name"], ref["key"])
     return found
+
+
+def secret_refs(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each variable a container takes from a Secret by key: name -> its secretKeyRef."""
+    return {
+        entry["name"]: entry["valueFrom"]["secretKeyRef"]
+        for entry in container.get("env", [])
+        if "secretKeyRef" in entry.get("valueFrom", {})
+    }
 
 
 def container_of(name: str) -> dict[str, Any]:
@@ -231,7 +243,10 @@ def test_each_process_gets_only_the_secrets_it_needs():
     for workload in workloads():
         for container in workload["spec"]["template"]["spec"]["containers"]:
             for name, (secret, key) in secret_env(container).items():
-                assert key in secrets[secret], (workload["metadata"]["name"], name)
+                assert key in secrets[secret] or key in OPTIONAL_SECRETS, (
+                    workload["metadata"]["name"],
+                    name,
+                )
     worker = secret_env(container_of("smi-worker"))
     assert set(worker) == {"SMI_BROKER_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     assert {secret for secret, _ in worker.values()} == {"smi-worker"}
@@ -249,6 +264,72 @@ def test_each_process_gets_only_the_secrets_it_needs():
     for workload in workloads():  # and nobody takes a whole Secret with envFrom
         for container in workload["spec"]["template"]["spec"]["containers"]:
             assert not any("secretRef" in s for s in container.get("envFrom", []))
+
+
+def test_optional_secrets_are_optional_and_every_other_one_is_required():
+    """A key missing from its Secret keeps the pod from starting (CreateContainerConfigError):
+    right for a required one, wrong for one a shop may leave out."""
+    for workload in workloads():
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            for name, ref in secret_refs(container).items():
+                optional = ref.get("optional", False)
+                assert optional == (name in OPTIONAL_SECRETS), (workload["metadata"]["name"], name)
+    example = (K8S / "examples" / "secrets.example.yaml").read_text()
+    for key in OPTIONAL_SECRETS:
+        assert f"  # {key}: " in example, key  # named, for whoever sets it
+        assert key not in example_secrets()["smi-gateway"], key
+    # A rotated download secret reaches whoever signs or checks links: the gateways, and
+    # the background process, which signs the links of the emails it sends.
+    for name in ("smi-gateway", "smi-background"):
+        ref = secret_refs(container_of(name))["SMI_DOWNLOAD_SECRET_PREVIOUS"]
+        assert (ref["name"], ref["key"]) == ("smi-gateway", "SMI_DOWNLOAD_SECRET_PREVIOUS")
+    # SMI_SELLER_WEBHOOK_URL in the ConfigMap wants its secret in every pod that checks the
+    # shop's configuration whole.
+    for name in ("smi-gateway", "smi-background", "smi-migrate"):
+        assert "SMI_SELLER_WEBHOOK_SECRET" in secret_refs(container_of(name)), name
+
+
+def test_the_shipped_settings_tell_the_seller_and_give_the_worker_the_gateways_pixel_limit():
+    (config,) = of_kind("ConfigMap", "smi-config")
+    assert "@" in config["data"]["SMI_SELLER_EMAIL"]  # a placeholder the operator replaces
+    assert "SMI_SELLER_EMAIL" in dotenv(DEPLOY / "env.example")
+    # The ConfigMap reaches the gateways and the workers: one pixel limit for both.
+    for name in ("smi-gateway", "smi-worker"):
+        sources = container_of(name)["envFrom"]
+        assert {"configMapRef": {"name": "smi-config"}} in sources, name
+    pixels = config["data"]["SMI_MAX_SOURCE_PIXELS"]
+    assert WorkerConfig.from_env({"SMI_MAX_SOURCE_PIXELS": pixels}).max_pixels == int(pixels)
+
+
+def test_each_release_applies_the_config_map_then_a_fresh_migration_job():
+    """The Job reads smi-config: applied before it, or a first install's pod never starts and
+    a later one migrates with the last release's settings. A Job left from before would
+    refuse the apply, or satisfy the wait at once: it is deleted first."""
+    (job,) = load(K8S / "migrate" / "job.yaml")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    (config,) = load(K8S / "config.yaml")
+    assert {"configMapRef": {"name": config["metadata"]["name"]}} in container["envFrom"]
+    steps = [
+        "set -e",
+        "kubectl apply -f deploy/k8s/config.yaml",
+        "kubectl delete job smi-migrate --ignore-not-found",
+        "kubectl apply -f deploy/k8s/migrate/job.yaml",
+        "kubectl wait --for=condition=complete",
+        "kubectl apply -f deploy/k8s/",
+    ]
+    operations = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    (block,) = [b for b in re.findall(r"```sh\n(.*?)```", operations, re.S) if "job.yaml" in b]
+    lines = [line.strip() for line in block.splitlines()]
+
+    def at(step: str) -> int:
+        return next(
+            i for i, line in enumerate(lines) if line == step or line.startswith(step + " ")
+        )
+
+    assert [at(step) for step in steps] == sorted(at(step) for step in steps)
+    commented = (K8S / "migrate" / "job.yaml").read_text()
+    for step in steps:
+        assert f"#   {step}" in commented, step
 
 
 def test_the_migration_job_is_applied_first_on_its_own_and_again_each_release():
@@ -555,6 +636,36 @@ def test_compose_hands_the_shop_s_settings_from_the_env_file_and_none_to_the_wor
     worker = container_env(services["worker"], shop)
     assert not set(worker) & SHOP_SECRETS
     assert WorkerConfig.from_env(worker).metrics_port == 9100
+    # The seller hears of sales: the example sets where.
+    assert GatewayConfig.from_env(container_env(services["gateway"], shop)).seller.email
+    # The worker refuses what the gateways refuse: the pixel limit of .env, or the default.
+    for env in (shop, {**shop, "SMI_MAX_SOURCE_PIXELS": "1000000"}):
+        limits = {
+            GatewayConfig.from_env(container_env(services["gateway"], env)).max_source_pixels,
+            WorkerConfig.from_env(
+                container_env(compose_with(env)["services"]["worker"], env)
+            ).max_pixels,
+        }
+        assert len(limits) == 1, (env.get("SMI_MAX_SOURCE_PIXELS"), limits)
+
+
+def test_settings_compose_sets_itself_are_named_where_an_env_file_would_be_ignored():
+    """A service's `environment:` wins over its `env_file:`: those settings written in .env
+    change nothing, so the example and the docs name them, and the example sets none."""
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    example = (DEPLOY / "env.example").read_text()
+    operations = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    fixed = {
+        name
+        for service in services.values()
+        if service.get("env_file")
+        for name in service.get("environment", {})
+        if name.startswith("SMI_")
+    }
+    assert fixed
+    for name in fixed:
+        assert name in example and f"`{name}`" in operations, name
+        assert name not in dotenv(DEPLOY / "env.example"), name
 
 
 def test_the_gateway_image_s_health_check_asks_the_port_it_serves_on():
@@ -668,3 +779,69 @@ def test_prometheus_scrapes_each_process_and_the_gateways_with_the_metrics_token
         text=True,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_prometheus_sends_its_alerts_to_an_alertmanager():
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    (manager,) = config["alerting"]["alertmanagers"]
+    targets = [target for static in manager["static_configs"] for target in static["targets"]]
+    assert targets  # a placeholder: the operator's Alertmanager
+    operations = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    assert "alerting.alertmanagers" in operations and "`severity`" in operations
+
+
+def scrape_time_series() -> set[str]:
+    """What a gateway reads from the database or the broker when scraped: every gateway
+    pod reports the same whole figure."""
+    import inspect
+
+    from gateway import metrics
+
+    names = set()
+    for collector in (metrics.RecordsCollector, metrics.QueuesCollector):
+        source = inspect.getsource(collector)
+        for kind, name in re.findall(r'(Counter|Gauge)MetricFamily\(\s*"(smi_\w+)"', source):
+            names.add(f"{name}_total" if kind == "Counter" else name)
+    return names
+
+
+def test_series_every_gateway_reports_whole_are_never_summed_over_pods():
+    """Two gateways would show twice the revenue, jobs and backlog: max (or min), never sum."""
+    import json
+
+    names = scrape_time_series()
+    assert {"smi_paid_minor_units_total", "smi_jobs", "smi_backlog", "smi_queue_messages"} <= names
+
+    def reads(expr: str) -> bool:
+        return any(re.search(rf"\b{name}\b", expr) for name in names)
+
+    dashboard = json.loads((DEPLOY / "grafana" / "sell-my-images.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    read = [expr for expr in exprs if reads(expr)]
+    assert len(read) >= 10
+    for expr in read:
+        assert expr.startswith(("max", "min")) and not re.search(r"\bsum\b", expr), expr
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    for rule in rules["groups"][0]["rules"]:
+        if reads(rule["expr"]):
+            assert not re.search(r"\bsum\b", rule["expr"]), rule["alert"]
+    operations = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    assert "never `sum`" in operations
+
+
+def test_the_deployment_files_cite_sections_of_the_operations_guide_that_exist():
+    operations = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    files = [
+        *(path for path in DEPLOY.rglob("*") if path.is_file() and path.suffix != ".json"),
+        *(ROOT / "scripts").glob("*.sh"),
+        *ROOT.glob("Dockerfile*"),
+    ]
+    cited = 0
+    for path in files:
+        text = re.sub(r"\n\s*#\s*", " ", path.read_text())  # comments wrapped over lines
+        for section in re.findall(r'OPERATIONS\.md, "([^"]+)"', text):
+            cited += 1
+            assert re.search(
+                rf"^#+ {re.escape(section)}$|\*\*{re.escape(section)}\*\*", operations, re.M
+            ), (path.name, section)
+    assert cited

@@ -10,7 +10,6 @@ The whole purchase in a browser is tests/test_wordpress.py.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -132,16 +131,6 @@ def test_the_php_passes_what_debian_s_php_codesniffer_checks_of_wordpress_s_stan
     assert done.returncode != 0
     for sniff in ("DisallowShortArraySyntax", "DisallowSpaceIndent", "FunctionCallSignature"):
         assert sniff in done.stdout
-
-
-def test_the_php_follows_wordpress_s_coding_standards():
-    # WordPress-Coding-Standards and PHPCompatibility come from Composer's registry, which
-    # these machines do not reach: SMI_WPCS_PHPCS names a phpcs that has them.
-    command = os.environ.get("SMI_WPCS_PHPCS")
-    if not command:
-        pytest.skip("SMI_WPCS_PHPCS is not set: WordPress-Coding-Standards is not installable here")
-    done = phpcs("--standard=phpcs.xml.dist", command=command)
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 # -- in WordPress ------------------------------------------------------------------

@@ -10,6 +10,10 @@
     smi-admin events [--job JOB_ID] [--outcome ignored] [--type refund.failed]
     smi-admin replay EVENT_ID             apply a received Stripe event again (idempotent)
     smi-admin erase --email ADDRESS       a customer's images and personal data; says what is kept
+    smi-admin users [list]                the dashboard's accounts
+    smi-admin users add EMAIL [--role owner|support]   prints its one-time password
+    smi-admin users reset EMAIL           a new one-time password; its sessions end
+    smi-admin users remove EMAIL
 
 The gateway's address comes from ``--url`` or ``SMI_ADMIN_URL``, the token
 from ``SMI_ADMIN_TOKEN``. ``--json`` prints the API's answer as it is.
@@ -23,6 +27,7 @@ import os
 import sys
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -63,7 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "erase", help="remove a customer's images and personal data; says what is kept"
     )
     erase.add_argument("--email", required=True)
+    users = commands.add_parser("users", help="the dashboard's accounts: list, add, reset, remove")
+    users.add_argument("action", nargs="?", choices=["list", "add", "reset", "remove"])
+    users.add_argument("email", nargs="?")
+    users.add_argument("--role", choices=["owner", "support"], default="support")
     args = parser.parse_args(argv)
+    if args.command == "users" and args.action in ("add", "reset", "remove") and not args.email:
+        parser.error(f"users {args.action} needs the account's email address")
 
     token = os.environ.get("SMI_ADMIN_TOKEN", "")
     if not token:
@@ -100,6 +111,8 @@ def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.
 
 
 def _run(client: httpx.Client, args: argparse.Namespace) -> int:
+    if args.command == "users":
+        return _users(client, args)
     if args.command == "report":
         params = {"format": args.format, "since": args.since or "", "until": args.until or ""}
         response = _call(client, "GET", "/admin/reports/revenue", params=params)
@@ -145,6 +158,43 @@ def _run(client: httpx.Client, args: argparse.Namespace) -> int:
     body = _call(client, "GET", "/admin/reconciliation").json()
     _print(args, body, _reconciliation)
     return 1 if body["mismatches"] else 0
+
+
+def _users(client: httpx.Client, args: argparse.Namespace) -> int:
+    if args.action in (None, "list"):
+        body = _call(client, "GET", "/admin/users").json()
+        _print(args, body, _users_table)
+        return 0
+    path = f"/admin/users/{quote(args.email, safe='@')}"
+    if args.action == "add":
+        body = _call(client, "POST", "/admin/users", json={"email": args.email, "role": args.role})
+    elif args.action == "reset":
+        body = _call(client, "POST", f"{path}/reset")
+    else:
+        answer = _call(client, "DELETE", path).json()
+        _print(args, answer, lambda b: f"removed {b['removed']}; its sessions are ended")
+        return 0
+    _print(args, body.json(), _one_time)
+    return 0
+
+
+def _users_table(body: dict[str, Any]) -> str:
+    lines = [f"{'account':<40} {'role':<8} {'sessions':>8}  {'last sign-in':<20}"]
+    for user in body["users"]:
+        note = "  (one-time password)" if user["password_is_temporary"] else ""
+        lines.append(
+            f"{user['email']:<40} {user['role']:<8} {user['sessions']:>8}  "
+            f"{(user['last_sign_in_at'] or '-')[:19]:<20}{note}"
+        )
+    return "\n".join(lines)
+
+
+def _one_time(body: dict[str, Any]) -> str:
+    user = body["user"]
+    return (
+        f"{user['email']} ({user['role']}): one-time password {body['password']}\n"
+        "It works once: the first sign-in at /dashboard/ chooses the account's own."
+    )
 
 
 def _print(args: argparse.Namespace, body: Any, render: Any) -> None:

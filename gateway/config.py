@@ -18,7 +18,7 @@ import hmac
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
@@ -149,6 +149,20 @@ class SellerConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    """The seller's dashboard: who may do what, how long a sign-in lasts, when it locks."""
+
+    # The most a support account may refund at once, in the shop currency's smallest unit
+    # (SMI_SUPPORT_REFUND_LIMIT); owners have no limit.
+    support_refund_limit: int = 0
+    session_hours: float = 12.0  # a session ends this long after sign-in, whatever happens
+    idle_minutes: float = 30.0  # ... or after this long without a request
+    max_failures: int = 5  # failed sign-ins of one account before it is locked
+    max_failures_per_address: int = 20  # failed sign-ins from one client address
+    lockout_minutes: float = 15.0  # the window failures are counted in, and the lock
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """Everything the gateway process needs, validated."""
 
@@ -189,6 +203,10 @@ class GatewayConfig:
     previews: PreviewConfig = PreviewConfig()
     checkout_options: CheckoutOptions = CheckoutOptions()
     seller: SellerConfig = SellerConfig()
+    dashboard: DashboardConfig = DashboardConfig()
+    # In test mode: what SMI_STRIPE_MODE=live would refuse in these settings (the dashboard's
+    # settings page lists it); empty in live mode, which starts only without any.
+    live_gaps: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> GatewayConfig:
@@ -449,10 +467,31 @@ class GatewayConfig:
                 max_attempts=int(env.number("SELLER_NOTIFY_MAX_ATTEMPTS", 10, minimum=1)),
                 backoff_s=env.number("SELLER_NOTIFY_BACKOFF_S", 5, minimum=0),
             ),
+            dashboard=DashboardConfig(
+                support_refund_limit=int(env.number("SUPPORT_REFUND_LIMIT", 0, minimum=0)),
+                session_hours=env.number("DASHBOARD_SESSION_HOURS", 12, minimum=0.01, maximum=720),
+                idle_minutes=env.number("DASHBOARD_IDLE_MINUTES", 30, minimum=1),
+                max_failures=int(env.number("SIGN_IN_MAX_FAILURES", 5, minimum=1)),
+                max_failures_per_address=int(
+                    env.number("SIGN_IN_MAX_FAILURES_PER_ADDRESS", 20, minimum=1)
+                ),
+                lockout_minutes=env.number("SIGN_IN_LOCKOUT_MINUTES", 15, minimum=1),
+            ),
         )
         if env.problems:
             raise ConfigError(env.problems)
+        if mode == "test":
+            config = replace(config, live_gaps=_live_gaps(environ))
         return config
+
+
+def _live_gaps(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """What the same settings would lack in live mode: the problems it would refuse."""
+    try:
+        GatewayConfig.from_env({**environ, "SMI_STRIPE_MODE": "live"})
+    except ConfigError as exc:
+        return tuple(exc.problems)
+    return ()
 
 
 def _is_http_url(url: str) -> bool:

@@ -9,6 +9,8 @@ GatewayError                        (500) only if something forgot to be specifi
 ├── ConflictError                   (409) the job's state does not allow it (admin actions)
 │   └── ResultUnavailableError      (409) a completed job's stored result is missing or damaged
 ├── UnauthorizedError               (401) admin API or /metrics without the right bearer token
+├── NotPermittedError               (403) a dashboard account whose role does not allow it
+├── CrossSiteRequestError           (403) a dashboard change without its form token or origin
 ├── DownloadForbiddenError          (403) a download token that was changed or made up
 ├── DownloadExpiredError            (410) a download token past its lifetime
 ├── WebhookSignatureError           (400) missing, wrong or stale Stripe-Signature
@@ -74,6 +76,16 @@ class UnauthorizedError(GatewayError):
     def __init__(self, message: str, realm: str = "smi-admin") -> None:
         super().__init__(message)
         self.realm = realm
+
+
+class NotPermittedError(GatewayError):
+    """Raised when a signed-in dashboard account's role does not allow an action (a support
+    account's refund over its limit, an erasure, the settings)."""
+
+
+class CrossSiteRequestError(GatewayError):
+    """Raised when a dashboard request could be another site's doing: a change without the
+    session's form token or from another origin, or a read asked for by another origin."""
 
 
 class DownloadForbiddenError(GatewayError):

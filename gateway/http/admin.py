@@ -11,6 +11,10 @@
     GET  /admin/events/{id}                one event with its payload
     POST /admin/events/{id}/replay         apply a stored event again (idempotent)
     POST /admin/erase                      {"email"}: a customer's images and personal data
+    GET  /admin/users                      the dashboard's accounts
+    POST /admin/users                      {"email", "role"}: an account and its one-time password
+    POST /admin/users/{email}/reset        a new one-time password; its sessions end
+    DELETE /admin/users/{email}            the account and its sessions
 
 Every handler is wrapped in ``admin_only``: without the token (or with no
 token configured) it answers 401 before looking at anything, so nothing
@@ -31,7 +35,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway.background.retention import erase_customer
-from gateway.errors import NotFoundError, RequestError, UnauthorizedError
+from gateway.errors import ConflictError, NotFoundError, RequestError, UnauthorizedError
 from gateway.http.requests import email_in, in_session, off_loop, read_json, services_of
 from gateway.money.fulfilment import retry_job, settle_from_stripe
 from gateway.money.pricing import margin_of
@@ -39,8 +43,17 @@ from gateway.money.reconciliation import reconcile
 from gateway.money.refunds import refund_job
 from gateway.money.reports import as_csv, as_json, revenue_by_day
 from gateway.money.stripe_events import replay_event
+from gateway.store import accounts
+from gateway.store.accounts import AccountConflictError, AccountError, UnknownAccountError
 from gateway.store.lifecycle import get_job
-from gateway.store.queries import event_record, job_details, job_record, list_events, list_jobs
+from gateway.store.queries import (
+    event_record,
+    job_details,
+    job_record,
+    list_events,
+    list_jobs,
+    stamp,
+)
 from gateway.store.tables import WebhookEvent
 
 BODY_LIMIT = 16 * 1024
@@ -192,6 +205,72 @@ async def replay(request: Request) -> Response:
     return JSONResponse(await off_loop(work))
 
 
+def _user(account: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "email": account["email"],
+        "role": account["role"],
+        "password_is_temporary": account["password_is_temporary"],
+        "created_at": stamp(account["created_at"]),
+        "last_sign_in_at": stamp(account["last_sign_in_at"]),
+        "sessions": account["sessions"],
+    }
+
+
+async def _on_accounts(request: Request, work: Callable[[Session], T]) -> T:
+    """``work`` in a transaction; an account error as the answer it deserves."""
+    try:
+        return await in_session(request, work, write=True)
+    except UnknownAccountError as exc:
+        raise NotFoundError(str(exc)) from None
+    except AccountConflictError as exc:
+        raise ConflictError(str(exc)) from None
+    except AccountError as exc:
+        raise RequestError(str(exc)) from None
+
+
+def _one(session: Session, email: str) -> dict[str, Any]:
+    wanted = accounts.normal_email(email)
+    return _user(next(a for a in accounts.list_accounts(session) if a["email"] == wanted))
+
+
+@admin_only
+async def users(request: Request) -> Response:
+    found = await in_session(request, accounts.list_accounts)
+    return JSONResponse({"users": [_user(account) for account in found]})
+
+
+@admin_only
+async def add_user(request: Request) -> Response:
+    body = await read_json(request, BODY_LIMIT)
+    if not isinstance(body, dict):
+        raise RequestError("the body must be a JSON object")
+    email, role = str(body.get("email") or ""), str(body.get("role") or "")
+
+    def work(session: Session) -> dict[str, Any]:
+        _, password = accounts.add_account(session, email, role)
+        return {"user": _one(session, email), "password": password}
+
+    return JSONResponse(await _on_accounts(request, work), status_code=201)
+
+
+@admin_only
+async def reset_user(request: Request) -> Response:
+    email = request.path_params["email"]
+
+    def work(session: Session) -> dict[str, Any]:
+        password = accounts.reset_password(session, email)
+        return {"user": _one(session, email), "password": password}
+
+    return JSONResponse(await _on_accounts(request, work))
+
+
+@admin_only
+async def remove_user(request: Request) -> Response:
+    email = request.path_params["email"]
+    await _on_accounts(request, lambda s: accounts.remove_account(s, email))
+    return JSONResponse({"removed": accounts.normal_email(email)})
+
+
 ROUTES = [
     Route("/admin/jobs", jobs, methods=["GET"]),
     Route("/admin/jobs/{job_id}", job, methods=["GET"]),
@@ -204,6 +283,10 @@ ROUTES = [
     Route("/admin/events", events, methods=["GET"]),
     Route("/admin/events/{event_id}", event, methods=["GET"]),
     Route("/admin/events/{event_id}/replay", replay, methods=["POST"]),
+    Route("/admin/users", users, methods=["GET"]),
+    Route("/admin/users", add_user, methods=["POST"]),
+    Route("/admin/users/{email}/reset", reset_user, methods=["POST"]),
+    Route("/admin/users/{email}", remove_user, methods=["DELETE"]),
 ]
 
 

@@ -19,11 +19,13 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.errors import (
     ConflictError,
+    CrossSiteRequestError,
     DownloadExpiredError,
     DownloadForbiddenError,
     EventTooEarlyError,
     GatewayError,
     NotFoundError,
+    NotPermittedError,
     PayloadTooLargeError,
     PaymentProviderRejected,
     PaymentProviderUnavailable,
@@ -58,6 +60,8 @@ ANSWERS: dict[type[GatewayError], tuple[int, str]] = {
     ResultUnavailableError: (409, "result_unavailable"),
     UnauthorizedError: (401, "unauthorized"),
     DownloadForbiddenError: (403, "forbidden"),
+    NotPermittedError: (403, "not_permitted"),
+    CrossSiteRequestError: (403, "cross_site_request"),
     DownloadExpiredError: (410, "link_expired"),
     WebhookSignatureError: (400, "invalid_signature"),
     PaymentProviderUnavailable: (503, "payment_provider_unavailable"),

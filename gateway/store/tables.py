@@ -14,6 +14,7 @@ from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -323,3 +325,86 @@ class Refund(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+
+
+class SellerRole(StrEnum):
+    """What a dashboard account may do (``gateway.store.accounts.PERMISSIONS``)."""
+
+    OWNER = "owner"  # everything
+    SUPPORT = "support"  # find orders, resend links, retry; small refunds; no erasure, settings
+
+
+class SellerAccount(Base):
+    """A person who signs in to the seller's dashboard; the password is an argon2id hash."""
+
+    __tablename__ = "seller_accounts"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    email: Mapped[str] = mapped_column(String(320), unique=True)  # stripped and lower-cased
+    role: Mapped[str] = mapped_column(String(16))  # a SellerRole
+    password_hash: Mapped[str] = mapped_column(String(255))
+    # A one-time password (from ``smi-admin users add`` or ``reset``): the first sign-in
+    # must choose a password of the account's own before anything else.
+    password_is_temporary: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    password_changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_sign_in_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SellerSession(Base):
+    """One sign-in: the cookie holds a random token, the row only its SHA-256."""
+
+    __tablename__ = "seller_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the token
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("seller_accounts.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # whatever happens
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    address: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(255), default="")
+
+
+class SignInFailure(Base):
+    """Failed sign-ins of one account (``account:EMAIL``) or one client address
+    (``address:IP``) within a window; past the limit, the key is locked until a time."""
+
+    __tablename__ = "sign_in_failures"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    first_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ReconciliationCheck(Base):
+    """A reconciliation someone asked for from the dashboard, and what it found (JSON)."""
+
+    __tablename__ = "reconciliation_checks"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    checked_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
+    checked_by: Mapped[str] = mapped_column(String(255))
+    report: Mapped[str] = mapped_column(Text)
+
+
+# What the dashboard searches and sums on (migration 0011): orders newest first, by status,
+# by the buyer's address whatever its case; the overview's days of payments, refunds, paid
+# and finished jobs; the fleet's completions of the last day.
+Index("ix_jobs_created_at", Job.created_at, Job.id)
+Index("ix_jobs_status_created_at", Job.status, Job.created_at, Job.id)
+Index("ix_jobs_customer_email_lower", func.lower(Job.customer_email))
+Index("ix_jobs_paid_at", Job.paid_at)
+Index("ix_jobs_finished_at", Job.finished_at)
+Index("ix_payments_created_at", Payment.created_at)
+Index("ix_refunds_status_updated_at", Refund.status, Refund.updated_at)
+Index("ix_audit_to_status_at", AuditEntry.to_status, AuditEntry.at)

@@ -5,7 +5,8 @@
 Serves a demo shop at ``--port`` (its own origin, as a real shop would be)
 and starts the Stripe emulator, the gateway and one upscaling worker, each
 as its own process with SQLite, the filesystem broker, local storage and
-emails written to ``DATA_DIR/mail``; prints the address and waits. Each
+emails written to ``DATA_DIR/mail``; prints the address, and a one-time
+password of the seller's dashboard (``DEMO_SELLER``, an owner), and waits. Each
 run starts from an empty ``DATA_DIR`` (the emulator keeps its payments in
 memory only, so older jobs would have none). Ctrl-C stops the worker
 first (it finishes and reports the job in hand), then the gateway and the
@@ -36,6 +37,7 @@ BIN = Path(sys.executable).parent
 DEMO_KEY = "sk_test_demo"
 DEMO_WEBHOOK_SECRET = "whsec_demo"
 DEMO_ADMIN_TOKEN = "demo-admin-token-change-me"
+DEMO_SELLER = "seller@demo.example"
 START_TIMEOUT_S = 180.0
 
 
@@ -183,10 +185,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not _wait_until_ready(children, gateway, lambda: stop_requested):
             return 1
+        password = _seller_account(gateway, env["SMI_ADMIN_TOKEN"])
         print(
             f"\nSell My Images is running: open the demo shop at {shop_url}/\n"
             f"  pay with the test card 4242 4242 4242 4242 (4000 0000 0000 0002 is declined)\n"
             f"  gateway:              {gateway}/\n"
+            f"  seller's dashboard:   {gateway}/dashboard/ as {DEMO_SELLER}, "
+            f"one-time password {password}\n"
             f"  emails to customers:  {data_dir / 'mail'}/\n"
             f"  logs:                 {logs}/\n"
             f"  admin:                SMI_ADMIN_TOKEN={env['SMI_ADMIN_TOKEN']} "
@@ -206,6 +211,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         children.stop()
         shop.should_exit = True
         print("Stopped.", flush=True)
+
+
+def _seller_account(gateway: str, token: str) -> str:
+    """The demo's owner account of the dashboard, made through the admin API (as
+    ``smi-admin users add`` does); returns its one-time password."""
+    answer = httpx.post(
+        f"{gateway}/admin/users",
+        json={"email": DEMO_SELLER, "role": "owner"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    answer.raise_for_status()
+    return str(answer.json()["password"])
 
 
 def _serve_shop(host: str, port: int, gateway: str) -> uvicorn.Server:

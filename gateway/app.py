@@ -7,6 +7,7 @@ Routes (each module of ``gateway.http`` lists its own):
     POST /webhooks/stripe                                                  Stripe's events
     GET  /downloads/{token}                                                signed downloads
     /admin/...                                                             bearer token
+    /dashboard/...                     the seller's dashboard (sign-in, session cookie)
     GET  /healthz, /static/smi-checkout.js
 
 The lifespan opens the process's ``Services`` (and migrates a SQLite
@@ -28,7 +29,18 @@ from starlette.staticfiles import StaticFiles
 
 from gateway.background import Background
 from gateway.config import GatewayConfig
-from gateway.http import admin, customer, downloads, health, previews, webhooks
+from gateway.dashboard.thumbnails import Thumbnails
+from gateway.http import (
+    admin,
+    customer,
+    dashboard,
+    dashboard_actions,
+    downloads,
+    health,
+    previews,
+    seller_auth,
+    webhooks,
+)
 from gateway.http.errors import HANDLERS
 from gateway.http.headers import SafeHeaders
 from gateway.http.limits import CheckoutLimits, DatabaseBuckets
@@ -43,6 +55,7 @@ def create_app(config: GatewayConfig) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = await run_in_threadpool(Services.open, config)
         app.state.services = services
+        app.state.thumbnails = Thumbnails(services.storage)
         if services.engine.dialect.name == "postgresql":  # the fleet shares its buckets
             shared = DatabaseBuckets(services.engine)
             for kind in ("checkout_limits", "link_limits", "preview_limits"):
@@ -62,6 +75,9 @@ def create_app(config: GatewayConfig) -> Starlette:
             *webhooks.ROUTES,
             *downloads.ROUTES,
             *admin.ROUTES,
+            *seller_auth.ROUTES,
+            *dashboard.ROUTES,
+            *dashboard_actions.ROUTES,
             *health.ROUTES,
             Mount("/static", StaticFiles(packages=[("gateway", "static")]), name="static"),
         ],

@@ -13,10 +13,13 @@ from markupsafe import escape
 from starlette.testclient import TestClient
 
 from devtools.shop import SHOP_TEXT, create_shop_app
+from gateway.dashboard.overview import PERIODS
 from gateway.delivery.emails import KINDS, EmailSettings, render_email
+from gateway.http.dashboard_view import NAVIGATION
 from gateway.languages import LANGUAGES, catalogue, choose, translate
 from gateway.money.currencies import format_money
-from gateway.store.tables import Job
+from gateway.store.tables import Job, SellerRole
+from shared.jobs import JobStatus
 from shared.models import MODELS
 
 CATALOGUES = Path(__file__).resolve().parent.parent / "gateway" / "static" / "i18n"
@@ -45,6 +48,7 @@ def test_every_catalogue_says_everything_english_says_with_the_same_placeholders
             "model.photo",
             "model.illustration",
         }
+        may_match |= {f"dashboard.language.{code}" for code in LANGUAGES}  # each its own name
         same = [k for k in english if other[k] == english[k] and k not in may_match]
         assert not same, same
 
@@ -56,6 +60,38 @@ def test_the_script_uses_only_keys_the_catalogues_have():
     used |= {f"model.{info.kind}" for info in MODELS.values()}  # t("model." + offer.kind)
     assert used and used <= catalogue("en").keys(), used - catalogue("en").keys()
     assert json.loads((CATALOGUES / "en.json").read_text())  # valid JSON for the browser
+
+
+def test_the_dashboard_uses_only_keys_the_catalogues_have():
+    """``t("key")`` in the dashboard's templates and code is ``dashboard.key``; keys put
+    together from a prefix (``t("status." ~ job.status)``) are listed with what fills them."""
+    templates = CATALOGUES.parent.parent / "templates" / "dashboard"
+    code = [templates.glob("*.html"), (CATALOGUES.parent.parent / "http").glob("*.py")]
+    text = "".join(path.read_text() for paths in code for path in paths)
+    used = set(re.findall(r'\bt\(\s*"([a-z0-9_.]+)"\s*[,)]', text))
+    filled = {
+        "nav": [key for _, key, _ in NAVIGATION] + ["account", "sign_in"],
+        "role": list(SellerRole),
+        "status": list(JobStatus),
+        "language": list(LANGUAGES),
+        "period": list(PERIODS),
+        "email_kind": list(KINDS),
+        "mode": ["test", "live"],
+        "order.done": ["refund", "retry", "fulfil", "resend"],
+        "orders.matched_as": ["day", "email", "job", "session", "payment", "charge", "refund",
+                              "dispute", "text"],
+        "attention.stuck": ["pending", "silent", "refunding"],
+        "fleet.backlog": ["outbox", "email", "refund", "notification"],
+        "advice": ["metrics", "notifications", "origins", "database", "support_limit"],
+        "error": ["not_found", "not_permitted", "cross_site_request", "unauthorized",
+                  "conflict", "invalid_request", "rate_limited"],
+    }  # fmt: skip
+    for prefix, values in filled.items():
+        separator = "_" if prefix in ("attention.stuck", "fleet.backlog") else "."
+        assert f't("{prefix}{separator}" ~' in text or prefix in ("mode",), prefix
+        used |= {f"{prefix}{separator}{value}" for value in values}
+    missing = {f"dashboard.{key}" for key in used} - catalogue("en").keys()
+    assert not missing, missing
 
 
 @pytest.mark.parametrize(

@@ -126,6 +126,21 @@ def queue_email(session: Session, job: Job, kind: str) -> bool:
     return True
 
 
+def queue_email_again(session: Session, job: Job, kind: str) -> int:
+    """Queue one more email of ``kind`` about ``job`` (a seller's "send the link again"): a
+    row of the next attempt, so a message of its own, with a fresh link. Returns the
+    attempt. Call with the job locked."""
+    outbox_kind, body = email_row(job.id, kind)
+    last = session.scalar(
+        select(func.max(OutboxMessage.attempt)).where(
+            OutboxMessage.job_id == job.id, OutboxMessage.kind == outbox_kind
+        )
+    )
+    attempt = (last or 0) + 1
+    add_outbox_message(session, job, outbox_kind, body, attempt=attempt)
+    return attempt
+
+
 @dataclass(frozen=True)
 class EmailSettings:
     sender: str

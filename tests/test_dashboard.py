@@ -205,6 +205,9 @@ def test_the_session_cookie_is_http_only_strict_and_ends(database_url, tmp_path)
         # Reached by a name that is not loopback: Secure, and a name only https may set.
         far = Seller(loop.stack.gateway, Host="dashboard.shop.example")
         far.gateway = "http://dashboard.shop.example"
+        warned = unescape(far.get("/dashboard/sign-in").text)  # SMI_PUBLIC_URL is not https
+        assert "not secured with HTTPS, so your browser will not keep the sign-in" in warned
+        assert "not secured" not in seller.text("/dashboard/sign-in")  # loopback: no TLS needed
         answer = far.sign_in("ann@shop.example", PASSWORD)
         assert answer.status_code == 303
         header = answer.headers["set-cookie"]

@@ -245,7 +245,9 @@ async def sign_in_form(request: Request) -> Response:
         "sign_in",
         next=safe_next(request.query_params.get("next")),
         email="",
-        insecure=request.url.scheme != "https" and not on_loopback(request),
+        # Behind a proxy the request itself is http; the gateway's own address says.
+        insecure=not services_of(request).config.public_url.startswith("https://")
+        and not on_loopback(request),
     )
 
 

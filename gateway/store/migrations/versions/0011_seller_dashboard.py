@@ -68,9 +68,22 @@ def upgrade() -> None:
     op.create_index("ix_jobs_created_at", "jobs", ["created_at", "id"])
     op.create_index("ix_jobs_status_created_at", "jobs", ["status", "created_at", "id"])
     op.create_index("ix_jobs_customer_email_lower", "jobs", [sa.text("lower(customer_email)")])
-    op.create_index("ix_jobs_paid_at", "jobs", ["paid_at"])
-    op.create_index("ix_jobs_finished_at", "jobs", ["finished_at"])
-    op.create_index("ix_payments_created_at", "payments", ["created_at"])
+    # On PostgreSQL the overview's sums are read from these three alone (index-only scans).
+    op.create_index(
+        "ix_jobs_paid_at",
+        "jobs",
+        ["paid_at"],
+        postgresql_include=["currency", "model", "width", "height"],
+    )
+    op.create_index(
+        "ix_jobs_finished_at", "jobs", ["finished_at"], postgresql_include=["status", "paid_at"]
+    )
+    op.create_index(
+        "ix_payments_created_at",
+        "payments",
+        ["created_at"],
+        postgresql_include=["currency", "amount_cents"],
+    )
     op.create_index("ix_refunds_status_updated_at", "refunds", ["status", "updated_at"])
     op.create_index("ix_audit_to_status_at", "audit", ["to_status", "at"])
 

@@ -498,6 +498,9 @@ def test_every_action_is_recorded_with_who_asked(database_url, tmp_path):
         owner.get(f"/dashboard/events/{event['event_id']}")
         replayed = owner.post(f"/dashboard/events/{event['event_id']}/replay")
         assert replayed.status_code == 303 and "done=" in replayed.headers["location"]
+        assert "Replayed: no change." in owner.text(replayed.headers["location"])
+        # The page says only what a replay can answer, never words put in a link.
+        assert "Replayed" not in owner.text(f"/dashboard/events/{event['event_id']}?done=pwned")
         assert any(
             reason.startswith(f"Stripe event {event['event_id']} replayed") and source == who
             for reason, source in audit_sources(loop, job_id)

@@ -257,6 +257,8 @@ async def event(request: Request) -> Response:
         return event_record(found, payload=True)
 
     record = await in_session(request, work)
+    # Only an outcome a replay can have: never words someone put in a link.
+    replayed = request.query_params.get("done", "")
     payload = json.dumps(record["payload"], indent=2, sort_keys=True) if record["payload"] else ""
     return page(
         request,
@@ -264,7 +266,7 @@ async def event(request: Request) -> Response:
         "events",
         event=record,
         payload=payload,
-        done=request.query_params.get("done"),
+        done=replayed if replayed.replace("_", " ") in OUTCOMES else None,
     )
 
 

@@ -188,6 +188,7 @@ async def reset_account(request: Request) -> Response:
         password = await in_session(request, work, write=True)
     except AccountError as exc:
         return await _accounts_page(request, 409, error=str(exc))
+    log.info("dashboard account reset", extra={"seller": seller.email, "account": shown[0]})
     return await _accounts_page(request, shown_email=shown[0], one_time=password)
 
 
@@ -208,6 +209,7 @@ async def remove_account(request: Request) -> Response:
         await in_session(request, work, write=True)
     except AccountError as exc:
         return await _accounts_page(request, 409, error=str(exc))
+    log.info("dashboard account removed", extra={"seller": seller.email, "account": account_id})
     return _done("/dashboard/accounts", "removed")
 
 

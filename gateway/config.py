@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -162,6 +163,21 @@ class DashboardConfig:
     lockout_minutes: float = 15.0  # the window failures are counted in, and the lock
 
 
+# What the examples put where a secret goes; a live gateway refuses to start on one.
+PLACEHOLDER = re.compile(r"replace[-_]?me", re.IGNORECASE)
+SECRETS = (
+    "ADMIN_TOKEN",
+    "METRICS_TOKEN",
+    "DOWNLOAD_SECRET",
+    "DOWNLOAD_SECRET_PREVIOUS",
+    "STRIPE_LIVE_SECRET_KEY",
+    "STRIPE_LIVE_WEBHOOK_SECRET",
+    "SELLER_WEBHOOK_SECRET",
+    "SMTP_URL",
+    "DATABASE_URL",
+)
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     """Everything the gateway process needs, validated."""
@@ -263,6 +279,12 @@ class GatewayConfig:
                 "SMI_DOWNLOAD_SECRET is required in live mode: download links signed with a "
                 "secret of their own outlive a rotated Stripe key"
             )
+        if mode == "live":
+            # The examples' secrets (deploy/env.example, the example Secret) are public:
+            # a live shop started on one would sign links anyone can forge.
+            for name in SECRETS:
+                if PLACEHOLDER.search(env.text(name, "")):
+                    env.problem(f"SMI_{name} still holds the example's placeholder: set your own")
         admin_token = env.text("ADMIN_TOKEN", "")
         if admin_token and len(admin_token) < 16:
             env.problem("SMI_ADMIN_TOKEN must be at least 16 characters")

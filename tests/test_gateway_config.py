@@ -70,6 +70,28 @@ def test_every_problem_is_listed_at_once():
         assert fragment in problems
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["SMI_ADMIN_TOKEN", "SMI_DOWNLOAD_SECRET", "SMI_STRIPE_LIVE_SECRET_KEY", "SMI_DATABASE_URL"],
+)
+def test_a_live_gateway_refuses_the_examples_placeholders(name):
+    """deploy/env.example and the example Secret are public: a live shop started on their
+    placeholders would hand out links and tokens anyone can forge."""
+    placeholder = {
+        "SMI_STRIPE_LIVE_SECRET_KEY": "sk_live_replace_me",
+        "SMI_DATABASE_URL": "postgresql+psycopg://smi:replace-me@postgres:5432/smi",
+    }.get(name, "replace-me-with-32-random-characters")
+    with pytest.raises(ConfigError) as raised:
+        GatewayConfig.from_env({**LIVE_ENV, name: placeholder})
+    assert any(
+        p.startswith(f"{name} still holds the example's placeholder") for p in raised.value.problems
+    )
+    # Test mode (the compose example's default) starts on them.
+    assert GatewayConfig.from_env(
+        {**TEST_ENV, "SMI_ADMIN_TOKEN": placeholder if name == "SMI_ADMIN_TOKEN" else "x" * 20}
+    )
+
+
 @pytest.mark.parametrize("missing", ["SMI_SMTP_URL", "SMI_DOWNLOAD_SECRET"])
 def test_live_mode_needs_a_mail_server_and_a_download_secret_of_its_own(missing):
     """Live without a mail server would write emails no customer receives; without its own

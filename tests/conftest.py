@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from devtools.s3server import LocalS3, local_s3
 from gateway.money.fulfilment import fulfil_checkout
+from gateway.money.stripe_objects import StripeCheckout
 from gateway.store.lifecycle import NewJob, create_job
 from shared.broker import Broker
 from shared.images import decode_image
@@ -186,14 +187,16 @@ def paid_job(sessions: sessionmaker[Session], name: str) -> str:
         job.stripe_session_id = f"cs_{name}"
         fulfil_checkout(
             session,
-            {
-                "id": f"cs_{name}",
-                "payment_status": "paid",
-                "amount_total": 50,
-                "currency": "usd",
-                "payment_intent": f"pi_{name}",
-                "metadata": {"job_id": job.id},
-            },
+            StripeCheckout.parse(
+                {
+                    "id": f"cs_{name}",
+                    "payment_status": "paid",
+                    "amount_total": 50,
+                    "currency": "usd",
+                    "payment_intent": f"pi_{name}",
+                    "metadata": {"job_id": job.id},
+                }
+            ),
             "test",
         )
         return job.id

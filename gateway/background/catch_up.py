@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.errors import EventTooEarlyError, PaymentProviderUnavailable
 from gateway.money.payments import Payments
-from gateway.money.stripe_events import HANDLERS, apply_event
+from gateway.money.stripe_events import HANDLED_TYPES, apply_event
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,10 @@ class StripeCatchUp:
 
     def check(self) -> int:
         """One pass; returns how many events took effect now (not duplicates)."""
-        events = self.payments.list_events(sorted(HANDLERS), self.cursor - MARGIN_S)
+        events = self.payments.list_events(sorted(HANDLED_TYPES), self.cursor - MARGIN_S)
         applied = 0
-        for event in sorted(events, key=lambda e: (e.get("created", 0), str(e.get("id")))):
-            context = {"event_id": event.get("id"), "type": event.get("type")}
+        for event in sorted(events, key=lambda e: (e.created, e.id)):
+            context = {"event_id": event.id, "type": event.type}
             try:
                 outcome = apply_event(self.sessions, event, self.payments)
             except (EventTooEarlyError, PaymentProviderUnavailable):
@@ -51,10 +51,10 @@ class StripeCatchUp:
                 # One event that cannot be applied (stored with why, for an admin to see
                 # and replay) must not hold up every later one: Stripe retries its webhook.
                 log.error("a Stripe event could not be applied: %s", exc, extra=context)
-                self.cursor = max(self.cursor, int(event.get("created") or 0))
+                self.cursor = max(self.cursor, event.created)
                 continue
             if outcome == "applied":
                 applied += 1
                 log.warning("applied a Stripe event whose webhook never came", extra=context)
-            self.cursor = max(self.cursor, int(event.get("created") or 0))
+            self.cursor = max(self.cursor, event.created)
         return applied

@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from gateway.http.requests import read_body, services_of
 from gateway.metrics import WEBHOOK_EVENTS, WEBHOOK_SECONDS
-from gateway.money.stripe_events import HANDLERS, apply_event, verify_event
+from gateway.money.stripe_events import HANDLED_TYPES, apply_event, verify_event
 
 BODY_LIMIT = 1024 * 1024
 
@@ -30,7 +30,7 @@ async def stripe_webhook(request: Request) -> Response:
             live=stripe.mode == "live",
         )
         # Only types we know become labels: a label per made-up type would grow forever.
-        event_type = event["type"] if event["type"] in HANDLERS else "other"
+        event_type = event.type if event.type in HANDLED_TYPES else "other"
         outcome = "error"
         result = await run_in_threadpool(apply_event, services.sessions, event, services.payments)
         outcome = result

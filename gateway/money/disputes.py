@@ -1,7 +1,7 @@
 """Disputes (chargebacks): the buyer's bank takes the payment back until the seller answers.
 
-    dispute_opened(session, dispute, "stripe:evt_...")   # charge.dispute.created
-    dispute_closed(session, dispute, "stripe:evt_...")   # charge.dispute.closed
+    dispute_opened(session, job, payment, dispute, "stripe:evt_...")   # charge.dispute.created
+    dispute_closed(session, job, payment, dispute, "stripe:evt_...")   # charge.dispute.closed
 
 An opened dispute marks the job ``disputed``: its downloads stop working, a
 refund of ours still waiting is canceled (Stripe refuses to refund a
@@ -15,17 +15,16 @@ lost one leaves the job ``disputed``: the bank returned the money.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
 
 from sqlalchemy.orm import Session
 
 from gateway.delivery.emails import queue_email
 from gateway.delivery.seller import notify_seller
 from gateway.money.refunds import start_refund
-from gateway.store import lifecycle
-from gateway.store.lifecycle import RETRY_MESSAGE, job_of_payment, queue_again, record_audit
-from gateway.store.tables import Dispute, Refund, RefundStatus, utcnow
+from gateway.money.stripe_objects import StripeDispute
+from gateway.store import ledger, lifecycle
+from gateway.store.lifecycle import RETRY_MESSAGE, queue_again, record_audit
+from gateway.store.tables import Job, Payment
 from shared.jobs import JobStatus
 
 log = logging.getLogger(__name__)
@@ -34,34 +33,28 @@ log = logging.getLogger(__name__)
 WON = frozenset({"won", "warning_closed"})
 
 
-def dispute_opened(session: Session, dispute: Mapping[str, Any], source: str) -> bool:
+def dispute_opened(
+    session: Session, job: Job, payment: Payment | None, dispute: StripeDispute, source: str
+) -> bool:
     """Record the dispute, stop delivery and our refunds, alert the seller; once per dispute."""
-    job = job_of_payment(session, dispute)
-    if job is None:
+    dispute_id = dispute.id
+    if ledger.dispute_of(session, dispute_id) is not None:
         return False
-    dispute_id = str(dispute["id"])
-    if session.get(Dispute, dispute_id) is not None:
-        return False
-    amount, currency = int(dispute.get("amount") or 0), str(dispute.get("currency") or "")
-    reason = str(dispute.get("reason") or "general")
-    session.add(
-        Dispute(
-            id=dispute_id,
-            job_id=job.id,
-            stripe_charge_id=dispute.get("charge"),
-            amount_cents=amount,
-            currency=currency or job.currency,
-            reason=reason,
-            status=str(dispute.get("status") or "needs_response"),
-            job_status_before=job.status,
-        )
+    amount, currency = dispute.amount, dispute.currency or ""
+    reason = dispute.reason or "general"
+    ledger.record_dispute(
+        session,
+        job,
+        dispute_id,
+        dispute.charge,
+        amount,
+        currency or job.currency,
+        reason,
+        dispute.status or "needs_response",
     )
     if lifecycle.disputed(session, job, f"dispute {dispute_id} opened ({reason})", source):
-        for refund in session.query(Refund).filter(
-            Refund.job_id == job.id, Refund.status == RefundStatus.PENDING
-        ):
-            refund.status, refund.next_attempt_at = RefundStatus.CANCELED, None
-            refund.last_error = f"not sent: the charge is disputed ({dispute_id})"
+        why = f"not sent: the charge is disputed ({dispute_id})"
+        ledger.cancel_pending_refunds(session, job, why)
     else:
         record_audit(session, job, f"dispute {dispute_id} opened on a {job.status} job", source)
     notify_seller(
@@ -73,26 +66,24 @@ def dispute_opened(session: Session, dispute: Mapping[str, Any], source: str) ->
         amount_cents=amount,
         currency=currency,
         reason=reason,
-        evidence_due_by=(dispute.get("evidence_details") or {}).get("due_by"),
+        evidence_due_by=dispute.evidence_due_by,
         customer_email=job.customer_email,
     )
     log.warning("payment disputed", extra={"job_id": job.id, "dispute_id": dispute_id})
     return True
 
 
-def dispute_closed(session: Session, dispute: Mapping[str, Any], source: str) -> bool:
+def dispute_closed(
+    session: Session, job: Job, payment: Payment | None, dispute: StripeDispute, source: str
+) -> bool:
     """Won: the job gets what it was owed again; lost: it stays disputed. Once per dispute."""
-    job = job_of_payment(session, dispute)
-    if job is None:
+    dispute_id, status = dispute.id, str(dispute.status)
+    if ledger.dispute_of(session, dispute_id) is None:  # the opening event never came
+        dispute_opened(session, job, payment, dispute, source)
+    row = ledger.dispute_of(session, dispute_id)
+    if row is None or row.closed_at is not None:
         return False
-    dispute_id, status = str(dispute["id"]), str(dispute.get("status"))
-    row = session.get(Dispute, dispute_id)
-    if row is None:  # the opening event never came: record it now
-        dispute_opened(session, dispute, source)
-        row = session.get_one(Dispute, dispute_id)
-    if row.closed_at is not None:
-        return False
-    row.status, row.closed_at = status, utcnow()
+    ledger.close_dispute(row, status)
     if job.status == JobStatus.DISPUTED and status in WON:
         _restore(session, job, row.job_status_before, dispute_id, source)
     else:
@@ -111,7 +102,7 @@ def dispute_closed(session: Session, dispute: Mapping[str, Any], source: str) ->
     return True
 
 
-def _restore(session: Session, job: Any, before: str, dispute_id: str, source: str) -> None:
+def _restore(session: Session, job: Job, before: str, dispute_id: str, source: str) -> None:
     """After a won dispute: the download, the work, or the refund, whichever was owed.
 
     A job that was delivered stays delivered, even if retention has deleted

@@ -10,8 +10,6 @@ the job's status moves only through ``gateway.store.lifecycle``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,6 +18,7 @@ from gateway.delivery.seller import notify_seller
 from gateway.errors import ConflictError
 from gateway.money.payments import Payments
 from gateway.money.refunds import start_refund
+from gateway.money.stripe_objects import StripeCheckout, StripeIntent
 from gateway.store.lifecycle import (
     EXPIRED_MESSAGE,
     RETRY_MESSAGE,
@@ -49,19 +48,9 @@ DECLINE_MESSAGES = {
     "incorrect_cvc": "The card's security code was incorrect. Nothing was charged.",
 }
 RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.REFUND_FAILED})
-# Checkout's payment statuses that let the work start (a 100% promotion code: nothing due).
-PAID_STATUSES = frozenset({"paid", "no_payment_required"})
 
 
-def job_id_of(stripe_object: Mapping[str, Any]) -> str | None:
-    """Our job id from a session or payment intent (metadata, else client_reference_id)."""
-    metadata = stripe_object.get("metadata") or {}
-    job_id = metadata.get("job_id") if isinstance(metadata, Mapping) else None
-    job_id = job_id or stripe_object.get("client_reference_id")
-    return job_id if isinstance(job_id, str) and job_id else None
-
-
-def fulfil_checkout(session: Session, checkout: Mapping[str, Any], source: str) -> bool:
+def fulfil_checkout(session: Session, checkout: StripeCheckout, source: str) -> bool:
     """Mark a paid checkout's job ``pending`` and queue its work; ``False`` if nothing to do.
 
     The price is checked against the session's subtotal (before promotion
@@ -72,27 +61,25 @@ def fulfil_checkout(session: Session, checkout: Mapping[str, Any], source: str) 
     not the job's changes nothing (logged; reconciliation lists it). An
     order a promotion code made free (``no_payment_required``) is fulfilled.
     """
-    job_id = job_id_of(checkout)
-    if not job_id or checkout.get("payment_status") not in PAID_STATUSES:
+    job_id = checkout.job_id
+    if not job_id or not checkout.paid:
         return False
     locked = lock_for_payment(session, job_id)
-    context = {"job_id": job_id, "session_id": checkout.get("id"), "source": source}
-    if locked.stripe_session_id and locked.stripe_session_id != checkout.get("id"):
+    context = {"job_id": job_id, "session_id": checkout.id, "source": source}
+    if locked.stripe_session_id and locked.stripe_session_id != checkout.id:
         log.warning("checkout session does not belong to this job", extra=context)
         return False
     if locked.status not in (JobStatus.AWAITING_PAYMENT, JobStatus.EXPIRED):
         return False  # already fulfilled, or already being refunded
-    details = checkout.get("customer_details") or {}
-    totals = checkout.get("total_details") or {}
-    amount, currency = checkout.get("amount_total"), checkout.get("currency")
-    subtotal = checkout.get("amount_subtotal", amount)
+    amount, currency = checkout.amount_total, checkout.currency
+    subtotal = checkout.amount_subtotal
     paid = Paid(
-        session_id=str(checkout["id"]),
-        payment_intent_id=str(checkout.get("payment_intent") or "") or None,
-        customer_email=usable_email(details.get("email") or checkout.get("customer_email")),
-        amount_cents=amount if isinstance(amount, int) else None,
-        tax_cents=int(totals.get("amount_tax") or 0),
-        discount_cents=int(totals.get("amount_discount") or 0),
+        session_id=checkout.id,
+        payment_intent_id=checkout.payment_intent,
+        customer_email=usable_email(checkout.email),
+        amount_cents=amount,
+        tax_cents=checkout.tax_cents,
+        discount_cents=checkout.discount_cents,
     )
     problem = None
     if (subtotal, currency) != (locked.amount_cents, locked.currency):
@@ -104,13 +91,13 @@ def fulfil_checkout(session: Session, checkout: Mapping[str, Any], source: str) 
     if problem is not None:
         log.error("payment refunded: %s", problem, extra=context)
         job = get_job(session, job_id, lock=True)
-        paid_amount = amount if isinstance(amount, int) else 0
+        paid_amount = amount if amount is not None else 0
         paid_currency = str(currency or locked.currency)
         record_payment_to_return(session, job, paid, paid_amount, paid_currency, problem, source)
         start_refund(session, job, problem, source, paid_amount, paid_currency)
         return True
     mark_paid(session, job_id, locked, paid, source, [email_row(job_id, "payment_confirmation")])
-    if paid.customer_email is None and (details.get("email") or checkout.get("customer_email")):
+    if paid.customer_email is None and checkout.email:
         log.warning(
             "the buyer's email address cannot be used: no email reaches them", extra=context
         )
@@ -151,7 +138,7 @@ def fulfil_on_return(
         return False
     checkout = payments.retrieve_checkout_session(session_id)
     with sessions.begin() as session:
-        return fulfil_checkout(session, checkout.to_dict(), "return")
+        return fulfil_checkout(session, checkout, "return")
 
 
 def settle_from_stripe(sessions: sessionmaker[Session], payments: Payments, job_id: str) -> Job:
@@ -169,26 +156,24 @@ def settle_from_stripe(sessions: sessionmaker[Session], payments: Payments, job_
         )
     if not job.stripe_session_id:
         raise ConflictError("this job never got a Checkout Session")
-    checkout = payments.retrieve_checkout_session(job.stripe_session_id).to_dict()
-    if checkout.get("payment_status") not in PAID_STATUSES:
-        raise ConflictError(f"Stripe says this checkout is {checkout.get('payment_status')}")
+    checkout = payments.retrieve_checkout_session(job.stripe_session_id)
+    if not checkout.paid:
+        raise ConflictError(f"Stripe says this checkout is {checkout.payment_status}")
     with sessions.begin() as session:
         fulfil_checkout(session, checkout, "admin")
     with sessions() as session:
         return get_job(session, job_id)
 
 
-def decline_checkout(session: Session, intent: Mapping[str, Any], source: str) -> bool:
+def decline_checkout(session: Session, intent: StripeIntent, source: str) -> bool:
     """Remember why a payment failed, for the customer; the job stays payable."""
-    job_id = job_id_of(intent)
-    if not job_id:
+    if not intent.job_id:
         return False
-    job = get_job(session, job_id, lock=True)
-    error = intent.get("last_payment_error") or {}
-    code = str(error.get("decline_code") or error.get("code") or "card_declined")
+    job = get_job(session, intent.job_id, lock=True)
+    code = intent.decline_code
     message = DECLINE_MESSAGES.get(
         code,
-        f"The payment did not go through ({error.get('message') or code}). "
+        f"The payment did not go through ({intent.decline_message or code}). "
         "Nothing was charged; you can try again.",
     )
     if not record_decline(session, job, code, message):
@@ -197,12 +182,11 @@ def decline_checkout(session: Session, intent: Mapping[str, Any], source: str) -
     return True
 
 
-def expire_checkout(session: Session, checkout: Mapping[str, Any], source: str) -> bool:
+def expire_checkout(session: Session, checkout: StripeCheckout, source: str) -> bool:
     """An unpaid session ran out: the job is ``expired``. After payment it changes nothing."""
-    job_id = job_id_of(checkout)
-    if not job_id:
+    if not checkout.job_id:
         return False
-    job = get_job(session, job_id, lock=True)
+    job = get_job(session, checkout.job_id, lock=True)
     return expire(session, job, "checkout session expired", source, EXPIRED_MESSAGE)
 
 

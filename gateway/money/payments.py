@@ -6,6 +6,7 @@
 SDK errors become gateway errors here and only here: rate limits and
 network failures (after the SDK's own retries) are ``PaymentProviderUnavailable``
 (503, try later); invalid requests are ``PaymentProviderRejected`` (502).
+What Stripe answers is parsed here too, into ``stripe_objects``' types.
 """
 
 from __future__ import annotations
@@ -20,12 +21,18 @@ import stripe
 from gateway.config import CheckoutOptions, StripeConfig
 from gateway.errors import PaymentProviderRejected, PaymentProviderUnavailable
 from gateway.money.pricing import Quote
+from gateway.money.stripe_objects import (
+    StripeCharge,
+    StripeCheckout,
+    StripeEvent,
+    StripeIntent,
+    StripeRefund,
+    parse_event,
+)
 
 PRODUCT_NAME = "High-Resolution Image ({scale}x)"
 PLUGIN = "sell-my-images"
 REFUND_REASON = "requested_by_customer"
-# Stripe's refund statuses that mean the money is going back (not failed or canceled).
-LIVE_REFUND_STATUSES = frozenset({"succeeded", "pending"})
 # Stripe's SDK retries network errors, 409s and 5xx with backoff this many times.
 MAX_NETWORK_RETRIES = 3
 
@@ -118,8 +125,9 @@ class Payments:
             params["billing_address_collection"] = "required"
         return params
 
-    def retrieve_checkout_session(self, session_id: str) -> Any:
-        return self._call(lambda: self.client.v1.checkout.sessions.retrieve(session_id))
+    def retrieve_checkout_session(self, session_id: str) -> StripeCheckout:
+        session = self._call(lambda: self.client.v1.checkout.sessions.retrieve(session_id))
+        return StripeCheckout.parse(session.to_dict())
 
     def refund(
         self,
@@ -129,7 +137,7 @@ class Payments:
         idempotency_key: str,
         amount: int | None = None,
         request_key: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> StripeRefund:
         """The spec's ``process_refund``: refund the payment (or ``amount`` of it), once per key.
 
         ``idempotency_key`` names our refund (in its metadata); ``request_key``,
@@ -152,12 +160,12 @@ class Payments:
             },
         }
 
-        def create() -> Any:
+        def create() -> StripeRefund:
             try:
                 refund = self.client.v1.refunds.create(
                     params, {"idempotency_key": request_key or idempotency_key}
                 )
-                return refund.to_dict()
+                return StripeRefund.parse(refund.to_dict())
             except stripe.InvalidRequestError as exc:
                 if exc.code != "charge_already_refunded":
                     raise
@@ -170,49 +178,52 @@ class Payments:
 
     def existing_refund(
         self, payment_intent: str, *, ours_only: bool = True
-    ) -> dict[str, Any] | None:
+    ) -> StripeRefund | None:
         """A refund of ``payment_intent`` that has gone through or is on its way, if any:
         one of ours (it carries our ``refund_key``) unless ``ours_only`` is false."""
         for refund in self.list_refunds(payment_intent):
-            ours = bool((refund.get("metadata") or {}).get("refund_key"))
-            if refund.get("status") in LIVE_REFUND_STATUSES and (ours or not ours_only):
+            if refund.live and (refund.refund_key or not ours_only):
                 return refund
         return None
 
-    def list_refunds(self, payment_intent: str | None = None) -> list[dict[str, Any]]:
+    def list_refunds(self, payment_intent: str | None = None) -> list[StripeRefund]:
         """Every refund (of one payment intent, when given), newest first."""
         params: Any = {"limit": 100}
         if payment_intent:
             params["payment_intent"] = payment_intent
         return self._call(
-            lambda: [r.to_dict() for r in self.client.v1.refunds.list(params).auto_paging_iter()]
+            lambda: [
+                StripeRefund.parse(r.to_dict())
+                for r in self.client.v1.refunds.list(params).auto_paging_iter()
+            ]
         )
 
     def payment_intent_of_charge(self, charge_id: str) -> str | None:
         """The payment intent a charge belongs to (events about disputes may name only the
         charge)."""
         charge = self._call(lambda: self.client.v1.charges.retrieve(charge_id).to_dict())
-        intent = charge.get("payment_intent")
-        return intent if isinstance(intent, str) else None
+        return StripeCharge.parse(charge).payment_intent
 
     def job_id_of_payment_intent(self, intent_id: str) -> str | None:
         """The job id a payment intent carries in its metadata (ours all do)."""
         intent = self._call(lambda: self.client.v1.payment_intents.retrieve(intent_id).to_dict())
-        job_id = (intent.get("metadata") or {}).get("job_id")
-        return job_id if isinstance(job_id, str) else None
+        return StripeIntent.parse(intent).job_id
 
-    def list_events(self, types: list[str], created_since: int) -> list[dict[str, Any]]:
+    def list_events(self, types: list[str], created_since: int) -> list[StripeEvent]:
         """Events of ``types`` created at or after ``created_since`` (Unix time), newest first."""
         params: Any = {"types": types, "created": {"gte": created_since}, "limit": 100}
         return self._call(
-            lambda: [e.to_dict() for e in self.client.v1.events.list(params).auto_paging_iter()]
+            lambda: [
+                parse_event(e.to_dict())
+                for e in self.client.v1.events.list(params).auto_paging_iter()
+            ]
         )
 
-    def list_checkout_sessions(self) -> list[dict[str, Any]]:
+    def list_checkout_sessions(self) -> list[StripeCheckout]:
         """Every Checkout Session of the account, newest first."""
         return self._call(
             lambda: [
-                s.to_dict()
+                StripeCheckout.parse(s.to_dict())
                 for s in self.client.v1.checkout.sessions.list({"limit": 100}).auto_paging_iter()
             ]
         )

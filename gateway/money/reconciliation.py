@@ -26,8 +26,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.delivery.seller import notify_seller
-from gateway.money.fulfilment import job_id_of
-from gateway.money.payments import LIVE_REFUND_STATUSES, Payments
+from gateway.money.payments import Payments
+from gateway.money.stripe_objects import StripeCheckout, StripeRefund
 from gateway.store.tables import Job, Refund, RefundStatus
 from shared.jobs import JobStatus
 
@@ -109,16 +109,16 @@ def reconcile(session: Session, payments: Payments) -> dict[str, Any]:
 
 
 def _check_sessions(
-    checkout_sessions: list[dict[str, Any]], jobs: dict[str, Job]
+    checkout_sessions: list[StripeCheckout], jobs: dict[str, Job]
 ) -> Iterable[Mismatch]:
     paid_at_stripe = set()
     for checkout in checkout_sessions:
-        session_id, amount = str(checkout["id"]), checkout.get("amount_total")
+        session_id, amount = checkout.id, checkout.amount_total
         # The price is what came before promotion codes and tax.
-        subtotal = checkout.get("amount_subtotal", amount)
-        job_id = job_id_of(checkout)
+        subtotal = checkout.amount_subtotal
+        job_id = checkout.job_id
         job = jobs.get(job_id or "")
-        if checkout.get("payment_status") not in ("paid", "no_payment_required"):
+        if not checkout.paid:
             continue
         paid_at_stripe.add(session_id)
         if job is None:
@@ -138,13 +138,13 @@ def _check_sessions(
                 f"the session is paid but the job is {job.status} "
                 f"(linked session: {job.stripe_session_id})",
             )
-        elif subtotal != job.amount_cents or checkout.get("currency") != job.currency:
+        elif subtotal != job.amount_cents or checkout.currency != job.currency:
             yield Mismatch(
                 "amount_mismatch",
                 session_id,
                 job.id,
                 amount,
-                f"Stripe charged {amount} {checkout.get('currency')}, "
+                f"Stripe charged {amount} {checkout.currency}, "
                 f"the job's price is {job.amount_cents} {job.currency}",
             )
     for job in jobs.values():
@@ -159,22 +159,21 @@ def _check_sessions(
 
 
 def _check_refunds(
-    stripe_refunds: list[dict[str, Any]], refunds: list[Refund], jobs: dict[str, Job]
+    stripe_refunds: list[StripeRefund], refunds: list[Refund], jobs: dict[str, Job]
 ) -> Iterable[Mismatch]:
     recorded = {r.stripe_refund_id for r in refunds if r.stripe_refund_id}
-    live = {str(r["id"]) for r in stripe_refunds if r.get("status") in LIVE_REFUND_STATUSES}
+    live = {r.id for r in stripe_refunds if r.live}
     by_intent = {job.stripe_payment_intent_id: job.id for job in jobs.values()}
     for refund in stripe_refunds:
-        if refund["id"] in recorded or refund.get("status") not in LIVE_REFUND_STATUSES:
+        if refund.id in recorded or not refund.live:
             continue
-        metadata = refund.get("metadata") or {}
         yield Mismatch(
             "refund_not_recorded",
-            str(refund["id"]),
-            metadata.get("job_id") or by_intent.get(refund.get("payment_intent")),
-            refund.get("amount"),
-            f"Stripe refunded {refund.get('amount')} {refund.get('currency')} "
-            f"of {refund.get('payment_intent')}; our records have no such refund",
+            refund.id,
+            refund.job_id or by_intent.get(refund.payment_intent),
+            refund.amount,
+            f"Stripe refunded {refund.amount} {refund.currency} "
+            f"of {refund.payment_intent}; our records have no such refund",
         )
     for row in refunds:
         nothing_paid = not row.amount_cents and row.stripe_refund_id is None  # a free order

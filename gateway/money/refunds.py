@@ -18,35 +18,32 @@ Refunds Stripe reports (``refund.created``/``updated``/``failed``,
 their metadata or by id; any other is a refund made at Stripe (the
 Dashboard) and gets a row of its own, partial or full, so reports and
 reconciliation see it. A refund Stripe later reports failed moves the job
-to ``refund_failed`` and alerts the seller.
+to ``refund_failed`` and alerts the seller. Every row is written, and each
+refund's status moved, through ``store.ledger``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import RecoveryConfig
 from gateway.delivery.emails import queue_email
 from gateway.delivery.seller import notify_seller
 from gateway.errors import ConflictError, PaymentProviderRejected, PaymentProviderUnavailable
-from gateway.money.payments import LIVE_REFUND_STATUSES, Payments
-from gateway.store import lifecycle
+from gateway.money.payments import Payments
+from gateway.money.stripe_objects import StripeCharge, StripeRefund
+from gateway.store import ledger, lifecycle
 from gateway.store.leases import backoff_s, claim_due
-from gateway.store.lifecycle import get_job, job_of_payment, record_audit
+from gateway.store.lifecycle import get_job, record_audit
 from gateway.store.tables import Job, Payment, Refund, RefundStatus, utcnow
 from shared.failpoints import failpoint
 from shared.jobs import IllegalTransitionError, JobStatus
 
 log = logging.getLogger(__name__)
 
-# Stripe's refund statuses that mean no money went back (after it may have seemed so).
-FAILED_REFUND_STATUSES = frozenset({"failed", "canceled"})
 REFUNDABLE = frozenset({JobStatus.FAILED, JobStatus.COMPLETED, JobStatus.REFUND_FAILED})
 
 
@@ -83,57 +80,19 @@ def start_refund(
     back: it is refunded at once.
     """
     lifecycle.start_refunding(session, job, reason, source)
-    # Rounds of ours only: a refund made at Stripe has a row too, but not our key.
-    rounds = (
-        session.scalar(
-            select(func.count()).where(
-                Refund.job_id == job.id, Refund.idempotency_key.like("refund-%")
-            )
-        )
-        or 0
-    )
-    payment = payment_of(session, job)
+    payment = ledger.payment_of(session, job)
     if amount_cents is None and payment is not None:
         # What is left of the payment: a part refunded at Stripe already stays refunded.
-        amount_cents = payment.amount_cents - refunded_so_far(session, job)
+        amount_cents = payment.amount_cents - ledger.refunded_so_far(session, job)
     elif amount_cents is None:  # no payment intent: a free order has nothing to send back
         amount_cents = 0 if job.paid_at is not None else job.amount_cents
-    refund = Refund(
-        job_id=job.id,
-        idempotency_key=f"refund-{job.id}-{rounds + 1}",
-        reason=reason,
-        status=RefundStatus.PENDING,
-        amount_cents=amount_cents,
-        currency=currency or (payment.currency if payment is not None else job.currency),
-        attempts=0,
-        next_attempt_at=utcnow(),
-    )
-    session.add(refund)
+    currency = currency or (payment.currency if payment is not None else job.currency)
+    refund = ledger.new_refund(session, job, reason, amount_cents, currency)
     if amount_cents == 0 and job.paid_at is not None and not job.stripe_payment_intent_id:
-        refund.status, refund.next_attempt_at = RefundStatus.SUCCEEDED, None
-        refund.last_error = "nothing was paid"
+        ledger.refund_went_through(refund, note="nothing was paid")
         if lifecycle.refunded(session, job, "nothing to refund", source):
             queue_email(session, job, "refunded")
     return refund
-
-
-def payment_of(session: Session, job: Job) -> Payment | None:
-    """The job's payment (the one its payment intent made), if it has one."""
-    if not job.stripe_payment_intent_id:
-        return None
-    return session.scalars(
-        select(Payment).where(Payment.stripe_payment_intent_id == job.stripe_payment_intent_id)
-    ).first()
-
-
-def refunded_so_far(session: Session, job: Job) -> int:
-    """What went back of the job's payment: its succeeded refunds, ours and Stripe's."""
-    back = session.scalar(
-        select(func.coalesce(func.sum(Refund.amount_cents), 0)).where(
-            Refund.job_id == job.id, Refund.status == RefundStatus.SUCCEEDED
-        )
-    )
-    return int(back or 0)
 
 
 def refunded_in_full(session: Session, job: Job, source: str) -> bool:
@@ -148,33 +107,27 @@ def refunded_in_full(session: Session, job: Job, source: str) -> bool:
             changed = False
     if not changed:
         return False
-    waiting = select(Refund).where(Refund.job_id == job.id, Refund.status == RefundStatus.PENDING)
-    for refund in session.scalars(waiting):
-        refund.status = RefundStatus.CANCELED
-        refund.next_attempt_at = None
-        refund.last_error = "not needed: the charge was refunded at Stripe"
+    ledger.cancel_pending_refunds(session, job, "not needed: the charge was refunded at Stripe")
     queue_email(session, job, "refunded")
     return True
 
 
-def refunded_at_stripe(session: Session, charge: Mapping[str, Any], source: str) -> bool:
+def refunded_at_stripe(
+    session: Session, job: Job, payment: Payment | None, charge: StripeCharge, source: str
+) -> bool:
     """``charge.refunded``: money went back at Stripe, by our refund or by hand in its Dashboard.
 
-    Each refund the charge lists (``charge_refunds``: as Stripe holds them
-    when the event is applied) is recorded first, as its own
-    ``refund.created`` would, so a job never ends refunded without the
-    rows that say by which refund. Fully refunded: ``refunded_in_full``
-    (the download stops working, no refund of ours is ever sent again, one
-    email). Partly refunded: the refunds' rows say so. A replay, or our own
-    refund's echo, changes nothing.
+    Each refund the charge lists (as Stripe holds them when the event is
+    applied) is recorded first, as its own ``refund.created`` would, so a
+    job never ends refunded without the rows that say by which refund.
+    Fully refunded: ``refunded_in_full`` (the download stops working, no
+    refund of ours is ever sent again, one email). Partly refunded: the
+    refunds' rows say so. A replay, or our own refund's echo, changes nothing.
     """
-    job = job_of_payment(session, charge)
-    if job is None:
-        return False
     changed = False
-    for refund in reversed(charge_refunds(charge)):  # oldest first
-        changed |= refund_reported(session, refund, source)
-    if not charge.get("refunded") or _a_refund_failed_since(session, job):
+    for refund in reversed(charge.refunds):  # oldest first
+        changed |= refund_reported(session, job, payment, refund, source)
+    if not charge.refunded or _a_refund_failed_since(session, job, payment):
         # Partly refunded, or out of date (a refund failed since): the refunds' rows say it.
         return changed
     if refunded_in_full(session, job, source):
@@ -183,34 +136,17 @@ def refunded_at_stripe(session: Session, charge: Mapping[str, Any], source: str)
     return changed
 
 
-def charge_refunds(charge: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The refunds a charge object carries (newest first), when it carries them.
-
-    Stripe stopped including them in charges (API version 2022-11-15); the
-    webhook handler asks for them before a ``charge.refunded`` is applied.
-    """
-    listed = charge.get("refunds")
-    data = listed.get("data") if isinstance(listed, Mapping) else None
-    return [r for r in data if isinstance(r, Mapping)] if isinstance(data, list) else []
-
-
-def _a_refund_failed_since(session: Session, job: Job) -> bool:
+def _a_refund_failed_since(session: Session, job: Job, payment: Payment | None) -> bool:
     """Whether a refund Stripe reported failed leaves the payment no longer refunded in full
     (a ``charge.refunded`` delivered after ``refund.failed`` tells an older state)."""
-    failed = session.scalar(
-        select(func.count()).where(
-            Refund.job_id == job.id,
-            Refund.status == RefundStatus.FAILED,
-            Refund.stripe_refund_id.is_not(None),
-        )
-    )
-    if not failed:
+    if not ledger.failed_at_stripe(session, job):
         return False
-    payment = payment_of(session, job)
-    return payment is not None and refunded_so_far(session, job) < payment.amount_cents
+    return payment is not None and ledger.refunded_so_far(session, job) < payment.amount_cents
 
 
-def refund_reported(session: Session, refund: Mapping[str, Any], source: str) -> bool:
+def refund_reported(
+    session: Session, job: Job, payment: Payment | None, refund: StripeRefund, source: str
+) -> bool:
     """``refund.created`` / ``refund.updated`` / ``refund.failed``: one refund as Stripe sees it.
 
     Ours (by ``refund_key`` or id) is brought up to date; any other is
@@ -219,49 +155,28 @@ def refund_reported(session: Session, refund: Mapping[str, Any], source: str) ->
     one that failed or was canceled puts the job in ``refund_failed`` for an
     admin and alerts the seller. Returns whether anything changed.
     """
-    job = job_of_payment(session, refund)
-    if job is None:
-        return False
-    stripe_id, status = str(refund["id"]), str(refund.get("status"))
-    amount = int(refund.get("amount") or 0)
-    key = (refund.get("metadata") or {}).get("refund_key")
-    row = session.scalars(
-        select(Refund).where(Refund.job_id == job.id, Refund.stripe_refund_id == stripe_id)
-    ).first()
-    if row is None and isinstance(key, str):
-        row = session.scalars(
-            select(Refund).where(Refund.job_id == job.id, Refund.idempotency_key == key)
-        ).first()
+    row = ledger.find_refund(session, job, refund.id, refund.refund_key)
     if row is not None and row.status == RefundStatus.FAILED:
         return False  # failed is final at Stripe: a late or replayed older event changes nothing
     changed = False
     if row is None:
-        row = Refund(
-            job_id=job.id,
-            idempotency_key=f"stripe-{stripe_id}",
-            reason="refunded at Stripe (its Dashboard or another tool)",
-            status=RefundStatus.PENDING,
-            stripe_refund_id=stripe_id,
-            amount_cents=amount,
-            currency=str(refund.get("currency") or job.currency),
-            attempts=0,
-        )
-        session.add(row)
-        record_audit(session, job, f"refund {stripe_id} of {amount} made at Stripe", source)
+        currency = refund.currency or job.currency
+        row = ledger.refund_made_at_stripe(session, job, refund.id, refund.amount, currency)
+        record_audit(session, job, f"refund {refund.id} of {refund.amount} made at Stripe", source)
         changed = True
-    elif row.stripe_refund_id is None:
-        row.stripe_refund_id = stripe_id
-        changed = True
-    if status not in FAILED_REFUND_STATUSES:  # succeeded, pending, requires_action
-        changed |= _refund_went_through(session, job, row, amount, source)
+    else:
+        changed |= ledger.link_refund(row, refund.id)
+    if refund.went_through:  # succeeded, pending, requires_action
+        changed |= _refund_went_through(session, job, payment, row, refund.amount, source)
     elif row.status != RefundStatus.FAILED:
-        changed |= _refund_did_not_go_through(session, job, row, status, source)
+        changed |= _refund_did_not_go_through(session, job, row, str(refund.status), source)
     return changed
 
 
-def _refund_went_through(session: Session, job: Job, row: Refund, amount: int, source: str) -> bool:
-    changed = row.status != RefundStatus.SUCCEEDED
-    row.status, row.next_attempt_at, row.amount_cents = RefundStatus.SUCCEEDED, None, amount
+def _refund_went_through(
+    session: Session, job: Job, payment: Payment | None, row: Refund, amount: int, source: str
+) -> bool:
+    changed = ledger.refund_went_through(row, amount)
     notify_seller(
         session,
         "refund",
@@ -272,9 +187,8 @@ def _refund_went_through(session: Session, job: Job, row: Refund, amount: int, s
         currency=row.currency,
         reason=row.reason,
     )
-    payment = payment_of(session, job)
     session.flush()
-    back = refunded_so_far(session, job)
+    back = ledger.refunded_so_far(session, job)
     if payment is not None and back >= payment.amount_cents:
         changed |= refunded_in_full(session, job, source)
     elif changed:
@@ -286,8 +200,7 @@ def _refund_went_through(session: Session, job: Job, row: Refund, amount: int, s
 def _refund_did_not_go_through(
     session: Session, job: Job, row: Refund, status: str, source: str
 ) -> bool:
-    row.status, row.next_attempt_at = RefundStatus.FAILED, None
-    row.last_error = f"Stripe reports the refund {status}"
+    ledger.fail_refund(row, f"Stripe reports the refund {status}")
     error = f"Stripe reports refund {row.stripe_refund_id} {status}"
     if lifecycle.refund_failed(session, job, error, source):
         queue_email(session, job, "refund_failed")  # the buyer may have been told "refunded"
@@ -306,12 +219,13 @@ def _refund_did_not_go_through(
     return True
 
 
-def _record_made_at_stripe(session: Session, at_stripe: list[dict[str, Any]]) -> None:
+def _record_made_at_stripe(session: Session, job: Job, at_stripe: list[StripeRefund]) -> None:
     """The refunds listed at Stripe that are not ours (no ``refund_key``), recorded as their
     own events would record them: the Refunder saw them before their events came."""
+    payment = ledger.payment_of(session, job)
     for made in reversed(at_stripe):  # oldest first
-        if not (made.get("metadata") or {}).get("refund_key"):
-            refund_reported(session, made, "refunder")
+        if not made.refund_key:
+            refund_reported(session, job, payment, made, "refunder")
 
 
 class Refunder:
@@ -340,7 +254,7 @@ class Refunder:
         with self.sessions() as session:
             refund = session.get_one(Refund, refund_id)
             job = get_job(session, refund.job_id)
-            payment = payment_of(session, job)
+            payment = ledger.payment_of(session, job)
             intent, key, reason, planned = (
                 job.stripe_payment_intent_id,
                 refund.idempotency_key,
@@ -366,8 +280,8 @@ class Refunder:
             self._not_needed(refund_id, at_stripe)
             return
         failpoint("refund.sent")
-        if stripe_refund.get("status") not in LIVE_REFUND_STATUSES:
-            self._give_up(refund_id, f"Stripe reports the refund {stripe_refund.get('status')}")
+        if not stripe_refund.live:
+            self._give_up(refund_id, f"Stripe reports the refund {stripe_refund.status}")
             return
         self._succeeded(refund_id, stripe_refund, at_stripe)
 
@@ -381,7 +295,7 @@ class Refunder:
         paid: int | None,
         *,
         second_look: bool = True,
-    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    ) -> tuple[StripeRefund | None, list[StripeRefund]]:
         """Stripe's refund for our row ``key`` (the one already made, or a new one of what is
         left of the payment now; ``None`` when nothing is left), and the payment's refunds
         at Stripe before it.
@@ -394,16 +308,15 @@ class Refunder:
         is asked for.
         """
         at_stripe = self.payments.list_refunds(intent)
-        live = [r for r in at_stripe if r.get("status") in LIVE_REFUND_STATUSES]
+        live = [r for r in at_stripe if r.live]
         for made in live:
-            made_key = (made.get("metadata") or {}).get("refund_key")
             # Ours went through already (an attempt whose answer was lost), or, for a later
             # round (an admin's retry), an earlier round of ours did.
-            if made_key == key or (made_key and not key.endswith("-1")):
+            if made.refund_key == key or (made.refund_key and not key.endswith("-1")):
                 return made, at_stripe
         amount = planned or None  # no payment recorded: as planned, or all of it (Stripe knows)
         if paid is not None:
-            left = paid - sum(int(r.get("amount") or 0) for r in live)
+            left = paid - sum(r.amount for r in live)
             amount = left if planned is None else min(planned, left)
             if amount <= 0:
                 return None, at_stripe
@@ -415,31 +328,26 @@ class Refunder:
         except PaymentProviderRejected:
             if not second_look:
                 raise
-            now = [r["id"] for r in self.payments.list_refunds(intent)]
-            if now == [r["id"] for r in at_stripe]:
+            now = [r.id for r in self.payments.list_refunds(intent)]
+            if now == [r.id for r in at_stripe]:
                 raise  # refused for another reason: nothing changed at Stripe
             log.info("refunds changed at Stripe while ours was sent; asking for what is left")
             return self._send(intent, job_id, key, reason, planned, paid, second_look=False)
         return made, at_stripe
 
     def _succeeded(
-        self, refund_id: int, stripe_refund: Any, at_stripe: list[dict[str, Any]]
+        self, refund_id: int, stripe_refund: StripeRefund, at_stripe: list[StripeRefund]
     ) -> None:
         with self.sessions.begin() as session:
             refund, job = self._count_attempt(session, refund_id, None)
-            _record_made_at_stripe(session, at_stripe)
-            stripe_id = str(stripe_refund["id"])
-            recorded = session.scalars(
-                select(Refund).where(Refund.stripe_refund_id == stripe_id, Refund.id != refund.id)
-            ).first()
-            refund.next_attempt_at = None
-            if recorded is not None:  # a refund made at Stripe, on its own row already
-                refund.status = RefundStatus.CANCELED
-                refund.last_error = f"not needed: {stripe_id} was made at Stripe"
+            _record_made_at_stripe(session, job, at_stripe)
+            stripe_id = stripe_refund.id
+            if ledger.refund_recorded_apart(session, stripe_id, refund) is not None:
+                # A refund made at Stripe, on its own row already.
+                ledger.cancel_refund(refund, f"not needed: {stripe_id} was made at Stripe")
             else:
-                refund.status = RefundStatus.SUCCEEDED
-                refund.stripe_refund_id = stripe_id
-                refund.amount_cents = int(stripe_refund.get("amount") or refund.amount_cents or 0)
+                amount = stripe_refund.amount or refund.amount_cents or 0
+                ledger.refund_went_through(refund, amount, stripe_id=stripe_id)
                 notify_seller(
                     session,
                     "refund",
@@ -452,18 +360,19 @@ class Refunder:
                 )
             if lifecycle.refunded(session, job, stripe_id, "refunder"):
                 queue_email(session, job, "refunded")
-        log.info("refunded", extra={"job_id": refund.job_id, "refund": stripe_refund["id"]})
+        log.info("refunded", extra={"job_id": refund.job_id, "refund": stripe_refund.id})
 
-    def _not_needed(self, refund_id: int, at_stripe: list[dict[str, Any]]) -> None:
+    def _not_needed(self, refund_id: int, at_stripe: list[StripeRefund]) -> None:
         """Nothing is left to refund: refunds made at Stripe took it all. They are recorded
         (their events may still be on their way), which ends the job as ``charge.refunded``
         would, and our row is canceled."""
         with self.sessions.begin() as session:
             refund, job = self._count_attempt(session, refund_id, None)
-            _record_made_at_stripe(session, at_stripe)
+            _record_made_at_stripe(session, job, at_stripe)
             if refund.status == RefundStatus.PENDING:
-                refund.status, refund.next_attempt_at = RefundStatus.CANCELED, None
-                refund.last_error = "not needed: the payment was refunded in full at Stripe"
+                ledger.cancel_refund(
+                    refund, "not needed: the payment was refunded in full at Stripe"
+                )
             if job.status == JobStatus.REFUNDING:
                 refunded_in_full(session, job, "refunder")
 
@@ -479,7 +388,7 @@ class Refunder:
                 self._mark_failed(session, refund, job, f"gave up after {refund.attempts} tries")
                 return
             delay = backoff_s(self.config.refund_backoff_s, refund.attempts)
-            refund.next_attempt_at = utcnow() + timedelta(seconds=delay)
+            ledger.retry_refund_at(refund, utcnow() + timedelta(seconds=delay))
 
     def _give_up(self, refund_id: int, error: str) -> None:
         with self.sessions.begin() as session:
@@ -493,14 +402,12 @@ class Refunder:
         """The refund and its job (locked), with this attempt counted and its error kept."""
         refund = session.get_one(Refund, refund_id)
         job = get_job(session, refund.job_id, lock=True)
-        refund.attempts += 1
-        refund.last_error = error[:500] if error else None
+        ledger.count_refund_attempt(refund, error)
         return refund, job
 
     @staticmethod
     def _mark_failed(session: Session, refund: Refund, job: Job, error: str) -> None:
-        refund.status = RefundStatus.FAILED
-        refund.next_attempt_at = None
+        ledger.fail_refund(refund)
         if job.status == JobStatus.REFUNDING:  # (a refunded job's money went back another way)
             lifecycle.refund_failed(session, job, error, "refunder")
             queue_email(session, job, "refund_failed")

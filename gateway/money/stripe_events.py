@@ -1,17 +1,22 @@
 """Stripe webhooks: verify the signature on the raw body, then apply each event once.
 
-    event = verify_event(body, request.headers["stripe-signature"], secret)
+    event = verify_event(body, request.headers["stripe-signature"], secret)   # a StripeEvent
     apply_event(sessions, event, payments)     # "applied", "duplicate", "ignored" ...
     replay_event(sessions, "evt_...", payments)  # an admin's second try of a stored event
 
-``HANDLERS`` says what each event type does (fulfil a paid checkout,
-record a decline, expire an unpaid job, a refund or dispute made at
-Stripe); others are stored as ignored. Every received event is stored
-with its payload and outcome (``webhook_events``); its id is claimed in
-the same transaction as its effect, so duplicates, concurrent deliveries
-and replays change nothing. An event may name its job by metadata, by
-payment intent or only by charge (a dispute, a Dashboard refund): the
-charge's payment intent is asked of Stripe before the transaction.
+The event is parsed once, where it is verified (``stripe_objects``): the
+handlers get typed objects, never dicts. ``CHECKOUT_HANDLERS`` say what
+an event about a checkout does (fulfil a paid one, record a decline,
+expire an unpaid job): its object names the job by metadata.
+``PAYMENT_HANDLERS`` say what an event about a payment does (a refund or
+dispute made at Stripe): its object names the payment by payment intent
+or only by charge, and the handler gets the job (locked) and the payment
+that ``store.ledger.payment_named`` found. Other types are stored as
+ignored. Every received event is stored with its payload and outcome
+(``webhook_events``); its id is claimed in the same transaction as its
+effect, so duplicates, concurrent deliveries and replays change nothing.
+A payment named only by a charge we have not seen gets the charge's
+payment intent from Stripe before the transaction.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import stripe
@@ -36,19 +42,25 @@ from gateway.errors import (
     WebhookSignatureError,
 )
 from gateway.money.disputes import dispute_closed, dispute_opened
-from gateway.money.fulfilment import (
-    decline_checkout,
-    expire_checkout,
-    fulfil_checkout,
-    job_id_of,
-)
+from gateway.money.fulfilment import decline_checkout, expire_checkout, fulfil_checkout
 from gateway.money.payments import Payments
 from gateway.money.refunds import refund_reported, refunded_at_stripe
+from gateway.money.stripe_objects import (
+    CHECKOUT_OBJECTS,
+    PAYMENT_OBJECTS,
+    PaymentObject,
+    StripeCharge,
+    StripeEvent,
+    StripeObject,
+    parse_event,
+)
+from gateway.store import ledger
 from gateway.store.lifecycle import (
     DuplicateEventError,
     UnknownJobError,
     claim_event,
     customer_forgotten,
+    get_job,
     impersonal,
 )
 from gateway.store.tables import UNSTORABLE, EventOutcome, Job, Payment, WebhookEvent, utcnow
@@ -59,13 +71,18 @@ log = logging.getLogger(__name__)
 SIGNATURE_TOLERANCE_S = 300
 # Stripe's ids and types are short: the columns that keep them are wider than any of them.
 MAX_ID_LENGTH, MAX_TYPE_LENGTH = 255, 128
-# Event type -> what it does to our records, in the transaction that claims the
-# event. Each takes the event's object and returns whether anything changed.
-HANDLERS: dict[str, Callable[[Session, dict[str, Any], str], bool]] = {
+# Event type -> what it does to our records, in the transaction that claims the event.
+# Each returns whether anything changed. A checkout's event names its job by metadata:
+# the handler takes the event's object.
+CHECKOUT_HANDLERS: dict[str, Callable[[Session, Any, str], bool]] = {
     "checkout.session.completed": fulfil_checkout,
     "checkout.session.async_payment_succeeded": fulfil_checkout,
     "payment_intent.payment_failed": decline_checkout,
     "checkout.session.expired": expire_checkout,
+}
+# A payment's event names the payment (by payment intent, or only by charge): the handler
+# takes the job (locked) and the payment it names, then the event's object.
+PAYMENT_HANDLERS: dict[str, Callable[[Session, Job, Payment, Any, str], bool]] = {
     "charge.refunded": refunded_at_stripe,
     "refund.created": refund_reported,
     "refund.updated": refund_reported,
@@ -73,23 +90,14 @@ HANDLERS: dict[str, Callable[[Session, dict[str, Any], str], bool]] = {
     "charge.dispute.created": dispute_opened,
     "charge.dispute.closed": dispute_closed,
 }
-# Events about a payment rather than a checkout: they may name only the charge.
-PAYMENT_EVENTS = frozenset(
-    {
-        "charge.refunded",
-        "refund.created",
-        "refund.updated",
-        "refund.failed",
-        "charge.dispute.created",
-        "charge.dispute.closed",
-    }
-)
+# Every type the gateway acts on (the catch-up lists these; metrics label only these).
+HANDLED_TYPES = frozenset(CHECKOUT_HANDLERS) | frozenset(PAYMENT_HANDLERS)
 
 
 def verify_event(
     payload: bytes, signature: str | None, secret: str, *, live: bool = False
-) -> dict[str, Any]:
-    """The event in ``payload`` if ``signature`` is Stripe's for it, made within 300 s.
+) -> StripeEvent:
+    """The event in ``payload`` if ``signature`` is Stripe's for it, made within 300 s, parsed.
 
     Refused too: a signature dated more than 300 s in the future (the SDK
     only checks the past), and an event of the other mode (a live event
@@ -129,12 +137,12 @@ def verify_event(
     if bool(event.get("livemode")) != live:
         mode = "live" if event.get("livemode") else "test"
         raise RequestError(f"a {mode}-mode event at a {'live' if live else 'test'}-mode gateway")
-    return event
+    return parse_event(event)
 
 
 def apply_event(
     sessions: sessionmaker[Session],
-    event: dict[str, Any],
+    event: StripeEvent,
     payments: Payments | None = None,
     *,
     replay: bool = False,
@@ -146,40 +154,41 @@ def apply_event(
     second try: the handlers are idempotent, so an event that took effect
     changes nothing again).
     """
-    event = storable_event(event)
-    handler = HANDLERS.get(event["type"])
-    stripe_object = dict(event["data"]["object"])
-    if handler is not None and payments is not None and event["type"] in PAYMENT_EVENTS:
+    stripe_object = event.object
+    if (
+        payments is not None
+        and event.type in PAYMENT_HANDLERS
+        and isinstance(stripe_object, PAYMENT_OBJECTS)
+    ):
         try:
-            _resolve_payment(sessions, stripe_object, payments)
-            if event["type"] == "charge.refunded":
-                _attach_refunds(stripe_object, payments)
+            stripe_object = _made_findable(sessions, stripe_object, payments)
+            if isinstance(stripe_object, StripeCharge) and event.type == "charge.refunded":
+                stripe_object = _with_refunds(stripe_object, payments)
         except GatewayError as exc:
             _record(sessions, event, EventOutcome.ERROR, str(exc))
             raise
-    context = {"event_id": event.get("id"), "type": event.get("type")}
+    context = {"event_id": event.id, "type": event.type}
     try:
         with sessions.begin() as session:
-            row = claim_event(session, event, replay=replay)
+            row = claim_event(session, event.payload, replay=replay)
             before = row.outcome
-            job_id = _job_id(session, stripe_object) if handler is not None else None
+            job_id, changed = _handle(session, event.type, stripe_object, f"stripe:{event.id}")
             row.job_id = job_id
-            if handler is None:
+            if event.type not in HANDLED_TYPES:
                 row.outcome, row.detail = EventOutcome.IGNORED, "not a type the gateway acts on"
             elif job_id is None:
                 row.outcome, row.detail = EventOutcome.IGNORED, "about no job of ours"
             else:
-                changed = handler(session, stripe_object, f"stripe:{event['id']}")
                 row.outcome = EventOutcome.APPLIED if changed else EventOutcome.NO_CHANGE
                 row.detail = f"replayed by an admin (it was {before})" if replay else None
                 job = session.get(Job, job_id)
                 if job is not None and customer_forgotten(job):  # erased: kept erased
-                    row.payload = json.dumps(impersonal(event))
+                    row.payload = json.dumps(impersonal(event.payload))
             failpoint("webhook.applied")
             outcome = str(row.outcome)
         failpoint("webhook.committed")
     except DuplicateEventError:
-        if _count_delivery(sessions, str(event["id"])) == EventOutcome.ERROR:
+        if _count_delivery(sessions, event.id) == EventOutcome.ERROR:
             # A concurrent delivery failed and rolled back just now: not applied yet.
             raise EventTooEarlyError(
                 "another delivery of this event failed a moment ago; it is applied when "
@@ -200,28 +209,6 @@ def apply_event(
     return outcome
 
 
-def storable_event(event: dict[str, Any]) -> dict[str, Any]:
-    """``event`` with every character no database stores (a NUL or lone surrogate a buyer
-    typed into their email or name at Stripe) made U+FFFD.
-
-    The event is Stripe's, signed: refusing it would leave a paid order unfulfilled and
-    the catch-up failing on it for ever. What a buyer typed is stored as it can be
-    (``usable_email`` then refuses such an address for sending).
-    """
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, str):
-            return UNSTORABLE.sub("\ufffd", value)
-        if isinstance(value, dict):
-            return {clean(key): clean(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [clean(item) for item in value]
-        return value
-
-    cleaned: dict[str, Any] = clean(event)
-    return cleaned
-
-
 def replay_event(sessions: sessionmaker[Session], event_id: str, payments: Payments) -> str:
     """Apply a stored event again; ``LookupError`` if no event with that id was received."""
     with sessions() as session:
@@ -230,68 +217,71 @@ def replay_event(sessions: sessionmaker[Session], event_id: str, payments: Payme
         )
     if payload is None:
         raise LookupError(event_id)
-    return apply_event(sessions, json.loads(payload), payments, replay=True)
+    return apply_event(sessions, parse_event(json.loads(payload)), payments, replay=True)
 
 
-def _job_id(session: Session, stripe_object: Mapping[str, Any]) -> str | None:
-    """The job an event is about: by metadata, else by payment intent, else by charge."""
-    job_id = job_id_of(stripe_object)
-    if job_id:
-        return job_id
-    intent, charge = stripe_object.get("payment_intent"), stripe_object.get("charge")
-    if stripe_object.get("object") == "charge":
-        charge = stripe_object.get("id")
-    payment = None
-    if isinstance(intent, str):
-        payment = session.scalars(
-            select(Payment).where(Payment.stripe_payment_intent_id == intent)
-        ).first()
-    if payment is None and isinstance(charge, str):
-        payment = session.scalars(select(Payment).where(Payment.stripe_charge_id == charge)).first()
-    if payment is None:
-        return None
-    if isinstance(charge, str) and not payment.stripe_charge_id:
-        payment.stripe_charge_id = charge  # the next event naming only the charge finds it
-    return payment.job_id
+def _handle(
+    session: Session, event_type: str, stripe_object: StripeObject | None, source: str
+) -> tuple[str | None, bool]:
+    """Apply an event's object: the job it is about (``None``: none of ours) and whether
+    anything changed. A payment's job is the one ``ledger.payment_named`` finds, found once
+    and handed to the handler, locked; an object that names a job of ours by metadata
+    (our own refunds) is about that job."""
+    if event_type in PAYMENT_HANDLERS and isinstance(stripe_object, PAYMENT_OBJECTS):
+        payment = ledger.payment_named(session, stripe_object)
+        if payment is None:
+            return stripe_object.job_id, False
+        ledger.note_charge(payment, stripe_object.charge_id)
+        job = get_job(session, payment.job_id, lock=True)
+        changed = PAYMENT_HANDLERS[event_type](session, job, payment, stripe_object, source)
+        return stripe_object.job_id or payment.job_id, changed
+    if event_type in CHECKOUT_HANDLERS and isinstance(stripe_object, CHECKOUT_OBJECTS):
+        if stripe_object.job_id is None:
+            return None, False
+        return stripe_object.job_id, CHECKOUT_HANDLERS[event_type](session, stripe_object, source)
+    return None, False
 
 
-def _resolve_payment(
-    sessions: sessionmaker[Session], stripe_object: dict[str, Any], payments: Payments
-) -> None:
-    """Before a refund or dispute event's transaction: the payment it names, made findable.
+def _made_findable(
+    sessions: sessionmaker[Session], stripe_object: PaymentObject, payments: Payments
+) -> PaymentObject:
+    """Before a payment event's transaction: the payment it names, made findable.
 
     Naming only a charge we have not seen, it gets the charge's payment intent
     (asked of Stripe). Naming a payment of one of our jobs that is not
     recorded yet (its ``checkout.session.completed`` is still on its way),
     ``EventTooEarlyError``: Stripe (or the catch-up) delivers it again.
     """
-    if job_id_of(stripe_object):
-        return
-    intent, charge = stripe_object.get("payment_intent"), stripe_object.get("charge")
-    if stripe_object.get("object") == "charge":
-        charge = stripe_object.get("id")
+    if stripe_object.job_id:
+        return stripe_object
     try:
-        if not isinstance(intent, str) and isinstance(charge, str):
-            if _payment_known(sessions, None, charge):
-                return
-            intent = payments.payment_intent_of_charge(charge)
-            stripe_object["payment_intent"] = intent
-        if not isinstance(intent, str) or _payment_known(sessions, intent, None):
-            return
-        job_id = payments.job_id_of_payment_intent(intent)
+        if stripe_object.payment_intent is None and stripe_object.charge_id is not None:
+            if _payment_known(sessions, stripe_object):
+                return stripe_object
+            intent = payments.payment_intent_of_charge(stripe_object.charge_id)
+            stripe_object = replace(stripe_object, payment_intent=intent)
+        if stripe_object.payment_intent is None or _payment_known(sessions, stripe_object):
+            return stripe_object
+        job_id = payments.job_id_of_payment_intent(stripe_object.payment_intent)
     except PaymentProviderRejected:
-        return  # Stripe does not know it (404): no payment of ours
+        return stripe_object  # Stripe does not know it (404): no payment of ours
     if job_id is None:
-        return  # not a payment of ours
+        return stripe_object  # not a payment of ours
     with sessions() as session:
         if session.get(Job, job_id) is not None:
             raise EventTooEarlyError(
                 f"the payment of {job_id} is not recorded yet; this event is applied when "
                 "it is delivered again"
             )
+    return stripe_object
 
 
-def _attach_refunds(charge: dict[str, Any], payments: Payments) -> None:
+def _payment_known(sessions: sessionmaker[Session], stripe_object: PaymentObject) -> bool:
+    with sessions() as session:
+        return ledger.payment_named(session, stripe_object) is not None
+
+
+def _with_refunds(charge: StripeCharge, payments: Payments) -> StripeCharge:
     """Before a ``charge.refunded`` transaction: the charge's refunds as Stripe holds them now.
 
     The charge in the event no longer lists them (API version 2022-11-15),
@@ -299,38 +289,26 @@ def _attach_refunds(charge: dict[str, Any], payments: Payments) -> None:
     hand, the transaction that ends the job records by which refunds it
     ended, so a refunded job is never without its refund rows.
     """
-    intent = charge.get("payment_intent")
-    if isinstance(intent, str):
-        refunds = payments.list_refunds(intent)
-        charge["refunds"] = {"object": "list", "data": refunds, "has_more": False}
+    if charge.payment_intent is None:
+        return charge
+    return replace(charge, refunds=tuple(payments.list_refunds(charge.payment_intent)))
 
 
-def _payment_known(sessions: sessionmaker[Session], intent: str | None, charge: str | None) -> bool:
-    """Whether a payment of ours has this payment intent or charge."""
-    column, value = (
-        (Payment.stripe_payment_intent_id, intent) if intent else (Payment.stripe_charge_id, charge)
-    )
-    with sessions() as session:
-        return session.scalar(select(Payment.id).where(column == value)) is not None
-
-
-def _record(
-    sessions: sessionmaker[Session], event: dict[str, Any], outcome: str, detail: str
-) -> None:
+def _record(sessions: sessionmaker[Session], event: StripeEvent, outcome: str, detail: str) -> None:
     """Store an event whose own transaction rolled back, with why (best effort: logged)."""
     try:
         with sessions.begin() as session:
-            row = session.get(WebhookEvent, str(event["id"]))
+            row = session.get(WebhookEvent, event.id)
             if row is None:
-                row = WebhookEvent(event_id=str(event["id"]), type=str(event["type"]))
+                row = WebhookEvent(event_id=event.id, type=event.type)
                 session.add(row)
             elif row.outcome not in (EventOutcome.ERROR, EventOutcome.UNKNOWN_JOB):
                 return  # another delivery took effect meanwhile
-            row.payload = json.dumps(event)
+            row.payload = json.dumps(event.payload)
             row.outcome, row.detail = outcome, detail[:1000]
             row.last_received_at = utcnow()
     except Exception:
-        log.exception("could not store the event's outcome", extra={"event_id": event.get("id")})
+        log.exception("could not store the event's outcome", extra={"event_id": event.id})
 
 
 def _count_delivery(sessions: sessionmaker[Session], event_id: str) -> str | None:

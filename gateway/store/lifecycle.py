@@ -34,12 +34,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from gateway.store import ledger
 from gateway.store.tables import (
     AuditEntry,
     EventOutcome,
     Job,
     OutboxMessage,
-    Payment,
     Source,
     WebhookEvent,
     utcnow,
@@ -208,24 +208,6 @@ def create_job(session: Session, new: NewJob, job_id: str | None = None) -> Job:
     return job
 
 
-def job_paid_by(session: Session, payment_intent: str) -> Job | None:
-    """The job a payment intent paid for, locked; ``None`` if it paid for none of ours."""
-    query = select(Job).where(Job.stripe_payment_intent_id == payment_intent).with_for_update()
-    return session.scalars(query).first()
-
-
-def job_of_payment(session: Session, stripe_object: Any) -> Job | None:
-    """The job (locked) a refund, charge or dispute is about: by payment intent, else charge."""
-    intent, charge = stripe_object.get("payment_intent"), stripe_object.get("charge")
-    if stripe_object.get("object") == "charge":
-        charge = stripe_object.get("id")
-    job = job_paid_by(session, intent) if isinstance(intent, str) else None
-    if job is None and isinstance(charge, str):
-        job_id = session.scalar(select(Payment.job_id).where(Payment.stripe_charge_id == charge))
-        job = get_job(session, job_id, lock=True) if job_id else None
-    return job
-
-
 def get_job(session: Session, job_id: str, *, lock: bool = False) -> Job:
     """The job, locked for update when ``lock``; ``UnknownJobError`` if there is none."""
     query = select(Job).where(Job.id == job_id)
@@ -309,20 +291,16 @@ def mark_paid(
         },
     )
     if paid.payment_intent_id:
-        session.execute(
-            insert(_PAYMENTS),
-            {
-                "job_id": job_id,
-                "stripe_payment_intent_id": paid.payment_intent_id,
-                "stripe_session_id": paid.session_id,
-                "amount_cents": (
-                    locked.amount_cents if paid.amount_cents is None else paid.amount_cents
-                ),
-                "currency": locked.currency,
-                "created_at": now,
-                "tax_cents": paid.tax_cents,
-                "discount_cents": paid.discount_cents,
-            },
+        ledger.record_payment(
+            session,
+            job_id,
+            paid.payment_intent_id,
+            paid.session_id,
+            locked.amount_cents if paid.amount_cents is None else paid.amount_cents,
+            locked.currency,
+            paid.tax_cents,
+            paid.discount_cents,
+            now,
         )
     request = upscale_request(job_id, locked.source_key, locked.result_key, attempt, locked.model)
     session.execute(
@@ -345,14 +323,8 @@ def record_payment_to_return(
     job.paid_at = utcnow()
     job.failure_reason = reason
     if paid.payment_intent_id:
-        session.add(
-            Payment(
-                job_id=job.id,
-                stripe_payment_intent_id=paid.payment_intent_id,
-                stripe_session_id=paid.session_id,
-                amount_cents=amount,
-                currency=currency,
-            )
+        ledger.record_payment(
+            session, job.id, paid.payment_intent_id, paid.session_id, amount, currency
         )
     record_audit(session, job, f"paid {amount} {currency}, to be returned: {reason}", source)
 
@@ -618,7 +590,6 @@ def audit_trail(session: Session, job_id: str) -> list[AuditEntry]:
 # Built once: SQLAlchemy caches their compiled form.
 _JOBS = cast(Table, Job.__table__)
 _AUDIT = cast(Table, AuditEntry.__table__)
-_PAYMENTS = cast(Table, Payment.__table__)
 _OUTBOX = cast(Table, OutboxMessage.__table__)
 _LOCK_JOB = (
     select(

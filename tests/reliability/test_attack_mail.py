@@ -213,11 +213,13 @@ def test_the_answer_is_the_same_work_and_time_for_a_known_and_an_unknown_address
     finally:
         event.remove(Engine, "before_cursor_execute", statements)
     # Whatever the address, the answer runs the very same statements: one insert of the
-    # request, and not one read of a job or of earlier requests.
+    # request, and not one read of a job or of earlier requests. (On PostgreSQL the rate
+    # limits' buckets are rows too, the same two statements for every client.)
     assert len(seen[BUYER]) == 1 and seen[BUYER] == seen[unknown], seen
     (sql,) = seen[BUYER]
-    assert [s.split()[0].upper() for s in sql if not s.upper().startswith("BEGIN")] == ["INSERT"]
-    assert "link_requests" in sql[-1] and not any("jobs" in s for s in sql)
+    ours = [s for s in sql if not s.upper().startswith("BEGIN") and "rate_buckets" not in s]
+    assert [s.split()[0].upper() for s in ours] == ["INSERT"], sql
+    assert "link_requests" in ours[-1] and not any("jobs" in s for s in sql)
 
     # And the time: alternating, 30 each; the medians differ by less than the noise.
     times: dict[str, list[float]] = {BUYER: [], unknown: []}
@@ -336,11 +338,11 @@ def test_line_breaks_in_notification_values_add_no_line_or_header_to_the_seller_
         text = message.get_body(("plain",)).get_content()
         lines = text.splitlines()  # as a reader splits them: CR, LF, U+0085, U+2028 ...
         assert not any(re.match(r"\s*(Bcc|Cc|Reply-To|Your refund|Refund now)\b", x) for x in lines)
+    # An address mail cannot go to is not kept at all (``usable_email``): the sale's email
+    # names no buyer address, so nothing of it can become a line.
     sale_text = sale.get_body(("plain",)).get_content()
-    assert (
-        "customer_email: buyer@example.com\\r\\nBcc: x@evil.example\\r\\n\\r\\nYour refund: "
-        "https://evil.example" in sale_text
-    )
+    assert "customer_email" not in sale_text and "evil" not in sale_text
+    assert loop.job(job_id).customer_email is None
     assert job_id in sale["Subject"]
     dispute_text = dispute.get_body(("plain",)).get_content()
     assert "reason: fraudulent\\nRefund now: https://evil.example\\u2028Reply-To" in dispute_text

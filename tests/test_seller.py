@@ -602,3 +602,22 @@ def test_a_dashboard_refund_of_a_delivered_image_that_fails_later_says_what_is_t
     assert "we told you about did not go through" in text and "upscale" not in text
     relay.send_due()
     assert len(shop.mail.of_kind("refund_failed", job_id)) == 1  # once
+
+
+def test_evidence_sent_moves_the_dispute_under_review_and_out_of_what_needs_an_answer(shop):
+    """``charge.dispute.updated``: once the seller has answered, the dispute no longer counts
+    as needing a response (the alert on it resolves); it stays open until the bank decides."""
+    loop = shop.loop
+    job_id = loop.buy(DISPUTE_CARD)
+    wait_for(lambda: loop.job(job_id).status == "disputed")
+    (dispute,) = shop.rows(Dispute, job_id=job_id)
+    assert dispute.status == "needs_response"
+    loop.stack.stripe.v1.disputes.update(
+        dispute.id, {"evidence": {"uncategorized_text": "the buyer downloaded it twice"}}
+    )
+    wait_for(lambda: shop.rows(Dispute, job_id=job_id)[0].status == "under_review")
+    row = shop.rows(Dispute, job_id=job_id)[0]
+    assert row.closed_at is None and loop.job(job_id).status == "disputed"
+    events = loop.admin("GET", "/admin/events", params={"job": job_id}).json()["events"]
+    assert {e["type"]: e["outcome"] for e in events}["charge.dispute.updated"] == "applied"
+    assert any(f"dispute {dispute.id} is under_review" in e.reason for e in loop.audit(job_id))

@@ -73,6 +73,22 @@ def dispute_opened(
     return True
 
 
+def dispute_updated(
+    session: Session, job: Job, payment: Payment | None, dispute: StripeDispute, source: str
+) -> bool:
+    """``charge.dispute.updated``: where an open dispute stands (evidence sent: under
+    review), so the seller's count of disputes that need an answer is true. An update
+    about one never recorded records it; a closed one is left as it closed."""
+    row = ledger.dispute_of(session, dispute.id)
+    if row is None:
+        return dispute_opened(session, job, payment, dispute, source)
+    if row.closed_at is not None or not dispute.status or dispute.status == row.status:
+        return False
+    ledger.update_dispute(row, dispute.status)
+    record_audit(session, job, f"dispute {dispute.id} is {dispute.status}", source)
+    return True
+
+
 def dispute_closed(
     session: Session, job: Job, payment: Payment | None, dispute: StripeDispute, source: str
 ) -> bool:

@@ -41,7 +41,7 @@ from gateway.errors import (
     UnstorableTextError,
     WebhookSignatureError,
 )
-from gateway.money.disputes import dispute_closed, dispute_opened
+from gateway.money.disputes import dispute_closed, dispute_opened, dispute_updated
 from gateway.money.fulfilment import decline_checkout, expire_checkout, fulfil_checkout
 from gateway.money.payments import Payments
 from gateway.money.refunds import refund_reported, refunded_at_stripe
@@ -88,6 +88,7 @@ PAYMENT_HANDLERS: dict[str, Callable[[Session, Job, Payment, Any, str], bool]] =
     "refund.updated": refund_reported,
     "refund.failed": refund_reported,
     "charge.dispute.created": dispute_opened,
+    "charge.dispute.updated": dispute_updated,
     "charge.dispute.closed": dispute_closed,
 }
 # Every type the gateway acts on (the catch-up lists these; metrics label only these).

@@ -353,6 +353,11 @@ def record_dispute(
     return dispute
 
 
+def update_dispute(dispute: Dispute, status: str) -> None:
+    """Where an open dispute stands now (``under_review`` once the evidence is in)."""
+    dispute.status = status
+
+
 def close_dispute(dispute: Dispute, status: str) -> None:
     """The bank decided (``won``, ``lost``, ...)."""
     dispute.status, dispute.closed_at = status, utcnow()

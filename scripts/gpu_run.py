@@ -110,7 +110,7 @@ def stage_parity(ctx: Context) -> dict[str, Any]:
     from upscaler.pipeline import Upscaler
 
     whole = PipelineOptions(tile=0, overlap=0, batch=1)
-    cpu = Upscaler.load(ctx.registry, options=whole)
+    cpu = Upscaler.load(ctx.registry, precision="fp32", options=whole)
     inputs = {"photo": ctx.photo_crop(ctx.size["crop"]), "noise": ctx.noise(ctx.size["noise"])}
     report: dict[str, Any] = {}
     for name, pixels in inputs.items():

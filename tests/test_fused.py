@@ -10,6 +10,7 @@ from conftest import FAST_MODEL, sample
 from upscaler.archs import ARCHITECTURES
 from upscaler.fused import FusedRRDBNet, fused_cpu_available
 from upscaler.pipeline import PipelineOptions, Upscaler
+from upscaler.precision import bf16_kernels_available
 from upscaler.weights import load_network
 
 
@@ -56,17 +57,41 @@ def test_pixel_unshuffle_variants_match_basicsr(scale):
     assert torch.allclose(fused, expected, atol=1e-5), (fused - expected).abs().max()
 
 
-def test_only_fp32_on_the_cpu_is_accepted(registry):
+def test_only_fp32_windows_on_the_cpu_are_accepted(registry):
     spec = registry.get("RealESRGAN_x4plus")
-    fused = FusedRRDBNet(load_network(spec, registry.weights_path(spec)))
-    with pytest.raises(ValueError, match="fp32 on the CPU"):
-        fused(torch.zeros(1, 3, 8, 8, dtype=torch.float64))
+    network = load_network(spec, registry.weights_path(spec))
+    for dtype in (torch.float32, torch.bfloat16):
+        with pytest.raises(ValueError, match="fp32 on the CPU"):
+            FusedRRDBNet(network, dtype)(torch.zeros(1, 3, 8, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        FusedRRDBNet(network, torch.float16)
+
+
+@pytest.mark.skipif(not bf16_kernels_available(), reason="oneDNN has no bf16 convolution here")
+def test_in_bf16_the_ends_and_the_trunk_stay_fp32(registry):
+    """bf16 inside, fp32 at both ends: the first layer sees exact pixels, the last writes
+    fp32, and the result is near basicsr's fp32 output (fidelity: tests/test_precision.py)."""
+    spec = registry.get("RealESRGAN_x4plus")
+    network = load_network(spec, registry.weights_path(spec)).eval()
+    fused = FusedRRDBNet(network, torch.bfloat16)
+    assert fused.first.weight.dtype == fused.last.weight.dtype == torch.float32
+    assert fused.blocks[0][0].convs[0].weight.dtype == torch.bfloat16
+    assert fused.hr.weight.dtype == fused.up1.weight.dtype == torch.bfloat16
+    windows = _photo_batch(16, 1)
+    with torch.inference_mode():
+        expected = network(windows)
+        ours = fused(windows)
+    assert ours.dtype == torch.float32 and ours.shape == expected.shape
+    difference = (ours - expected).abs() * 255
+    assert difference.mean() < 0.5 and difference.max() < 8, difference.max()
 
 
 def test_the_cpu_pipeline_uses_it_unless_told_not_to(registry):
     whole = PipelineOptions(tile=0)
-    fused = Upscaler.load(registry, "RealESRGAN_x4plus", options=whole)
-    plain = Upscaler.load(registry, "RealESRGAN_x4plus", options=whole, fuse=False)
+    fused = Upscaler.load(registry, "RealESRGAN_x4plus", precision="fp32", options=whole)
+    plain = Upscaler.load(
+        registry, "RealESRGAN_x4plus", precision="fp32", options=whole, fuse=False
+    )
     assert fused.fused and isinstance(fused.network, FusedRRDBNet)
     assert not plain.fused and isinstance(plain.network, torch.nn.Module)
     # An architecture without a fused pass runs its module.

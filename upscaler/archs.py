@@ -54,8 +54,9 @@ class Architecture:
     # Peak bytes of activations per window pixel at x4 in fp32 (half in fp16),
     # from which a CUDA tile is sized (``upscaler.options.fit_to_memory``).
     activation_bytes: int
-    # A faster fp32 CPU forward pass over the same weights, where there is one.
-    fused_cpu: Callable[[nn.Module], Forward] | None = None
+    # A faster CPU forward pass over the same weights, in fp32 or bf16 (the dtype given),
+    # where there is one; ``auto`` picks bf16 on the CPU only through it.
+    fused_cpu: Callable[[nn.Module, torch.dtype], Forward] | None = None
 
 
 ARCHITECTURES: Mapping[str, Architecture] = {

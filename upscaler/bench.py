@@ -2,12 +2,17 @@
 
     smi-bench --input-size 128 --tile 64 --baseline --json out/bench.json
     smi-bench --input-size 2000 --device cuda --precision fp16 --tile 512 --baseline
+    smi-bench --device cpu --tile 0 --input-size 128 --baseline --no-seams   # bf16 beside fp32
 
 The photo (``samples/chelsea.png`` unless ``--image``) is resized to N x N,
 encoded as PNG and then taken through decode, inference, assembly and
-encode, each timed. With ``--baseline`` the same input goes through
+encode, each timed. The precision (``auto`` unless ``--precision``) is
+printed with what chose it. With ``--baseline`` the same input goes through
 ``RealESRGANer`` with identical weights, tile size and overlap, and both
-tiled outputs are compared with an untiled run of the same implementation.
+tiled outputs are compared with an untiled run of the same implementation;
+where our precision is not fp32, our pipeline in fp32 is timed too, all
+three interleaved, and the reduced precision's output is compared with both
+fp32 outputs (PSNR, mean and largest difference in levels).
 """
 
 from __future__ import annotations
@@ -107,7 +112,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     weights = args.weights or registry.weights_path(spec)
     source = bench_photo(args.input_size, args.image)
     pixels = decode_image(source).pixels
-    reference = None
+    reference = exact = None
     if args.baseline:
         reference = reference_upscaler(
             spec,
@@ -117,6 +122,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             half=precision == "fp16",
             device=device,
         )
+        if precision != "fp32":  # our own fp32 beside the reduced precision
+            exact = load_upscaler(
+                argparse.Namespace(**{**vars(args), "precision": "fp32"}), registry
+            )
 
     started = time.perf_counter()
     for _ in range(args.warmup):
@@ -124,11 +133,16 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     warmup_s = time.perf_counter() - started
     for _ in range(args.warmup if reference else 0):
         reference_upscale(reference, pixels)
+        if exact is not None:
+            exact.upscale(pixels)
 
-    runs, baseline_times = [], []
+    runs, baseline_times, exact_times = [], [], []
     for _ in range(args.repeat):
         stages, pixels, result = _time_ours(upscaler, source)
         runs.append(stages)
+        if exact is not None:
+            exact_stages, _, exact_result = _time_ours(exact, source)
+            exact_times.append(exact_stages["infer_s"] + exact_stages["assemble_s"])
         if reference is not None:
             seconds, theirs_tiled = _time_reference(reference, pixels, device)
             baseline_times.append(seconds)
@@ -147,6 +161,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "precision": precision,
+        "precision_choice": vars(upscaler.precision_choice),
         "input_size": args.input_size,
         "output_size": args.input_size * spec.scale,
         "tile": upscaler.options.tile,
@@ -179,6 +194,24 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         )
         if args.seams:
             report["seams"] = _seam_errors(upscaler, reference, pixels, result.pixels, theirs_tiled)
+    if exact is not None and reference is not None:
+        report["fp32"] = {
+            "upscale_s": min(exact_times),
+            "upscale_median_s": statistics.median(exact_times),
+            "speed_ratio_best": min(exact_times) / min(ours_upscale),
+            "speed_ratio_median": statistics.median(exact_times) / statistics.median(ours_upscale),
+            # Each of our runs against the fp32 run just after it: the machine's drift cancels.
+            "speed_ratios": sorted(
+                e / (run["infer_s"] + run["assemble_s"])
+                for e, run in zip(exact_times, runs, strict=True)
+            ),
+            "fidelity": {
+                "vs_ours_fp32": vars(SeamError.between(result.pixels, exact_result.pixels)),
+                "vs_realesrganer_fp32": vars(SeamError.between(result.pixels, theirs_tiled))
+                if not reference.half
+                else None,
+            },
+        }
     return report
 
 
@@ -210,6 +243,7 @@ def _print_report(report: dict[str, Any]) -> None:
         + (", fused oneDNN kernels" if report["fused"] else "")
         + (", compiled" if report["compiled"] else "")
     )
+    print(f"precision {report['precision_choice']['reason']}")
     print(
         f"input {report['input_size']}x{report['input_size']} -> "
         f"{report['output_size']}x{report['output_size']}, tile {report['tile']} "
@@ -235,6 +269,22 @@ def _print_report(report: dict[str, Any]) -> None:
             f"upscale, median: ours {ours_median:.3f}s, RealESRGANer {theirs_median:.3f}s, "
             f"speed ratio {report['speed_ratio_median']:.2f}x"
         )
+    if "fp32" in report:
+        fp32, ratios = report["fp32"], report["fp32"]["speed_ratios"]
+        precision = report["precision"]
+        print(
+            f"upscale, best / median: ours {precision} {report['upscale_s']:.3f}s / "
+            f"{report['upscale_median_s']:.3f}s, ours fp32 {fp32['upscale_s']:.3f}s / "
+            f"{fp32['upscale_median_s']:.3f}s: {precision} is {fp32['speed_ratio_best']:.2f}x / "
+            f"{fp32['speed_ratio_median']:.2f}x as fast (run by run {ratios[0]:.2f}x to "
+            f"{ratios[-1]:.2f}x)"
+        )
+        for against, error in fp32["fidelity"].items():
+            if error is not None:
+                print(
+                    f"{precision} {against.replace('_', ' ')}: PSNR {error['psnr_db']:.2f} dB, "
+                    f"mean {error['mean_abs']:.3f}, max {error['max_abs']} level(s)"
+                )
     if "seams" in report:
         for who in ("ours", "baseline"):
             seam = report["seams"][who]

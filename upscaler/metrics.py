@@ -6,9 +6,11 @@
 One worker is one process, so the client's default registry is exact. GPU
 memory (and utilisation, where NVML answers) is read when scraped.
 ``/readyz`` answers 200 when the broker and storage answer and the model is
-loaded, else 503 naming what does not. ``/healthz`` answers 200 while the
-worker's job loop moves, 503 once it has not for ``SMI_WORKER_STALL_S``
-(a hung job or consumer: the orchestrator should restart the process).
+loaded, else 503 naming what does not; its body also carries what the
+worker passes as ``details`` (each loaded model's precision and why).
+``/healthz`` answers 200 while the worker's job loop moves, 503 once it has
+not for ``SMI_WORKER_STALL_S`` (a hung job or consumer: the orchestrator
+should restart the process).
 """
 
 from __future__ import annotations
@@ -19,11 +21,21 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:  # no torch at import: the module is read by processes without it
+    from upscaler.precision import PrecisionChoice
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +60,37 @@ STAGE_SECONDS = Histogram(
     buckets=_SECONDS,
 )
 
+MODEL_PRECISION = Gauge(
+    "smi_worker_model_precision",
+    "1 for the precision each loaded model runs in, by what it serves (jobs, previews, "
+    "both) and whether auto chose it",
+    ["model", "used_for", "precision", "chosen"],
+)
+BF16_SPEEDUP = Gauge(
+    "smi_worker_cpu_bf16_speedup",
+    "fp32 time over bf16 time of the convolution auto timed at start (absent where "
+    "nothing was timed)",
+)
+
+
+def record_precision(model: str, used_for: list[str], choice: PrecisionChoice) -> None:
+    """A model was loaded in ``choice``'s precision, to serve ``used_for``."""
+    MODEL_PRECISION.labels(
+        model=model,
+        used_for="+".join(used_for) or "jobs",
+        precision=choice.precision,
+        chosen="auto" if choice.automatic else "set",
+    ).set(1)
+    if choice.bf16_speedup is not None:
+        BF16_SPEEDUP.set(round(choice.bf16_speedup, 3))
+
+
 # Read from the card when scraped; absent without CUDA.
 GPU_METRICS = ("smi_worker_gpu_memory_bytes", "smi_worker_gpu_utilization_ratio")
 
 Readiness = Callable[[], dict[str, str | None]]  # check name -> None when fine, else why
 Liveness = Callable[[], str | None]  # None while the process makes progress, else why not
+Details = Callable[[], dict[str, Any]]  # more of /readyz's body: what the worker runs
 
 
 class GpuCollector(Collector):
@@ -87,7 +125,12 @@ REGISTRY.register(GpuCollector())
 
 
 def serve_health(
-    port: int, readiness: Readiness, liveness: Liveness | None = None, host: str = "0.0.0.0"
+    port: int,
+    readiness: Readiness,
+    liveness: Liveness | None = None,
+    host: str = "0.0.0.0",
+    *,
+    details: Details | None = None,
 ) -> ThreadingHTTPServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` on ``port``, from a daemon thread."""
 
@@ -105,6 +148,7 @@ def serve_health(
                 checks = readiness()
                 failing = {name: why for name, why in checks.items() if why}
                 body = {"ready": not failing, "checks": {k: v or "ok" for k, v in checks.items()}}
+                body.update(details() if details is not None else {})
                 self._answer(503 if failing else 200, json.dumps(body).encode(), "application/json")
             else:
                 self._answer(404, b'{"error": "not found"}', "application/json")

@@ -3,6 +3,8 @@
     >>> options = default_options("cuda", spec, "fp16")   # tile sized from the card's free memory
     >>> options = default_options("cpu", spec, "fp32", Overrides(tile=64, overlap=16))
 
+The precision, ``auto`` unless set, is resolved in ``upscaler/precision.py``.
+
 ``overlap`` is the context each tile's window carries on every side, in
 input pixels (``RealESRGANer`` calls it ``tile_pad``); the commands take it
 as ``--overlap`` and the worker as ``SMI_WORKER_OVERLAP``.
@@ -17,8 +19,6 @@ import torch
 
 from upscaler.errors import InvalidOptionsError
 from upscaler.registry import ModelSpec
-
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 # Defaults, from measurements (README, "Seams"):
 # - overlap 32: at tile 64 on 192x192 photos, the mean absolute difference of
@@ -90,11 +90,6 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def default_precision(device: str | torch.device) -> str:
-    """fp16 on CUDA (tensor cores), fp32 on the CPU (the only precision it runs)."""
-    return "fp16" if torch.device(device).type == "cuda" else "fp32"
-
-
 def check_device(device: str | torch.device) -> torch.device:
     """The device, or ``InvalidOptionsError`` saying why it cannot be used here."""
     try:
@@ -150,9 +145,10 @@ def default_options(
 ) -> PipelineOptions:
     """Defaults for ``spec`` on ``device``, with what ``overrides`` sets kept.
 
-    On CUDA, an unset ``tile`` (and with a set one, an unset ``batch``) is
-    sized from the device's free memory now: call this once the process
-    holds whatever else it will hold.
+    ``precision`` is the one the network runs in (fp32, fp16 or bf16, not
+    ``auto``). On CUDA, an unset ``tile`` (and with a set one, an unset
+    ``batch``) is sized from the device's free memory now: call this once the
+    process holds whatever else it will hold.
     """
     cuda = torch.device(device).type == "cuda"
     tile, batch, lanes = overrides.tile, overrides.batch, overrides.lanes

@@ -35,11 +35,17 @@ from torch import nn
 from upscaler.errors import InvalidOptionsError, OutOfMemoryError
 from upscaler.fused import fused_cpu_available
 from upscaler.options import (
-    PRECISIONS,
     Overrides,
     PipelineOptions,
     check_device,
     default_options,
+)
+from upscaler.precision import (
+    AUTO,
+    PRECISION_SETTINGS,
+    PrecisionChoice,
+    bf16_kernels_available,
+    choose_precision,
 )
 from upscaler.registry import ModelRegistry, ModelSpec
 from upscaler.tiles import Tile, plan_tiles, smallest_core, split_tile
@@ -96,22 +102,42 @@ class Upscaler:
         network: nn.Module,
         *,
         device: str | torch.device = "cpu",
-        precision: str = "fp32",
+        precision: str = AUTO,
         options: PipelineOptions | Overrides | None = None,
         compile: bool = False,
         fuse: bool = True,
     ) -> None:
         self.spec = spec
         self.device = check_device(device)
-        self.precision = precision
-        if precision not in PRECISIONS:
-            raise InvalidOptionsError(f"precision must be fp32, fp16 or bf16, not {precision!r}")
-        if self.device.type == "cpu" and precision != "fp32":
-            raise InvalidOptionsError("on the CPU only fp32 is supported (fp16/bf16 need CUDA)")
+        if precision not in PRECISION_SETTINGS:
+            raise InvalidOptionsError(
+                f"precision must be auto, fp32, fp16 or bf16, not {precision!r}"
+            )
+        cpu = self.device.type == "cpu"
+        fused = spec.arch.fused_cpu
+        if not (fuse and fused and not compile and cpu and fused_cpu_available()):
+            fused = None
+        # "auto": see upscaler/precision.py (bf16 on the CPU only through the fused kernels).
+        self.precision_choice: PrecisionChoice = choose_precision(
+            precision,
+            self.device,
+            bf16_keeps_fidelity=fused is not None and spec.arch.supports_half,
+        )
+        self.precision = precision = self.precision_choice.precision
+        if cpu and precision == "fp16":
+            raise InvalidOptionsError("on the CPU fp16 is not supported (fp32 or bf16)")
+        if cpu and precision == "bf16" and not bf16_kernels_available():
+            raise InvalidOptionsError(
+                "this CPU has no bf16 convolutions (oneDNN, within ONEDNN_MAX_CPU_ISA): "
+                "use fp32 or auto"
+            )
         if precision != "fp32" and not spec.arch.supports_half:
             raise InvalidOptionsError(f"{spec.name} does not run in {precision}")
         self.compiled = compile
         self.dtype = DTYPES[precision]
+        # On the CPU the network takes fp32 windows whatever its precision: the fused bf16
+        # pass convolves the exact pixels first, autocast casts them itself.
+        self.input_dtype = torch.float32 if cpu else self.dtype
         if self.device.type == "cuda":
             # Every window of a plan has one shape, so cuDNN's search for the
             # fastest kernels pays off from the second window on.
@@ -123,14 +149,18 @@ class Upscaler:
                 torch.backends.cudnn.allow_tf32 = False
         network = network.eval().requires_grad_(False)
         # channels_last: the layout oneDNN and cuDNN convolve fastest (1.17x here on CPU).
-        network = network.to(self.device, dtype=self.dtype)
+        # On the CPU the module keeps fp32 weights: bf16 is the fused pass's or autocast's.
+        network = network.to(self.device, dtype=torch.float32 if cpu else self.dtype)
         network = network.to(memory_format=torch.channels_last)
-        self.network: Callable[[torch.Tensor], torch.Tensor] = network
-        fused = spec.arch.fused_cpu
-        if fuse and fused and not compile and self.device.type == "cpu" and fused_cpu_available():
+        forward: Callable[[torch.Tensor], torch.Tensor] = network
+        if cpu and precision == "bf16":
+            forward = _Autocast(network)
+        self.network = forward
+        if fused is not None:
             # The same weights through oneDNN's fused kernels (upscaler/fused.py).
-            self.network = fused(network)
-        self.fused = self.network is not network
+            self.network = fused(network, self.dtype)
+        self.fused = fused is not None
+        log.info("%s on %s: %s", spec.name, self.device, self.precision_choice.reason)
         if not isinstance(options, PipelineOptions):
             overrides = options or Overrides()
             if compile and overrides.lanes is None:
@@ -148,7 +178,7 @@ class Upscaler:
             # serves the windows of every image size a worker meets.
             cuda = self.device.type == "cuda"
             self.network = torch.compile(
-                network, dynamic=cuda, options=None if cuda else {"freezing": True}
+                forward, dynamic=cuda, options=None if cuda else {"freezing": True}
             )
 
     def warm_up(self, height: int = WARM_UP_SIDE, width: int = WARM_UP_SIDE) -> float:
@@ -167,7 +197,7 @@ class Upscaler:
         )
         started = time.perf_counter()
         with torch.inference_mode():
-            windows = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            windows = torch.zeros(shape, dtype=self.input_dtype, device=self.device)
             self.network(windows.contiguous(memory_format=torch.channels_last))
             _Clock.wait(_Clock(self.device).mark())
         return time.perf_counter() - started
@@ -180,7 +210,7 @@ class Upscaler:
         *,
         weights: Path | None = None,
         device: str | torch.device = "cpu",
-        precision: str = "fp32",
+        precision: str = AUTO,
         options: PipelineOptions | Overrides | None = None,
         compile: bool = False,
         fuse: bool = True,
@@ -383,7 +413,7 @@ class Upscaler:
                 for t in group
             ]
         )
-        windows = windows.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        windows = windows.to(self.input_dtype).contiguous(memory_format=torch.channels_last)
         output = self.network(windows)
         inferred = clock.mark()
         for tile, out in zip(group, output, strict=True):
@@ -400,6 +430,20 @@ class Upscaler:
                 tile.x.core_start * scale : tile.x.core_start * scale + cols,
             ] = core.mul_(max_value).round_()
         return _Marks(started, inferred, clock.mark())
+
+
+class _Autocast(nn.Module):
+    """A module run under CPU autocast to bf16, returning fp32: basicsr's module in bf16
+    (``--no-fuse``, ``--compile``, networks without fused kernels), as plain PyTorch
+    would run it; fp32 weights stay, autocast casts them per call."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.network(x).float()
 
 
 Mark = float | torch.cuda.Event

@@ -70,6 +70,7 @@ from upscaler import metrics
 from upscaler.errors import PERMANENT, PermanentError, UpscalerError
 from upscaler.images import encode_image, ensure_encodable, output_format
 from upscaler.pipeline import Upscaler
+from upscaler.precision import PrecisionChoice
 from upscaler.registry import ModelRegistry
 from upscaler.worker_config import WorkerConfig
 
@@ -160,7 +161,8 @@ class UpscaleWorker:
         self.events = events or EventPublisher(broker, config.name)
         self.stop = threading.Event()
         self.jobs_done = 0
-        self._upscalers: dict[str, Upscaler] = {}
+        # By model and precision setting: previews may run another (SMI_WORKER_PREVIEW_PRECISION).
+        self._upscalers: dict[tuple[str, str], Upscaler] = {}
         self._buffers = HostBuffers(pinned=config.device.startswith("cuda"))
         self._inbox: queue.Queue[Job | None] = queue.Queue()
         self._ready: queue.Queue[Job | None] = queue.Queue(maxsize=1)
@@ -177,13 +179,17 @@ class UpscaleWorker:
         """Load the default model before taking jobs; on a GPU or compiled, run it once.
 
         Missing weights or an unusable device show at start, not on the first
-        job; compilation and cuDNN's kernel search happen here too. Returns
-        the seconds the run took (0 when there was none).
+        job; compilation and cuDNN's kernel search happen here too. Previews'
+        precision, where it is another, is loaded too. Returns the seconds the
+        runs took (0 when there was none).
         """
-        upscaler = self._upscaler(self.registry.get().name)
-        if self.config.compile or upscaler.device.type == "cuda":
-            return upscaler.warm_up()
-        return 0.0
+        default = self.registry.get().name
+        loaded = {self._upscaler(default), self._upscaler(default, self.config.preview_precision)}
+        return sum(
+            upscaler.warm_up()
+            for upscaler in loaded
+            if self.config.compile or upscaler.device.type == "cuda"
+        )
 
     def run(self) -> None:
         """Take jobs until ``stop`` is set; returns once every started job is settled."""
@@ -340,7 +346,7 @@ class UpscaleWorker:
         )
         if crop.size == 0:
             raise PermanentError(f"the square {request.x},{request.y} is outside the image")
-        upscaler = self._upscaler(request.model)
+        upscaler = self._upscaler(request.model, self.config.preview_precision)
         after = upscaler.upscale(crop).pixels
         height, width = after.shape[:2]
         before = cv2.resize(crop, (width, height), interpolation=cv2.INTER_CUBIC)
@@ -580,17 +586,42 @@ class UpscaleWorker:
             log.warning("cannot tell whether %s is stored", key, exc_info=True)
             return False
 
-    def _upscaler(self, model: str) -> Upscaler:
-        if model not in self._upscalers:
-            self._upscalers[model] = Upscaler.load(
+    def precision(self) -> PrecisionChoice | None:
+        """The precision the default model runs paid jobs in, and why (``None`` until loaded)."""
+        upscaler = self._upscalers.get((self.registry.get().name, self.config.precision))
+        return upscaler.precision_choice if upscaler else None
+
+    def precisions(self) -> list[dict[str, Any]]:
+        """Each loaded model's precision, why, and what it serves (``/readyz`` shows them)."""
+        return [
+            {
+                "model": model,
+                "for": self._uses(setting),
+                "precision": upscaler.precision,
+                "reason": upscaler.precision_choice.reason,
+            }
+            for (model, setting), upscaler in list(self._upscalers.items())
+        ]
+
+    def _uses(self, setting: str) -> list[str]:
+        settings = (("jobs", self.config.precision), ("previews", self.config.preview_precision))
+        return [use for use, wanted in settings if wanted == setting]
+
+    def _upscaler(self, model: str, precision: str | None = None) -> Upscaler:
+        """``model`` loaded in ``precision`` (a setting: paid jobs' unless given)."""
+        key = (model, precision or self.config.precision)
+        if key not in self._upscalers:
+            upscaler = Upscaler.load(
                 self.registry,
                 model,
                 device=self.config.device,
-                precision=self.config.precision,
+                precision=key[1],
                 options=self.config.overrides(),
                 compile=self.config.compile,
             )
-        return self._upscalers[model]
+            metrics.record_precision(model, self._uses(key[1]), upscaler.precision_choice)
+            self._upscalers[key] = upscaler
+        return self._upscalers[key]
 
 
 class HostBuffers:

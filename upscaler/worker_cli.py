@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import signal
 from collections.abc import Sequence
 from types import FrameType
@@ -23,7 +22,7 @@ from shared.logs import configure_service_logging
 from shared.storage import Storage
 from upscaler.errors import UpscalerError
 from upscaler.metrics import serve_health
-from upscaler.options import default_precision
+from upscaler.precision import PRECISION_SETTINGS
 from upscaler.registry import ModelRegistry
 from upscaler.worker import UpscaleWorker
 from upscaler.worker_config import WorkerConfig
@@ -34,7 +33,11 @@ log = logging.getLogger("upscaler.worker")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smi-worker", description=__doc__.splitlines()[0])
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: SMI_WORKER_DEVICE)")
-    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument(
+        "--precision",
+        choices=PRECISION_SETTINGS,
+        help="paid jobs' precision (default: SMI_WORKER_PRECISION, else auto)",
+    )
     parser.add_argument("--tile", type=int)
     parser.add_argument("--batch", type=int)
     parser.add_argument("--max-jobs", type=int, default=0, help="exit after this many jobs")
@@ -52,9 +55,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch": args.batch,
         "max_jobs": args.max_jobs,
     }
-    if args.device and not args.precision and not os.environ.get("SMI_WORKER_PRECISION"):
-        # The precision follows the device asked for here, not the one of the environment.
-        overrides["precision"] = default_precision(args.device)
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     configure_service_logging(worker=config.name)  # every line says which worker
     broker = Broker(config.broker_url, heartbeat_s=config.broker_heartbeat_s)
@@ -75,15 +75,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     if config.metrics_port is not None:
-        health = serve_health(config.metrics_port, worker.readiness, worker.liveness)
+        health = serve_health(
+            config.metrics_port,
+            worker.readiness,
+            worker.liveness,
+            details=lambda: {"precision": worker.precisions()},
+        )
         log.info("metrics and health on port %d", health.server_address[1])
+    choice = worker.precision()
     log.info(
-        "worker %s ready on %s (%s, %s, warm-up %.1fs)",
+        "worker %s ready on %s (%s, %s, warm-up %.1fs; %s)",
         config.name,
         config.device,
-        config.precision,
+        choice.precision if choice else config.precision,
         "pipelined" if config.pipeline else "one job at a time",
         warm_up_s,
+        choice.reason if choice else "no model loaded",
     )
     try:
         worker.run()

@@ -20,13 +20,8 @@ from shared.broker import default_broker_url
 from shared.env import EnvReader
 from shared.images import DEFAULT_MAX_PIXELS
 from shared.storage import default_storage_url
-from upscaler.options import (
-    DEFAULT_OVERLAP,
-    PRECISIONS,
-    Overrides,
-    default_device,
-    default_precision,
-)
+from upscaler.options import DEFAULT_OVERLAP, Overrides, default_device
+from upscaler.precision import AUTO, PRECISION_SETTINGS
 
 
 @dataclass(frozen=True)
@@ -37,7 +32,7 @@ class WorkerConfig:
     storage_url: str
     name: str
     device: str
-    precision: str
+    precision: str  # paid jobs: auto (upscaler/precision.py), fp32, fp16 or bf16
     tile: int | None  # None: the default for the device (sized from free memory on CUDA)
     overlap: int
     batch: int | None
@@ -56,6 +51,9 @@ class WorkerConfig:
     metrics_port: int | None = None  # /metrics, /healthz, /readyz (None: not served)
     # /healthz fails once the job loop has not moved for this long (a hung device or read).
     stall_s: float = 600.0
+    # Free previews: auto by default, so that they take the fast path even where paid
+    # jobs are set to fp32.
+    preview_precision: str = AUTO
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> WorkerConfig:
@@ -63,9 +61,14 @@ class WorkerConfig:
         env = EnvReader(environ)
         data_dir = Path(env.text("DATA_DIR", "var"))
         device = env.text("WORKER_DEVICE", "") or default_device()
-        precision = env.text("WORKER_PRECISION", "") or default_precision(device)
-        if precision not in PRECISIONS:
-            env.problem(f"SMI_WORKER_PRECISION must be fp32, fp16 or bf16, not {precision!r}")
+        precision = env.text("WORKER_PRECISION", "") or AUTO
+        preview_precision = env.text("WORKER_PREVIEW_PRECISION", "") or AUTO
+        for name, value in (
+            ("WORKER_PRECISION", precision),
+            ("WORKER_PREVIEW_PRECISION", preview_precision),
+        ):
+            if value not in PRECISION_SETTINGS:
+                env.problem(f"SMI_{name} must be auto, fp32, fp16 or bf16, not {value!r}")
         tile = env.text("WORKER_TILE", "auto")
         if tile != "auto" and not tile.isdigit():
             env.problem(f"SMI_WORKER_TILE must be auto or a whole number of pixels, not {tile!r}")
@@ -95,6 +98,7 @@ class WorkerConfig:
             if env.text("WORKER_METRICS_PORT", "")
             else None,
             stall_s=env.number("WORKER_STALL_S", 600.0, minimum=1),
+            preview_precision=preview_precision,
         )
         env.check()
         return config

@@ -16,6 +16,7 @@ import torch
 from conftest import FAST_MODEL, SAMPLES
 from shared.images import decode_image
 from upscaler.images import encode_image
+from upscaler.precision import bf16_kernels_available
 
 BIN = Path(sys.executable).parent
 
@@ -58,6 +59,8 @@ def test_upscale_writes_a_4x_image(registry, small_photo, tmp_path):
     assert (result.width, result.height, result.mode) == (160, 128, "RGB")
     assert "tile" in done.stderr  # the progress bar
     assert "160x128 RGB 8-bit" in done.stderr
+    # The precision and what chose it (this network has no bf16 path that keeps fidelity).
+    assert "fp32 on cpu (auto: fp32 (this network has no bf16 CPU path" in done.stderr
 
 
 def test_upscale_with_the_default_model_and_quiet(registry, small_photo, tmp_path):
@@ -156,6 +159,27 @@ def test_bench_prints_stages_and_writes_json(registry, tmp_path):
     assert report["baseline"]["upscale_s"] > 0
     assert report["seams"]["untiled_ours_vs_baseline_max_abs"] <= 1
     assert "speed ratio" in done.stdout and "seams ours" in done.stdout
+
+
+@pytest.mark.skipif(not bf16_kernels_available(), reason="oneDNN has no bf16 convolution here")
+def test_bench_puts_bf16_beside_our_fp32_with_its_fidelity(registry, tmp_path):
+    report_path = tmp_path / "bench.json"
+    done = run(
+        "smi-bench",
+        *("--input-size", "16", "--model", "RealESRGAN_x4plus", "--device", "cpu"),
+        *("--precision", "bf16", "--tile", "0", "--baseline", "--no-seams", "--repeat", "2"),
+        *("--json", report_path),
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(report_path.read_text())
+    assert report["precision"] == "bf16" and report["precision_choice"]["reason"] == "bf16: set"
+    fp32 = report["fp32"]
+    assert fp32["upscale_s"] > 0 and len(fp32["speed_ratios"]) == 2
+    for against in ("vs_ours_fp32", "vs_realesrganer_fp32"):
+        assert fp32["fidelity"][against]["psnr_db"] > 42
+    assert "precision bf16: set" in done.stdout
+    assert "ours bf16" in done.stdout and "ours fp32" in done.stdout
+    assert "bf16 vs realesrganer fp32: PSNR" in done.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU here: cuda is accepted")

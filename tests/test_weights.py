@@ -11,11 +11,16 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
+from conftest import sample
 from upscaler.errors import ChecksumMismatchError, DownloadError, UnknownModelError, WeightsError
 from upscaler.ncnn import convert_ncnn, ncnn_models_dir
+from upscaler.options import Overrides
+from upscaler.pipeline import Upscaler
 from upscaler.registry import PROJECT_MODELS_DIR, ModelRegistry
 from upscaler.weights import fetch_weights, load_network, read_state_dict
 
@@ -166,3 +171,45 @@ def test_ncnn_conversion_refuses_another_networks_file(registry, tmp_path):
     truncated.write_bytes((folder / f"{anime.ncnn}.bin").read_bytes()[:100_000])
     with pytest.raises(WeightsError, match="ends early"):
         convert_ncnn(folder / f"{anime.ncnn}.param", truncated, anime.build())
+
+
+# -- 2x ------------------------------------------------------------------------------------
+
+
+def test_2x_without_its_weights_is_the_4x_output_resized_as_upstream_s_outscale(registry):
+    """RealESRGAN_x2plus's weights exist only as the project's GitHub file: without them,
+    2x is the 4x model's output resized with Lanczos (inference_realesrgan.py --outscale 2)."""
+    assert not registry.official_path(registry.get("RealESRGAN_x2plus")).exists()
+    crop = np.ascontiguousarray(sample("chelsea")[100:124, 180:212])
+    two = Upscaler.load(registry, "RealESRGAN_x2plus", precision="fp32")
+    four = Upscaler.load(registry, "RealESRGAN_x4plus", precision="fp32")
+    assert (two.spec.name, two.outscale) == ("RealESRGAN_x4plus", 2)
+    made = two.upscale(crop).pixels
+    assert made.shape == (48, 64, 3) and made.dtype == np.uint8
+    expected = cv2.resize(four.upscale(crop).pixels, (64, 48), interpolation=cv2.INTER_LANCZOS4)
+    assert np.array_equal(made, expected)
+
+
+def test_2x_weights_when_present_load_strictly_and_run_as_basicsr_s_2x_network(registry, tmp_path):
+    """Weights of x2plus's exact shapes (made here: the official file cannot be fetched),
+    found in the weights folder, are used instead of the fallback, load strictly and give
+    what basicsr's RRDBNet(scale=2) gives on the same weights and input."""
+    from basicsr.archs.rrdbnet_arch import RRDBNet
+
+    spec = registry.get("RealESRGAN_x2plus")
+    torch.manual_seed(2)
+    reference = RRDBNet(scale=2, **spec.params).eval()
+    with torch.no_grad():  # small weights keep the untrained network's output in range
+        for tensor in reference.state_dict().values():
+            tensor.mul_(0.1)
+    torch.save({"params_ema": reference.state_dict()}, tmp_path / "RealESRGAN_x2plus.pth")
+    own = ModelRegistry.load(PROJECT_MODELS_DIR, tmp_path)
+    two = Upscaler.load(own, "RealESRGAN_x2plus", precision="fp32", options=Overrides(tile=0))
+    assert (two.spec.name, two.spec.scale, two.outscale) == ("RealESRGAN_x2plus", 2, 2)
+    pixels = np.ascontiguousarray(sample("chelsea")[100:124, 180:212])
+    made = two.upscale(pixels).pixels
+    with torch.no_grad():
+        source = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
+        expected = reference(source)[0].clamp(0, 1).permute(1, 2, 0).mul(255).round()
+    assert made.shape == (48, 64, 3)
+    assert np.abs(made.astype(int) - expected.numpy().astype(int)).max() <= 1

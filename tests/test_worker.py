@@ -540,3 +540,18 @@ def test_a_preview_consumer_that_dies_is_started_again_and_readiness_says_so_mea
         thread.join(timeout=60)
         broker.close()
     assert not thread.is_alive()
+
+
+def test_a_2x_job_without_2x_weights_is_delivered_at_2x(storage, registry, tmp_path):
+    """The buyer bought 2x: the worker runs the 4x model and resizes its output (upstream's
+    --outscale), and stores a picture twice the size, as it was priced."""
+    broker_url = f"filesystem://{tmp_path / 'broker'}"
+    photo(storage, "jobs/x2/source.png", size=24)
+    request = UpscaleRequest(
+        "x2", "jobs/x2/source.png", "jobs/x2/result.png", model="RealESRGAN_x2plus"
+    )
+    submit(broker_url, request.to_json())
+    run_worker(broker_url, storage, registry, jobs=1)
+    assert decode_image(storage.get("jobs/x2/result.png")).pixels.shape == (48, 48, 3)
+    (completed,) = [e for e in events_of(broker_url, None) if e.kind == EventKind.COMPLETED]
+    assert completed.job_id == "x2"

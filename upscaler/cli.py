@@ -192,6 +192,8 @@ def _list_models(registry: ModelRegistry) -> None:
             status = "official" if ok else "official (sha256 MISMATCH)"
         elif converted.is_file():
             status = "converted from ncnn"
+        elif spec.outscale_from:
+            status = f"none: {spec.outscale_from}, resized"
         else:
             status = "missing"
         default = " (default)" if spec.name == registry.default_name else ""

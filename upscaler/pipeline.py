@@ -27,12 +27,13 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from upscaler.errors import InvalidOptionsError, OutOfMemoryError
+from upscaler.errors import InvalidOptionsError, OutOfMemoryError, WeightsError
 from upscaler.fused import fused_cpu_available
 from upscaler.options import (
     Overrides,
@@ -93,6 +94,15 @@ class _Plane:
     to_gray: bool
 
 
+def outscaled(pixels: np.ndarray, factor: float) -> np.ndarray:
+    """``pixels`` resized by ``factor`` with Lanczos, as upstream's ``--outscale`` does (its
+    ``cv2.resize(..., interpolation=cv2.INTER_LANCZOS4)``); layout and dtype kept."""
+    height, width = pixels.shape[:2]
+    size = (round(width * factor), round(height * factor))
+    resized = cv2.resize(pixels, size, interpolation=cv2.INTER_LANCZOS4)
+    return resized.reshape(size[1], size[0], *pixels.shape[2:])
+
+
 class Upscaler:
     """A loaded network on a device, ready to upscale images in tiles."""
 
@@ -108,6 +118,9 @@ class Upscaler:
         fuse: bool = True,
     ) -> None:
         self.spec = spec
+        # The scale of what ``upscale`` returns: the network's, unless it stands in for a
+        # model of a smaller scale (``load``: outscale_from).
+        self.outscale = spec.scale
         self.device = check_device(device)
         if precision not in PRECISION_SETTINGS:
             raise InvalidOptionsError(
@@ -215,8 +228,34 @@ class Upscaler:
         compile: bool = False,
         fuse: bool = True,
     ) -> Upscaler:
-        """Look ``model`` up in the registry, load its weights and move it to ``device``."""
+        """Look ``model`` up in the registry, load its weights and move it to ``device``.
+
+        A model without weights of its own but ``outscale_from`` another (the 2x model,
+        whose weights only the project's GitHub has) is that model, its output resized
+        to this model's scale (``Upscaler.outscale``), as upstream's ``--outscale`` does.
+        """
         spec = registry.get(model)
+        if weights is None and spec.outscale_from:
+            try:
+                weights = registry.weights_path(spec)
+            except WeightsError:
+                source = cls.load(
+                    registry,
+                    spec.outscale_from,
+                    device=device,
+                    precision=precision,
+                    options=options,
+                    compile=compile,
+                    fuse=fuse,
+                )
+                log.info(
+                    "%s has no weights here: %s, resized to %dx",
+                    spec.name,
+                    source.spec.name,
+                    spec.scale,
+                )
+                source.outscale = spec.scale
+                return source
         network = load_network(spec, weights or registry.weights_path(spec))
         return cls(
             spec,
@@ -310,6 +349,9 @@ class Upscaler:
             result.assemble_s += max(clock.seconds(m.inferred, m.placed) for m in marks)
         result.assemble_s += clock.seconds(copy_started, copied)
         result.pixels = pixels_out.reshape(shape)
+        if self.outscale != scale:
+            result.pixels = outscaled(result.pixels, self.outscale / scale)
+            result.notes.append(f"{scale}x output resized to {self.outscale}x (Lanczos)")
         return result
 
     def _run_plane(

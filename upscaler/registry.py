@@ -37,6 +37,9 @@ class ModelSpec:
     sha256: str | None
     size_bytes: int | None
     ncnn: str | None
+    # Without weights of its own, this model is served as the upstream command's --outscale
+    # does: that model's output, resized to this model's scale (Lanczos).
+    outscale_from: str | None = None
 
     @property
     def input_multiple(self) -> int:
@@ -63,6 +66,13 @@ class ModelRegistry:
         with manifest_path.open("rb") as fh:
             manifest = tomllib.load(fh)
         models = {name: _spec_from_entry(name, entry) for name, entry in manifest["models"].items()}
+        for spec in models.values():
+            source = models.get(spec.outscale_from or spec.name)
+            if source is None or (spec.outscale_from and source.scale <= spec.scale):
+                raise ValueError(
+                    f"{manifest_path}: {spec.name} is outscaled from {spec.outscale_from!r}, "
+                    "which must be a listed model of a larger scale"
+                )
         default_name = manifest["default"]
         if default_name not in models:
             raise ValueError(f"{manifest_path}: default model {default_name!r} is not listed")
@@ -121,4 +131,5 @@ def _spec_from_entry(name: str, entry: Mapping[str, Any]) -> ModelSpec:
         sha256=entry.get("sha256"),
         size_bytes=entry.get("size_bytes"),
         ncnn=entry.get("ncnn"),
+        outscale_from=entry.get("outscale_from"),
     )

@@ -453,9 +453,11 @@ class UpscaleWorker:
         finally:
             self._buffers.give(source)
             job.pixels = None
+        if result.pixels is not out:  # resized after the network (a model's --outscale)
+            self._buffers.give(out)
         job.result = result.pixels
         job.fraction = PROGRESS_UPSCALED
-        job.output_pixels = shape[0] * shape[1]
+        job.output_pixels = result.pixels.shape[0] * result.pixels.shape[1]
         job.stages["upscale_s"] = time.perf_counter() - started
         job.stages["model_s"] = result.infer_s
         return True

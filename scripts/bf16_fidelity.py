@@ -27,10 +27,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from image_kinds import IMAGE_KINDS, PHOTOS
 
-from upscaler.baseline import reference_upscale, reference_upscaler
-from upscaler.options import PipelineOptions
-from upscaler.pipeline import Upscaler
-from upscaler.registry import ModelRegistry
+from upscaler.commands.baseline import reference_upscale, reference_upscaler
+from upscaler.models.registry import ModelRegistry
+from upscaler.pipeline.options import PipelineOptions
+from upscaler.pipeline.upscaler import Upscaler
 
 
 def distance(ours: np.ndarray, reference: np.ndarray) -> dict[str, Any]:

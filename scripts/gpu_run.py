@@ -76,7 +76,7 @@ def sizes(tiny: bool) -> dict[str, int]:
 def stage_environment(ctx: Context) -> dict[str, Any]:
     import torch
 
-    from upscaler._compat import install_torchvision_functional_tensor
+    from upscaler.models._compat import install_torchvision_functional_tensor
 
     install_torchvision_functional_tensor()  # as the worker does before importing basicsr
     report: dict[str, Any] = {
@@ -106,8 +106,8 @@ def stage_environment(ctx: Context) -> dict[str, Any]:
 
 
 def stage_parity(ctx: Context) -> dict[str, Any]:
-    from upscaler.options import PipelineOptions
-    from upscaler.pipeline import Upscaler
+    from upscaler.pipeline.options import PipelineOptions
+    from upscaler.pipeline.upscaler import Upscaler
 
     whole = PipelineOptions(tile=0, overlap=0, batch=1)
     cpu = Upscaler.load(ctx.registry, precision="fp32", options=whole)
@@ -150,7 +150,7 @@ def stage_parity(ctx: Context) -> dict[str, Any]:
 def stage_production(ctx: Context) -> dict[str, Any]:
     import torch
 
-    from upscaler.pipeline import Upscaler
+    from upscaler.pipeline.upscaler import Upscaler
 
     upscaler = Upscaler.load(
         ctx.registry, device=ctx.device, precision=ctx.precisions()[-1]
@@ -174,9 +174,9 @@ def stage_production(ctx: Context) -> dict[str, Any]:
 
 
 def stage_baseline(ctx: Context) -> dict[str, Any]:
-    from upscaler.baseline import reference_upscale, reference_upscaler
-    from upscaler.options import PipelineOptions
-    from upscaler.pipeline import Upscaler
+    from upscaler.commands.baseline import reference_upscale, reference_upscaler
+    from upscaler.pipeline.options import PipelineOptions
+    from upscaler.pipeline.upscaler import Upscaler
 
     half = ctx.cuda
     spec = ctx.registry.get()
@@ -209,9 +209,9 @@ def stage_worker(ctx: Context) -> dict[str, Any]:
     import numpy as np
     from worker_bench import compare, crops
 
-    from upscaler.baseline import reference_upscale, reference_upscaler
-    from upscaler.images import encode_image
-    from upscaler.worker_config import WorkerConfig
+    from upscaler.commands.baseline import reference_upscale, reference_upscaler
+    from upscaler.output.images import encode_image
+    from upscaler.worker.config import WorkerConfig
 
     environ = {"SMI_WORKER_DEVICE": ctx.device, "SMI_WORKER_PROGRESS_INTERVAL_S": "1"}
     config = dataclasses.replace(WorkerConfig.from_env(environ), broker_url="")
@@ -245,8 +245,8 @@ def stage_worker(ctx: Context) -> dict[str, Any]:
 def stage_sweep(ctx: Context) -> dict[str, Any]:
     import torch
 
-    from upscaler.options import PipelineOptions, default_options
-    from upscaler.pipeline import Upscaler
+    from upscaler.pipeline.options import PipelineOptions, default_options
+    from upscaler.pipeline.upscaler import Upscaler
 
     pixels = ctx.photo_resized(ctx.size["big"])
     spec = ctx.registry.get()
@@ -297,7 +297,7 @@ def stage_sweep(ctx: Context) -> dict[str, Any]:
 
 
 def stage_compiled(ctx: Context) -> dict[str, Any]:
-    from upscaler.pipeline import Upscaler
+    from upscaler.pipeline.upscaler import Upscaler
 
     upscaler = Upscaler.load(
         ctx.registry, device=ctx.device, precision=ctx.precisions()[-1], compile=True
@@ -316,8 +316,8 @@ def stage_compiled(ctx: Context) -> dict[str, Any]:
 def stage_oom(ctx: Context) -> dict[str, Any]:
     import numpy as np
 
-    from upscaler.options import PipelineOptions
-    from upscaler.pipeline import Upscaler
+    from upscaler.pipeline.options import PipelineOptions
+    from upscaler.pipeline.upscaler import Upscaler
 
     side = ctx.size["oom"]
     # fp32, one window: a 4096x4096 input wants ~150 GiB of activations.
@@ -345,7 +345,7 @@ class Context:
     """What every stage shares: device, sizes, the registry, test images, the clock."""
 
     def __init__(self, device: str, tiny: bool, deadline: float) -> None:
-        from upscaler.registry import ModelRegistry
+        from upscaler.models.registry import ModelRegistry
 
         self.device = device
         self.cuda = device.startswith("cuda")
@@ -439,7 +439,7 @@ def emulate_precision(ctx: Context, pixels: Any, precision: str, reference: Any)
     import numpy as np
     import torch
 
-    from upscaler.weights import load_network
+    from upscaler.models.weights import load_network
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     spec = ctx.registry.get()

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from shared.images import decode_image  # noqa: E402
-from upscaler import png  # noqa: E402
+from upscaler.output import png  # noqa: E402
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "grass")
 TILE = 2000
@@ -38,8 +38,8 @@ TILE = 2000
 
 def upscaled_photos() -> list[np.ndarray]:
     """Each bundled photo's centre (at most 500x500), upscaled 4x by RealESRGAN_x4plus."""
-    from upscaler.pipeline import Upscaler
-    from upscaler.registry import ModelRegistry
+    from upscaler.models.registry import ModelRegistry
+    from upscaler.pipeline.upscaler import Upscaler
 
     upscaler = Upscaler.load(ModelRegistry.from_env())
     outputs = []

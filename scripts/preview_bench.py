@@ -26,7 +26,7 @@ import httpx
 from bench_support import free_port, serve_folder, wait_until_up
 
 from shared.images import decode_image
-from upscaler.images import encode_image
+from upscaler.output.images import encode_image
 
 BIN = Path(sys.executable).parent
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"

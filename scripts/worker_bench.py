@@ -35,10 +35,10 @@ from shared.images import decode_image  # noqa: E402
 from shared.messages import EventKind, JobEvent, UpscaleRequest  # noqa: E402
 from shared.storage import Storage  # noqa: E402
 from shared.topology import EVENTS_QUEUE, UPSCALE_QUEUE  # noqa: E402
-from upscaler.images import encode_image  # noqa: E402
-from upscaler.registry import ModelRegistry  # noqa: E402
-from upscaler.worker import UpscaleWorker  # noqa: E402
-from upscaler.worker_config import WorkerConfig  # noqa: E402
+from upscaler.models.registry import ModelRegistry  # noqa: E402
+from upscaler.output.images import encode_image  # noqa: E402
+from upscaler.worker.config import WorkerConfig  # noqa: E402
+from upscaler.worker.loop import UpscaleWorker  # noqa: E402
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "grass")
 

@@ -3,7 +3,7 @@
     >>> scale_of("RealESRGAN_x2plus")
     2
 
-Workers load the models from ``models/manifest.toml`` (``upscaler.registry``);
+Workers load the models from ``models/manifest.toml`` (``upscaler.models.registry``);
 the gateway, which has neither PyTorch nor the manifest, prices and
 describes them from here. ``tests/test_shared.py`` checks that the two agree.
 """

@@ -25,8 +25,8 @@ from shared.broker import Broker
 from shared.images import decode_image
 from shared.messages import UpscaleRequest
 from shared.topology import ALL_QUEUES, UPSCALE_QUEUE
-from upscaler.registry import PROJECT_MODELS_DIR, ModelRegistry
-from upscaler.weights import import_ncnn_weights
+from upscaler.models.registry import PROJECT_MODELS_DIR, ModelRegistry
+from upscaler.models.weights import import_ncnn_weights
 
 # No per-example deadline: a 2-core machine shared with other work times
 # examples unevenly. CI explores the same examples on every run, so a red

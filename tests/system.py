@@ -34,7 +34,7 @@ from starlette.routing import Route
 
 from conftest import sample
 from servers import MailSink, free_port, serve, wait_for
-from upscaler.images import encode_image
+from upscaler.output.images import encode_image
 
 BIN = Path(sys.executable).parent
 API_KEY = "sk_test_system"

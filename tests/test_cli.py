@@ -15,8 +15,8 @@ import torch
 
 from conftest import FAST_MODEL, SAMPLES
 from shared.images import decode_image
-from upscaler.images import encode_image
-from upscaler.precision import bf16_kernels_available
+from upscaler.output.images import encode_image
+from upscaler.pipeline.precision import bf16_kernels_available
 
 BIN = Path(sys.executable).parent
 
@@ -200,7 +200,7 @@ def test_the_worker_image_s_settings_without_a_gpu_say_so_and_cpu_still_works(tm
     )
     assert refused.returncode == 1
     lines = [json.loads(line) for line in refused.stderr.strip().splitlines()]
-    assert lines[-1]["level"] == "ERROR" and lines[-1]["logger"] == "upscaler.worker"
+    assert lines[-1]["level"] == "ERROR" and lines[-1]["logger"] == "upscaler.worker.loop"
     assert lines[-1]["message"] == (
         "smi-worker: no CUDA GPU is visible to PyTorch, so cuda is refused"
     )

@@ -42,7 +42,7 @@ from gateway.store.tables import (
 )
 from shared.messages import EventKind
 from shared.storage import Storage
-from upscaler.images import encode_image
+from upscaler.output.images import encode_image
 
 PASSWORD = "correct horse battery"
 

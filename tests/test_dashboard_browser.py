@@ -38,7 +38,7 @@ from devtools.shop_history import write_history
 from servers import serve
 from shared.messages import EventKind
 from shared.storage import Storage
-from upscaler.images import encode_image
+from upscaler.output.images import encode_image
 
 pytestmark = pytest.mark.timeout(600)
 

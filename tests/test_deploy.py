@@ -31,7 +31,7 @@ import yaml
 from gateway.config import GatewayConfig
 from servers import free_port
 from shared.topology import UPSCALE_QUEUE
-from upscaler.worker_config import WorkerConfig
+from upscaler.worker.config import WorkerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -174,7 +174,7 @@ def test_the_background_pods_liveness_reads_the_file_its_process_touches(tmp_pat
 
 
 def test_workers_scale_on_ready_plus_unacknowledged_jobs_and_drain_within_their_grace_period():
-    from upscaler.worker import PIPELINE_PREFETCH
+    from upscaler.worker.loop import PIPELINE_PREFETCH
 
     (worker,) = of_kind("Deployment", "smi-worker")
     spec = worker["spec"]["template"]["spec"]

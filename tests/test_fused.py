@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from conftest import FAST_MODEL, sample
-from upscaler.archs import ARCHITECTURES
-from upscaler.fused import FusedRRDBNet, fused_cpu_available
-from upscaler.pipeline import PipelineOptions, Upscaler
-from upscaler.precision import bf16_kernels_available
-from upscaler.weights import load_network
+from upscaler.models.archs import ARCHITECTURES
+from upscaler.models.weights import load_network
+from upscaler.pipeline.fused import FusedRRDBNet, fused_cpu_available
+from upscaler.pipeline.precision import bf16_kernels_available
+from upscaler.pipeline.upscaler import PipelineOptions, Upscaler
 
 
 def _photo_batch(size: int, count: int) -> torch.Tensor:

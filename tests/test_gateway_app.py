@@ -35,7 +35,7 @@ from gateway.store.lifecycle import audit_trail
 from gateway.store.tables import Job, OutboxMessage
 from servers import deliver_at_once, free_port, serve, wait_for
 from shared.messages import UpscaleRequest
-from upscaler.images import encode_image
+from upscaler.output.images import encode_image
 
 SECRET = "whsec_gateway_tests"
 API_KEY = "sk_test_gateway"

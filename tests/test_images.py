@@ -22,7 +22,7 @@ from shared.images import (
     probe_image,
 )
 from upscaler.errors import OutputFormatError
-from upscaler.images import encode_image
+from upscaler.output.images import encode_image
 
 RNG = np.random.default_rng(3)
 

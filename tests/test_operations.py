@@ -23,7 +23,7 @@ from test_recovery import Loop, hand_driven
 from conftest import RABBITMQ_URL, postgres_database, purge_queues
 from servers import free_port, wait_for
 from shared.messages import EventKind
-from upscaler import metrics as worker_metrics
+from upscaler.worker import metrics as worker_metrics
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 METRICS_TOKEN = "metrics-token-operations-0123"
@@ -203,7 +203,7 @@ def test_readyz_names_the_broker_while_it_is_away_and_metrics_add_up_over_proces
                 from_worker = [e for e in parsed if e["logger"].startswith("upscaler")]
                 assert from_worker and all(e.get("worker") == "worker" for e in from_worker)
                 loggers = {entry["logger"] for entry in parsed}
-                assert {"uvicorn.access", "upscaler.worker"} <= loggers, loggers
+                assert {"uvicorn.access", "upscaler.worker.loop"} <= loggers, loggers
                 assert any(e["logger"].startswith("gateway.money") for e in parsed), loggers
             # Checkouts counted by whichever process took them, added up by any process.
             for _ in range(6):

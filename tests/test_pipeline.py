@@ -15,14 +15,14 @@ from hypothesis import strategies as st
 from torch import nn
 
 from conftest import FAST_MODEL, sample
-from upscaler.archs import Architecture
-from upscaler.baseline import reference_upscale, reference_upscaler
-from upscaler.bench import SeamError
+from upscaler.commands.baseline import reference_upscale, reference_upscaler
+from upscaler.commands.bench import SeamError
 from upscaler.errors import InvalidOptionsError, OutOfMemoryError
-from upscaler.options import Overrides, PipelineOptions, default_options, fit_to_memory
-from upscaler.pipeline import Upscaler
-from upscaler.registry import ModelSpec
-from upscaler.tiles import plan_tiles
+from upscaler.models.archs import Architecture
+from upscaler.models.registry import ModelSpec
+from upscaler.pipeline.options import Overrides, PipelineOptions, default_options, fit_to_memory
+from upscaler.pipeline.tiles import plan_tiles
+from upscaler.pipeline.upscaler import Upscaler
 
 
 class NearestX4(nn.Module):

@@ -16,8 +16,8 @@ from PIL import Image
 
 from conftest import sample
 from shared.images import decode_image
-from upscaler import png
-from upscaler.png import adler32_combine, encode_png
+from upscaler.output import png
+from upscaler.output.png import adler32_combine, encode_png
 
 
 def chunks(data: bytes) -> list[tuple[bytes, bytes]]:

@@ -19,20 +19,20 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import FAST_MODEL
 from shared.broker import Broker
 from shared.storage import Storage
-from upscaler.baseline import reference_upscale, reference_upscaler
-from upscaler.bench import SeamError
+from upscaler.commands.baseline import reference_upscale, reference_upscaler
+from upscaler.commands.bench import SeamError
 from upscaler.errors import InvalidOptionsError
-from upscaler.metrics import serve_health
-from upscaler.options import PipelineOptions
-from upscaler.pipeline import Upscaler
-from upscaler.precision import (
+from upscaler.pipeline.options import PipelineOptions
+from upscaler.pipeline.precision import (
     BF16_MIN_SPEEDUP,
     bf16_kernels_available,
     bf16_pays,
     choose_precision,
 )
-from upscaler.worker import UpscaleWorker
-from upscaler.worker_config import WorkerConfig
+from upscaler.pipeline.upscaler import Upscaler
+from upscaler.worker.config import WorkerConfig
+from upscaler.worker.loop import UpscaleWorker
+from upscaler.worker.metrics import serve_health
 
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 
@@ -88,7 +88,7 @@ def _in_a_process(isa: str, code: str) -> dict:
 
 
 AUTO_CHOICE = (
-    "from upscaler.precision import choose_precision\n"
+    "from upscaler.pipeline.precision import choose_precision\n"
     "choice = choose_precision('auto', 'cpu', bf16_keeps_fidelity=True)\n"
 )
 
@@ -99,8 +99,8 @@ def test_without_bf16_kernels_auto_is_fp32_and_bf16_is_refused():
     fp32): nothing is timed, auto says why, and bf16 set by hand is refused, not run."""
     choice = _in_a_process(
         "AVX2",
-        AUTO_CHOICE + "from upscaler.registry import ModelRegistry\n"
-        "from upscaler.pipeline import Upscaler\n"
+        AUTO_CHOICE + "from upscaler.models.registry import ModelRegistry\n"
+        "from upscaler.pipeline.upscaler import Upscaler\n"
         "from upscaler.errors import InvalidOptionsError\n"
         "try:\n"
         f"    Upscaler.load(ModelRegistry.from_env({{}}), '{FAST_MODEL}', precision='bf16')\n"
@@ -133,7 +133,11 @@ def test_where_bf16_is_only_emulated_auto_times_it_and_stays_fp32():
 def test_on_a_cpu_with_native_bf16_auto_picks_it_for_the_fused_network(registry):
     upscaler = Upscaler.load(registry, "RealESRGAN_x4plus")
     choice = upscaler.precision_choice
-    assert (upscaler.precision, upscaler.fused, choice.automatic) == ("bf16", True, True)
+    assert (upscaler.precision, upscaler.fused, choice.automatic) == (
+        "bf16",
+        True,
+        True,
+    )
     assert choice.bf16_speedup is not None and choice.bf16_speedup >= BF16_MIN_SPEEDUP
     assert "as fast as fp32 on this CPU" in choice.reason
 

@@ -13,7 +13,7 @@ from gateway.delivery.previews import most_detailed_square
 from servers import wait_for
 from shared.images import check_image, decode_image
 from shared.storage import Storage
-from upscaler.images import encode_image
+from upscaler.output.images import encode_image
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -159,7 +159,7 @@ def test_work_queues_dead_letter_and_everything_is_durable():
 
 def test_the_gateway_s_models_are_the_manifest_s_with_the_same_scales():
     from shared.models import DEFAULT_MODEL, MODELS
-    from upscaler.registry import ModelRegistry
+    from upscaler.models.registry import ModelRegistry
 
     registry = ModelRegistry.from_env({})
     assert registry.default_name == DEFAULT_MODEL

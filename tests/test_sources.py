@@ -24,7 +24,7 @@ from test_gateway_app import start_stack
 from conftest import sample
 from gateway.errors import SourceImageError
 from gateway.money.sources import SourcePolicy, fetch_source
-from upscaler.images import encode_image
+from upscaler.output.images import encode_image
 
 PHOTO = encode_image(np.ascontiguousarray(sample("coffee")[100:180, 200:320]), "jpeg")
 

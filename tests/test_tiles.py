@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from upscaler.tiles import plan_axis, plan_tiles, smallest_core, split_tile
+from upscaler.pipeline.tiles import plan_axis, plan_tiles, smallest_core, split_tile
 
 lengths = st.integers(min_value=1, max_value=700)
 tiles = st.integers(min_value=0, max_value=300)

@@ -18,11 +18,11 @@ import torch
 
 from conftest import sample
 from upscaler.errors import ChecksumMismatchError, DownloadError, UnknownModelError, WeightsError
-from upscaler.ncnn import convert_ncnn, ncnn_models_dir
-from upscaler.options import Overrides
-from upscaler.pipeline import Upscaler
-from upscaler.registry import PROJECT_MODELS_DIR, ModelRegistry
-from upscaler.weights import fetch_weights, load_network, read_state_dict
+from upscaler.models.ncnn import convert_ncnn, ncnn_models_dir
+from upscaler.models.registry import PROJECT_MODELS_DIR, ModelRegistry
+from upscaler.models.weights import fetch_weights, load_network, read_state_dict
+from upscaler.pipeline.options import Overrides
+from upscaler.pipeline.upscaler import Upscaler
 
 MANIFEST = """
 default = "tiny"

@@ -25,7 +25,7 @@ from wordpress import ADMIN_PASSWORD, ADMIN_USER, WordPressSite, build_plugin, w
 from conftest import sample
 from servers import free_port
 from shared.images import decode_image
-from upscaler.images import encode_image
+from upscaler.output.images import encode_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -153,7 +153,7 @@ def site(tmp_path_factory) -> Iterator[WordPressSite]:
 @pytest.fixture(scope="module")
 def photos(site) -> list[dict[str, Any]]:
     from conftest import sample
-    from upscaler.images import encode_image
+    from upscaler.output.images import encode_image
 
     return [
         site.add_image(f"{name}.png", encode_image(sample(name)[:40, :48].copy(), "png"), alt)

@@ -28,11 +28,11 @@ from shared.images import decode_image
 from shared.messages import EventKind, JobEvent, PreviewRequest, UpscaleRequest
 from shared.storage import Storage, StoredObject
 from shared.topology import DEAD_QUEUE, EVENTS_QUEUE, PREVIEW_QUEUE, UPSCALE_QUEUE
-from upscaler.images import encode_image
-from upscaler.metrics import serve_health
-from upscaler.options import PipelineOptions, default_options
-from upscaler.worker import EventPublisher, UpscaleWorker
-from upscaler.worker_config import WorkerConfig
+from upscaler.output.images import encode_image
+from upscaler.pipeline.options import PipelineOptions, default_options
+from upscaler.worker.config import WorkerConfig
+from upscaler.worker.loop import EventPublisher, UpscaleWorker
+from upscaler.worker.metrics import serve_health
 
 BIN = Path(sys.executable).parent
 
@@ -406,7 +406,7 @@ class FlakyStorage(Storage):
 def test_while_storage_is_away_the_worker_takes_no_job_and_fails_none(
     tmp_path, registry, monkeypatch
 ):
-    monkeypatch.setattr("upscaler.worker.STORAGE_RETRY_S", 0.1)
+    monkeypatch.setattr("upscaler.worker.loop.STORAGE_RETRY_S", 0.1)
     broker_url = f"filesystem://{tmp_path / 'broker'}"
     good = Storage(f"file://{tmp_path / 'storage'}")
     photo(good, "jobs/j1/source.png")

@@ -13,7 +13,7 @@ new one; a broker that is really away is a typed 503 with ``Retry-After``,
 and asking again publishes.
 
 The real app on a real server (``tests/test_gateway_app.py``'s stack), a real
-worker (``upscaler.worker``) with the fast model, the embedded broker and
+worker (``upscaler.worker.loop``) with the fast model, the embedded broker and
 RabbitMQ (this run's virtual host, through a proxy the test cuts).
 """
 
@@ -39,9 +39,9 @@ from servers import wait_for
 from shared.broker import EXPIRES_HEADER, Broker
 from shared.storage import Storage
 from shared.topology import PREVIEW_QUEUE
-from upscaler.registry import ModelRegistry
-from upscaler.worker import UpscaleWorker
-from upscaler.worker_config import WorkerConfig
+from upscaler.models.registry import ModelRegistry
+from upscaler.worker.config import WorkerConfig
+from upscaler.worker.loop import UpscaleWorker
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -81,7 +81,7 @@ def test_on_the_embedded_broker_an_expired_preview_request_is_dropped_and_a_fres
     # The gateway's minute, shortened so that the test need not wait for it.
     ttl_s = 5.0
     monkeypatch.setattr(gateway.delivery.previews, "PREVIEW_TTL_MS", int(ttl_s * 1000))
-    caplog.set_level(logging.INFO, logger="upscaler.worker")
+    caplog.set_level(logging.INFO, logger="upscaler.worker.loop")
     broker_url = f"filesystem://{tmp_path / 'broker'}"
     storage = Storage(f"file://{tmp_path / 'storage'}")
     with start_stack(

@@ -42,10 +42,10 @@ from gateway.store.tables import (
 from servers import free_port, serve, wait_for
 from shared.broker import Broker
 from shared.storage import Storage
-from upscaler.metrics import serve_health
-from upscaler.registry import ModelRegistry
-from upscaler.worker import UpscaleWorker
-from upscaler.worker_config import WorkerConfig
+from upscaler.models.registry import ModelRegistry
+from upscaler.worker.config import WorkerConfig
+from upscaler.worker.loop import UpscaleWorker
+from upscaler.worker.metrics import serve_health
 
 ADMIN_TOKEN = "admin-token-doors-0123456789"
 METRICS_TOKEN = "metrics-token-doors-0123456789"

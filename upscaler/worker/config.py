@@ -20,8 +20,8 @@ from shared.broker import default_broker_url
 from shared.env import EnvReader
 from shared.images import DEFAULT_MAX_PIXELS
 from shared.storage import default_storage_url
-from upscaler.options import DEFAULT_OVERLAP, Overrides, default_device
-from upscaler.precision import AUTO, PRECISION_SETTINGS
+from upscaler.pipeline.options import DEFAULT_OVERLAP, Overrides, default_device
+from upscaler.pipeline.precision import AUTO, PRECISION_SETTINGS
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class WorkerConfig:
     storage_url: str
     name: str
     device: str
-    precision: str  # paid jobs: auto (upscaler/precision.py), fp32, fp16 or bf16
+    precision: str  # paid jobs: auto (upscaler/pipeline/precision.py), fp32, fp16 or bf16
     tile: int | None  # None: the default for the device (sized from free memory on CUDA)
     overlap: int
     batch: int | None

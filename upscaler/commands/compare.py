@@ -17,10 +17,10 @@ import numpy as np
 
 from shared.images import decode_image
 from upscaler.errors import UpscalerError
-from upscaler.files import write_bytes_atomically
-from upscaler.images import encode_image
-from upscaler.pipeline import Upscaler
-from upscaler.registry import PROJECT_MODELS_DIR, ModelRegistry
+from upscaler.models.registry import PROJECT_MODELS_DIR, ModelRegistry
+from upscaler.output.files import write_bytes_atomically
+from upscaler.output.images import encode_image
+from upscaler.pipeline.upscaler import Upscaler
 
 SAMPLE = PROJECT_MODELS_DIR.parent / "samples" / "chelsea.png"
 # The cat's eye and the fur around it: 160x160, about half a minute on two CPU cores.

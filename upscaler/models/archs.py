@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from upscaler._compat import install_torchvision_functional_tensor
-from upscaler.fused import FusedRRDBNet
+from upscaler.models._compat import install_torchvision_functional_tensor
+from upscaler.pipeline.fused import FusedRRDBNet
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -52,7 +52,7 @@ class Architecture:
     supports_tiling: bool
     input_multiple: Callable[[int], int]
     # Peak bytes of activations per window pixel at x4 in fp32 (half in fp16),
-    # from which a CUDA tile is sized (``upscaler.options.fit_to_memory``).
+    # from which a CUDA tile is sized (``upscaler.pipeline.options.fit_to_memory``).
     activation_bytes: int
     # A faster CPU forward pass over the same weights, in fp32 or bf16 (the dtype given),
     # where there is one; ``auto`` picks bf16 on the CPU only through it.

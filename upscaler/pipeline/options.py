@@ -3,7 +3,7 @@
     >>> options = default_options("cuda", spec, "fp16")   # tile sized from the card's free memory
     >>> options = default_options("cpu", spec, "fp32", Overrides(tile=64, overlap=16))
 
-The precision, ``auto`` unless set, is resolved in ``upscaler/precision.py``.
+The precision, ``auto`` unless set, is resolved in ``upscaler/pipeline/precision.py``.
 
 ``overlap`` is the context each tile's window carries on every side, in
 input pixels (``RealESRGANer`` calls it ``tile_pad``); the commands take it
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from upscaler.errors import InvalidOptionsError
-from upscaler.registry import ModelSpec
+from upscaler.models.registry import ModelSpec
 
 # Defaults, from measurements (README, "Seams"):
 # - overlap 32: at tile 64 on 192x192 photos, the mean absolute difference of

@@ -18,10 +18,10 @@ from typing import Any
 from torch import nn
 
 from shared.env import EnvReader
-from upscaler.archs import ARCHITECTURES, Architecture
 from upscaler.errors import UnknownModelError, WeightsError
+from upscaler.models.archs import ARCHITECTURES, Architecture
 
-PROJECT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+PROJECT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from upscaler.errors import OutputFormatError
-from upscaler.png import encode_png
+from upscaler.output.png import encode_png
 
 EXTENSIONS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
 
@@ -47,7 +47,7 @@ def ensure_encodable(channels: int, dtype: np.dtype, fmt: str) -> None:
 def encode_image(pixels: np.ndarray, fmt: str, *, quality: int = 95) -> bytes:
     """Encode RGB-ordered pixels; refuse formats that would drop alpha or depth.
 
-    PNG goes through ``upscaler.png`` (strips deflated on every core);
+    PNG goes through ``upscaler.output.png`` (strips deflated on every core);
     JPEG and WebP through OpenCV.
     """
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]

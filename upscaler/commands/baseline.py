@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from upscaler._compat import install_torchvision_functional_tensor
-from upscaler.registry import ModelSpec
+from upscaler.models._compat import install_torchvision_functional_tensor
+from upscaler.models.registry import ModelSpec
 
 
 def reference_upscaler(

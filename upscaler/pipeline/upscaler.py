@@ -34,23 +34,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from upscaler.errors import InvalidOptionsError, OutOfMemoryError, WeightsError
-from upscaler.fused import fused_cpu_available
-from upscaler.options import (
+from upscaler.models.registry import ModelRegistry, ModelSpec
+from upscaler.models.weights import load_network
+from upscaler.pipeline.fused import fused_cpu_available
+from upscaler.pipeline.options import (
     Overrides,
     PipelineOptions,
     check_device,
     default_options,
 )
-from upscaler.precision import (
+from upscaler.pipeline.precision import (
     AUTO,
     PRECISION_SETTINGS,
     PrecisionChoice,
     bf16_kernels_available,
     choose_precision,
 )
-from upscaler.registry import ModelRegistry, ModelSpec
-from upscaler.tiles import Tile, plan_tiles, smallest_core, split_tile
-from upscaler.weights import load_network
+from upscaler.pipeline.tiles import Tile, plan_tiles, smallest_core, split_tile
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class Upscaler:
         fused = spec.arch.fused_cpu
         if not (fuse and fused and not compile and cpu and fused_cpu_available()):
             fused = None
-        # "auto": see upscaler/precision.py (bf16 on the CPU only through the fused kernels).
+        # "auto": upscaler/pipeline/precision.py (bf16 on the CPU only through the fused kernels).
         self.precision_choice: PrecisionChoice = choose_precision(
             precision,
             self.device,
@@ -170,7 +170,7 @@ class Upscaler:
             forward = _Autocast(network)
         self.network = forward
         if fused is not None:
-            # The same weights through oneDNN's fused kernels (upscaler/fused.py).
+            # The same weights through oneDNN's fused kernels (upscaler/pipeline/fused.py).
             self.network = fused(network, self.dtype)
         self.fused = fused is not None
         log.info("%s on %s: %s", spec.name, self.device, self.precision_choice.reason)

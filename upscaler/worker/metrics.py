@@ -35,7 +35,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:  # no torch at import: the module is read by processes without it
-    from upscaler.precision import PrecisionChoice
+    from upscaler.pipeline.precision import PrecisionChoice
 
 log = logging.getLogger(__name__)
 

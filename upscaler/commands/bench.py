@@ -34,12 +34,12 @@ import numpy as np
 import torch
 
 from shared.images import decode_image
-from upscaler.baseline import reference_upscale, reference_upscaler
-from upscaler.cli import add_model_arguments, load_upscaler
-from upscaler.images import encode_image
-from upscaler.options import PipelineOptions, default_device
-from upscaler.pipeline import Upscaler
-from upscaler.registry import PROJECT_MODELS_DIR, ModelRegistry
+from upscaler.commands.baseline import reference_upscale, reference_upscaler
+from upscaler.commands.cli import add_model_arguments, load_upscaler
+from upscaler.models.registry import PROJECT_MODELS_DIR, ModelRegistry
+from upscaler.output.images import encode_image
+from upscaler.pipeline.options import PipelineOptions, default_device
+from upscaler.pipeline.upscaler import Upscaler
 
 DEFAULT_IMAGE = PROJECT_MODELS_DIR.parent / "samples" / "chelsea.png"
 

@@ -66,13 +66,13 @@ from shared.images import decode_image
 from shared.messages import EventKind, JobEvent, MessageError, PreviewRequest, UpscaleRequest
 from shared.storage import Storage, StoredObject
 from shared.topology import EVENTS_QUEUE, PREVIEW_QUEUE, UPSCALE_QUEUE
-from upscaler import metrics
 from upscaler.errors import PERMANENT, PermanentError, UpscalerError
-from upscaler.images import encode_image, ensure_encodable, output_format
-from upscaler.pipeline import Upscaler
-from upscaler.precision import PrecisionChoice
-from upscaler.registry import ModelRegistry
-from upscaler.worker_config import WorkerConfig
+from upscaler.models.registry import ModelRegistry
+from upscaler.output.images import encode_image, ensure_encodable, output_format
+from upscaler.pipeline.precision import PrecisionChoice
+from upscaler.pipeline.upscaler import Upscaler
+from upscaler.worker import metrics
+from upscaler.worker.config import WorkerConfig
 
 log = logging.getLogger(__name__)
 

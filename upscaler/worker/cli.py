@@ -21,13 +21,13 @@ from shared.env import ConfigError
 from shared.logs import configure_service_logging
 from shared.storage import Storage
 from upscaler.errors import UpscalerError
-from upscaler.metrics import serve_health
-from upscaler.precision import PRECISION_SETTINGS
-from upscaler.registry import ModelRegistry
-from upscaler.worker import UpscaleWorker
-from upscaler.worker_config import WorkerConfig
+from upscaler.models.registry import ModelRegistry
+from upscaler.pipeline.precision import PRECISION_SETTINGS
+from upscaler.worker.config import WorkerConfig
+from upscaler.worker.loop import UpscaleWorker
+from upscaler.worker.metrics import serve_health
 
-log = logging.getLogger("upscaler.worker")
+log = logging.getLogger("upscaler.worker.loop")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from upscaler.errors import ChecksumMismatchError, DownloadError, WeightsError
-from upscaler.files import write_atomically
-from upscaler.ncnn import convert_ncnn, ncnn_models_dir
-from upscaler.registry import ModelRegistry, ModelSpec
+from upscaler.models.ncnn import convert_ncnn, ncnn_models_dir
+from upscaler.models.registry import ModelRegistry, ModelSpec
+from upscaler.output.files import write_atomically
 
 CHUNK_BYTES = 1 << 20
 Progress = Callable[[int, int | None], None]

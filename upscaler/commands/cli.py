@@ -19,19 +19,19 @@ from tqdm import tqdm
 
 from shared.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from upscaler.errors import OutputPathError, UpscalerError
-from upscaler.files import write_bytes_atomically
-from upscaler.images import encode_image, ensure_encodable, output_format
-from upscaler.options import (
+from upscaler.models.registry import ModelRegistry
+from upscaler.models.weights import fetch_weights, import_ncnn_weights, sha256_of
+from upscaler.output.files import write_bytes_atomically
+from upscaler.output.images import encode_image, ensure_encodable, output_format
+from upscaler.pipeline.options import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
     Overrides,
     check_device,
     default_device,
 )
-from upscaler.pipeline import Upscaler
-from upscaler.precision import AUTO, PRECISION_SETTINGS
-from upscaler.registry import ModelRegistry
-from upscaler.weights import fetch_weights, import_ncnn_weights, sha256_of
+from upscaler.pipeline.precision import AUTO, PRECISION_SETTINGS
+from upscaler.pipeline.upscaler import Upscaler
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

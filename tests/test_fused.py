@@ -8,8 +8,8 @@ import torch
 
 from conftest import FAST_MODEL, sample
 from upscaler.models.archs import ARCHITECTURES
+from upscaler.models.fused import FusedRRDBNet, fused_cpu_available
 from upscaler.models.weights import load_network
-from upscaler.pipeline.fused import FusedRRDBNet, fused_cpu_available
 from upscaler.pipeline.precision import bf16_kernels_available
 from upscaler.pipeline.upscaler import PipelineOptions, Upscaler
 

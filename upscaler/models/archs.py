@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from upscaler.models._compat import install_torchvision_functional_tensor
-from upscaler.pipeline.fused import FusedRRDBNet
+from upscaler.models.fused import FusedRRDBNet
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 

@@ -9,7 +9,7 @@ both hold:
 
 - the network has a bf16 path that keeps its fidelity (``RRDBNet``'s fused
   kernels, which keep the input layer, the residual trunk and the output
-  layer in fp32: ``upscaler/pipeline/fused.py``); other networks stay fp32;
+  layer in fp32: ``upscaler/models/fused.py``); other networks stay fp32;
 - bf16 is measurably faster on this CPU: one convolution of the network's
   commonest shape is timed in both precisions, once per process (about
   0.1 s, at the first ``auto`` choice), and bf16 must be ``BF16_MIN_SPEEDUP``

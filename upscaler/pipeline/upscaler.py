@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from upscaler.errors import InvalidOptionsError, OutOfMemoryError, WeightsError
+from upscaler.models.fused import fused_cpu_available
 from upscaler.models.registry import ModelRegistry, ModelSpec
 from upscaler.models.weights import load_network
-from upscaler.pipeline.fused import fused_cpu_available
 from upscaler.pipeline.options import (
     Overrides,
     PipelineOptions,
@@ -170,7 +170,7 @@ class Upscaler:
             forward = _Autocast(network)
         self.network = forward
         if fused is not None:
-            # The same weights through oneDNN's fused kernels (upscaler/pipeline/fused.py).
+            # The same weights through oneDNN's fused kernels (upscaler/models/fused.py).
             self.network = fused(network, self.dtype)
         self.fused = fused is not None
         log.info("%s on %s: %s", spec.name, self.device, self.precision_choice.reason)

@@ -226,6 +226,12 @@ class System:
             **kwargs,
         )
 
+    def source_file(self, job_id: str) -> Path:
+        """The stored copy of the image a job sells (kept once by its content, so every
+        job of this system that sells the same image reads the same file)."""
+        job = self.admin("GET", f"/admin/jobs/{job_id}").json()["job"]
+        return self.tmp / "storage" / job["source_key"]
+
 
 @contextmanager
 def running_system(

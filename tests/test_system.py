@@ -92,7 +92,7 @@ def test_a_corrupt_source_is_refunded_exactly_once(tmp_path):
     ):
         checkout = system.checkout("photo.png")
         job_id = checkout["job_id"]
-        (source,) = (tmp_path / "storage" / "jobs" / job_id).glob("source.*")
+        source = system.source_file(job_id)
         source.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)  # the stored source is damaged
         assert system.pay(checkout)["outcome"] == "paid"
         system.start_worker()

@@ -42,6 +42,7 @@ def job_record(job: Job) -> dict[str, Any]:
         "amount_cents": job.amount_cents,
         "currency": job.currency,
         "model": job.model,
+        "source_key": job.source_key,
         "customer_email": job.customer_email,
         "stripe_session_id": job.stripe_session_id,
         "stripe_payment_intent_id": job.stripe_payment_intent_id,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import io
-import os
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -26,10 +25,11 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from gateway.languages import LANGUAGES, choose
+from shared import settings
 
 # The checkout's samples/ (the demo runs from a checkout); SMI_SAMPLES_DIR elsewhere.
 SAMPLES_DIR = Path(
-    os.environ.get("SMI_SAMPLES_DIR") or Path(__file__).resolve().parent.parent / "samples"
+    settings.read("SAMPLES_DIR") or Path(__file__).resolve().parent.parent / "samples"
 )
 # name -> (file, caption key, longest side in pixels)
 PHOTOS = {

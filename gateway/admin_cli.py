@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -32,11 +31,12 @@ from urllib.parse import quote
 import httpx
 
 from gateway.money.currencies import format_money
+from shared import settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smi-admin", description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=os.environ.get("SMI_ADMIN_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--url", default=settings.read("ADMIN_URL"))
     parser.add_argument("--json", action="store_true", help="print the API's JSON")
     commands = parser.add_subparsers(dest="command", required=True)
     jobs = commands.add_parser("jobs", help="list and search jobs")
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "users" and args.action in ("add", "reset", "remove") and not args.email:
         parser.error(f"users {args.action} needs the account's email address")
 
-    token = os.environ.get("SMI_ADMIN_TOKEN", "")
+    token = settings.read("ADMIN_TOKEN")
     if not token:
         print("smi-admin: set SMI_ADMIN_TOKEN to the gateway's admin token", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ from gateway.background import Background
 from gateway.config import ConfigError, GatewayConfig
 from gateway.services import Services
 from gateway.store.database import create_database_engine, migrate
+from shared import settings
 from shared.logs import configure_service_logging
 
 
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--port",
         type=int,
-        default=os.environ.get("SMI_GATEWAY_PORT") or 8000,
+        default=int(settings.read("GATEWAY_PORT")),
         help="default: SMI_GATEWAY_PORT, else 8000",
     )
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")

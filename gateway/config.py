@@ -29,10 +29,10 @@ from gateway.money.currencies import CurrencyError, check_currency, minimum_char
 from shared.broker import default_broker_url
 from shared.env import ConfigError, EnvReader
 from shared.models import DEFAULT_MODEL, MODELS
+from shared.settings import SETTINGS
 from shared.storage import default_storage_url
 
 STRIPE_MINIMUM_CENTS = 50  # Stripe refuses smaller USD charges
-DEFAULT_DATA_DIR = Path("var")
 
 
 @dataclass(frozen=True)
@@ -163,19 +163,9 @@ class DashboardConfig:
     lockout_minutes: float = 15.0  # the window failures are counted in, and the lock
 
 
-# What the examples put where a secret goes; a live gateway refuses to start on one.
+# What the examples put where a secret goes; a live gateway refuses to start on one
+# (every setting declared a secret in shared/settings.py).
 PLACEHOLDER = re.compile(r"replace[-_]?me", re.IGNORECASE)
-SECRETS = (
-    "ADMIN_TOKEN",
-    "METRICS_TOKEN",
-    "DOWNLOAD_SECRET",
-    "DOWNLOAD_SECRET_PREVIOUS",
-    "STRIPE_LIVE_SECRET_KEY",
-    "STRIPE_LIVE_WEBHOOK_SECRET",
-    "SELLER_WEBHOOK_SECRET",
-    "SMTP_URL",
-    "DATABASE_URL",
-)
 
 
 @dataclass(frozen=True)
@@ -228,16 +218,16 @@ class GatewayConfig:
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> GatewayConfig:
         """Build and validate the configuration; ``ConfigError`` lists every problem."""
         env = EnvReader(environ)
-        data_dir = Path(env.text("DATA_DIR", str(DEFAULT_DATA_DIR)))
-        mode = env.text("STRIPE_MODE", "test")
+        data_dir = Path(env.text("DATA_DIR"))
+        mode = env.text("STRIPE_MODE")
         if mode not in ("test", "live"):
             env.problem(f"SMI_STRIPE_MODE must be test or live, not {mode!r}")
             mode = "test"
         prefix = f"STRIPE_{mode.upper()}"
-        secret_key = env.text(f"{prefix}_SECRET_KEY", "")
-        webhook_secret = env.text(f"{prefix}_WEBHOOK_SECRET", "")
-        api_base = env.text("STRIPE_API_BASE", "") or None
-        public_url = env.text("PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+        secret_key = env.text(f"{prefix}_SECRET_KEY")
+        webhook_secret = env.text(f"{prefix}_WEBHOOK_SECRET")
+        api_base = env.text("STRIPE_API_BASE") or None
+        public_url = env.text("PUBLIC_URL").rstrip("/")
 
         key_prefixes = (f"sk_{mode}_", f"rk_{mode}_")
         if not secret_key:
@@ -259,14 +249,12 @@ class GatewayConfig:
         if not _is_http_url(public_url):
             env.problem(f"SMI_PUBLIC_URL must be an http(s) URL, not {public_url!r}")
 
-        source_hosts = tuple(
-            host.strip().lower() for host in env.text("SOURCE_HOSTS", "").split(",") if host.strip()
-        )
+        source_hosts = tuple(host.lower() for host in env.items("SOURCE_HOSTS"))
         for host in source_hosts:
             if "/" in host or "@" in host:
                 env.problem(f"SMI_SOURCE_HOSTS holds 'host' or 'host:port' entries, not {host!r}")
 
-        smtp_url = env.text("SMTP_URL", "")
+        smtp_url = env.text("SMTP_URL")
         if smtp_url and urlsplit(smtp_url).scheme not in ("smtp", "smtps"):
             env.problem(f"SMI_SMTP_URL must be smtp:// or smtps://, not {smtp_url!r}")
         if mode == "live" and not smtp_url:
@@ -274,7 +262,7 @@ class GatewayConfig:
                 "SMI_SMTP_URL is required in live mode: without it emails are only written "
                 "as files (SMI_MAIL_DIR) and no customer receives one"
             )
-        if mode == "live" and not env.text("DOWNLOAD_SECRET", ""):
+        if mode == "live" and not env.text("DOWNLOAD_SECRET"):
             env.problem(
                 "SMI_DOWNLOAD_SECRET is required in live mode: download links signed with a "
                 "secret of their own outlive a rotated Stripe key"
@@ -282,33 +270,31 @@ class GatewayConfig:
         if mode == "live":
             # The examples' secrets (deploy/env.example, the example Secret) are public:
             # a live shop started on one would sign links anyone can forge.
-            for name in SECRETS:
-                if PLACEHOLDER.search(env.text(name, "")):
-                    env.problem(f"SMI_{name} still holds the example's placeholder: set your own")
-        admin_token = env.text("ADMIN_TOKEN", "")
+            for setting in SETTINGS.values():
+                if setting.secret and PLACEHOLDER.search(env.text(setting.name)):
+                    env.problem(
+                        f"{setting.variable} still holds the example's placeholder: set your own"
+                    )
+        admin_token = env.text("ADMIN_TOKEN")
         if admin_token and len(admin_token) < 16:
             env.problem("SMI_ADMIN_TOKEN must be at least 16 characters")
-        metrics_token = env.text("METRICS_TOKEN", "")
+        metrics_token = env.text("METRICS_TOKEN")
         if metrics_token and len(metrics_token) < 16:
             env.problem("SMI_METRICS_TOKEN must be at least 16 characters")
         # Download links are signed with their own secret; without one, a key
         # derived from the Stripe secret (never the secret itself) signs them.
         download_secret = (
-            env.text("DOWNLOAD_SECRET", "")
+            env.text("DOWNLOAD_SECRET")
             or hmac.new(secret_key.encode(), b"smi-download-links", hashlib.sha256).hexdigest()
         )
-        download_redirect = env.text("DOWNLOAD_REDIRECT", "presigned").strip().lower()
+        download_redirect = env.text("DOWNLOAD_REDIRECT").lower()
         if download_redirect not in ("presigned", "stream"):
             env.problem(
                 f"SMI_DOWNLOAD_REDIRECT must be presigned or stream, not {download_redirect!r}"
             )
             download_redirect = "presigned"
 
-        storefront_origins = tuple(
-            origin.strip().rstrip("/")
-            for origin in env.text("STOREFRONT_ORIGINS", "").split(",")
-            if origin.strip()
-        )
+        storefront_origins = tuple(origin.rstrip("/") for origin in env.items("STOREFRONT_ORIGINS"))
         for origin in storefront_origins:
             parts = urlsplit(origin)
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
@@ -317,17 +303,16 @@ class GatewayConfig:
                 )
 
         trusted_proxies: list[IPv4Network | IPv6Network] = []
-        for entry in env.text("TRUSTED_PROXIES", "").split(","):
-            if entry.strip():
-                try:
-                    trusted_proxies.append(ip_network(entry.strip(), strict=False))
-                except ValueError:
-                    env.problem(
-                        "SMI_TRUSTED_PROXIES takes addresses or networks (10.0.0.0/8, ::1), "
-                        f"not {entry.strip()!r}"
-                    )
+        for entry in env.items("TRUSTED_PROXIES"):
+            try:
+                trusted_proxies.append(ip_network(entry, strict=False))
+            except ValueError:
+                env.problem(
+                    "SMI_TRUSTED_PROXIES takes addresses or networks (10.0.0.0/8, ::1), "
+                    f"not {entry!r}"
+                )
 
-        currency = env.text("CURRENCY", "usd").lower()
+        currency = env.text("CURRENCY").lower()
         known = True
         try:
             check_currency(currency)
@@ -336,28 +321,24 @@ class GatewayConfig:
             known = False
         # Stripe's minimum for the currency; where it converts instead, the operator says.
         minimum = minimum_charge(currency)
-        given = env.text("MINIMUM_CHARGE", "")
-        if given:
-            minimum = int(env.number("MINIMUM_CHARGE", 0, minimum=1))
+        given = env.optional_integer("MINIMUM_CHARGE")
+        if given is not None:
+            minimum = given
+        elif env.text("MINIMUM_CHARGE"):
+            pass  # unreadable: a problem already
         elif minimum is None and known:
             env.problem(
                 f"SMI_MINIMUM_CHARGE: Stripe has no fixed minimum charge in {currency.upper()}; "
                 "set the smallest amount to charge, in its minor units"
             )
-        offered = tuple(
-            name.strip()
-            for name in env.text("OFFER_MODELS", DEFAULT_MODEL).split(",")
-            if name.strip()
-        )
+        offered = env.items("OFFER_MODELS")
         for name in offered:
             if name not in MODELS:
                 env.problem(
                     f"SMI_OFFER_MODELS: unknown model {name!r} (known: {', '.join(MODELS)})"
                 )
         model_prices: list[tuple[str, float]] = []
-        for entry in env.text("MODEL_PRICES", "").split(","):
-            if not entry.strip():
-                continue
+        for entry in env.items("MODEL_PRICES"):
             name, _, value = entry.partition("=")
             try:
                 price = float(value)
@@ -366,13 +347,13 @@ class GatewayConfig:
             if name.strip() not in offered or price < 0:
                 env.problem(
                     "SMI_MODEL_PRICES takes MODEL=PRICE_PER_MEGAPIXEL pairs of offered models, "
-                    f"not {entry.strip()!r}"
+                    f"not {entry!r}"
                 )
                 continue
             model_prices.append((name.strip(), price))
-        gpu_cost = env.number("GPU_COST_PER_HOUR", -1, minimum=-1)
-        measured = _bench_figures(env, env.text("BENCH_FILES", ""))
-        if gpu_cost >= 0:
+        gpu_cost = env.optional_number("GPU_COST_PER_HOUR")
+        measured = _bench_figures(env, env.items("BENCH_FILES"))
+        if gpu_cost is not None:
             for name in offered:
                 if name not in dict(measured):
                     env.problem(
@@ -380,21 +361,21 @@ class GatewayConfig:
                         "(SMI_BENCH_FILES)"
                     )
         pricing = PricingConfig(
-            price_per_megapixel_cents=env.number("PRICE_PER_MEGAPIXEL_CENTS", 2.0, minimum=0),
-            markup=env.number("MARKUP", 1.5, minimum=1.0),
+            price_per_megapixel_cents=env.number("PRICE_PER_MEGAPIXEL_CENTS"),
+            markup=env.number("MARKUP"),
             currency=currency,
             minimum_cents=minimum or STRIPE_MINIMUM_CENTS,
             models=offered or (DEFAULT_MODEL,),
             model_prices=tuple(model_prices),
-            gpu_cost_per_hour=gpu_cost if gpu_cost >= 0 else None,
+            gpu_cost_per_hour=gpu_cost,
             seconds_per_megapixel=measured,
         )
 
-        tax_behavior = env.text("TAX_BEHAVIOR", "exclusive").lower()
+        tax_behavior = env.text("TAX_BEHAVIOR").lower()
         if tax_behavior not in ("exclusive", "inclusive"):
             env.problem(f"SMI_TAX_BEHAVIOR must be exclusive or inclusive, not {tax_behavior!r}")
-        seller_webhook = env.text("SELLER_WEBHOOK_URL", "") or None
-        seller_secret = env.text("SELLER_WEBHOOK_SECRET", "") or None
+        seller_webhook = env.text("SELLER_WEBHOOK_URL") or None
+        seller_secret = env.text("SELLER_WEBHOOK_SECRET") or None
         if seller_webhook and urlsplit(seller_webhook).scheme not in ("http", "https"):
             env.problem(f"SMI_SELLER_WEBHOOK_URL must be an http(s) URL, not {seller_webhook!r}")
         if seller_webhook and (not seller_secret or len(seller_secret) < 16):
@@ -402,7 +383,7 @@ class GatewayConfig:
                 "SMI_SELLER_WEBHOOK_SECRET (at least 16 characters) is required with "
                 "SMI_SELLER_WEBHOOK_URL: the seller checks each notification's signature with it"
             )
-        seller_email = env.text("SELLER_EMAIL", "") or None
+        seller_email = env.text("SELLER_EMAIL") or None
         if seller_email and "@" not in seller_email:
             env.problem(f"SMI_SELLER_EMAIL must be an email address, not {seller_email!r}")
 
@@ -416,88 +397,76 @@ class GatewayConfig:
             source_hosts=source_hosts,
             data_dir=data_dir,
             # Stripe accepts 30 minutes to 24 hours.
-            checkout_expires_minutes=int(
-                env.number("CHECKOUT_EXPIRES_MINUTES", 60, minimum=30, maximum=24 * 60)
-            ),
-            max_source_bytes=int(env.number("MAX_SOURCE_BYTES", 50 * 2**20, minimum=1)),
-            max_source_pixels=int(env.number("MAX_SOURCE_PIXELS", 4096 * 4096, minimum=1)),
-            fetch_timeout_s=env.number("FETCH_TIMEOUT_S", 20.0, minimum=0.1),
-            background_in_process=env.flag("BACKGROUND_IN_PROCESS", True),
+            checkout_expires_minutes=env.integer("CHECKOUT_EXPIRES_MINUTES"),
+            max_source_bytes=env.integer("MAX_SOURCE_BYTES"),
+            max_source_pixels=env.integer("MAX_SOURCE_PIXELS"),
+            fetch_timeout_s=env.number("FETCH_TIMEOUT_S"),
+            background_in_process=env.flag("BACKGROUND_IN_PROCESS"),
             mail=MailConfig(
-                smtp_url=env.text("SMTP_URL", "") or None,
+                smtp_url=smtp_url or None,
                 folder=Path(env.text("MAIL_DIR", str(data_dir / "mail"))),
-                sender=env.text("MAIL_FROM", "Sell My Images <noreply@localhost>"),
-                support_email=env.text("SUPPORT_EMAIL", "support@example.com"),
-                lease_s=env.number("EMAIL_LEASE_S", 120, minimum=1),
+                sender=env.text("MAIL_FROM"),
+                support_email=env.text("SUPPORT_EMAIL"),
+                lease_s=env.number("EMAIL_LEASE_S"),
             ),
             recovery=RecoveryConfig(
-                pending_timeout_s=env.number("PENDING_TIMEOUT_S", 900, minimum=1),
-                heartbeat_timeout_s=env.number("HEARTBEAT_TIMEOUT_S", 180, minimum=1),
-                watchdog_interval_s=env.number("WATCHDOG_INTERVAL_S", 30, minimum=0.1),
-                max_job_attempts=int(env.number("MAX_JOB_ATTEMPTS", 3, minimum=1, maximum=20)),
-                refund_max_attempts=int(
-                    env.number("REFUND_MAX_ATTEMPTS", 6, minimum=1, maximum=50)
-                ),
-                refund_backoff_s=env.number("REFUND_BACKOFF_S", 10, minimum=0),
-                refund_lease_s=env.number("REFUND_LEASE_S", 120, minimum=1),
-                stripe_catch_up_s=env.number("STRIPE_CATCH_UP_S", 60, minimum=1),
-                result_retention_days=env.number("RESULT_RETENTION_DAYS", 30, minimum=0),
-                retention_interval_s=env.number("RETENTION_INTERVAL_S", 300, minimum=1),
+                pending_timeout_s=env.number("PENDING_TIMEOUT_S"),
+                heartbeat_timeout_s=env.number("HEARTBEAT_TIMEOUT_S"),
+                watchdog_interval_s=env.number("WATCHDOG_INTERVAL_S"),
+                max_job_attempts=env.integer("MAX_JOB_ATTEMPTS"),
+                refund_max_attempts=env.integer("REFUND_MAX_ATTEMPTS"),
+                refund_backoff_s=env.number("REFUND_BACKOFF_S"),
+                refund_lease_s=env.number("REFUND_LEASE_S"),
+                stripe_catch_up_s=env.number("STRIPE_CATCH_UP_S"),
+                result_retention_days=env.number("RESULT_RETENTION_DAYS"),
+                retention_interval_s=env.number("RETENTION_INTERVAL_S"),
             ),
             admin_token=admin_token or None,
             download_secret=download_secret,
-            download_previous_secrets=tuple(
-                secret.strip()
-                for secret in env.text("DOWNLOAD_SECRET_PREVIOUS", "").split(",")
-                if secret.strip()
-            ),
-            download_ttl_s=int(env.number("DOWNLOAD_TTL_HOURS", 7 * 24, minimum=0.01) * 3600),
+            download_previous_secrets=env.items("DOWNLOAD_SECRET_PREVIOUS"),
+            download_ttl_s=int(env.number("DOWNLOAD_TTL_HOURS") * 3600),
             download_redirect=download_redirect,
-            download_presigned_ttl_s=int(
-                env.number("DOWNLOAD_PRESIGNED_TTL_S", 300, minimum=10, maximum=3600)
-            ),
+            download_presigned_ttl_s=env.integer("DOWNLOAD_PRESIGNED_TTL_S"),
             storefront_origins=storefront_origins,
             trusted_proxies=tuple(trusted_proxies),
-            min_free_bytes=int(env.number("MIN_FREE_MB", 500, minimum=0) * 2**20),
+            min_free_bytes=int(env.number("MIN_FREE_MB") * 2**20),
             metrics_token=metrics_token or None,
             checkout_limits=CheckoutLimitsConfig(
-                per_client_per_minute=env.number("CHECKOUT_PER_CLIENT_PER_MINUTE", 20, minimum=0.1),
-                burst=int(env.number("CHECKOUT_BURST", 5, minimum=1)),
-                global_per_minute=env.number("CHECKOUT_GLOBAL_PER_MINUTE", 600, minimum=0.1),
+                per_client_per_minute=env.number("CHECKOUT_PER_CLIENT_PER_MINUTE"),
+                burst=env.integer("CHECKOUT_BURST"),
+                global_per_minute=env.number("CHECKOUT_GLOBAL_PER_MINUTE"),
             ),
             previews=PreviewConfig(
-                size=int(env.number("PREVIEW_SIZE", 128, minimum=16, maximum=512)),
-                per_client_per_minute=env.number("PREVIEW_PER_CLIENT_PER_MINUTE", 10, minimum=0.1),
-                burst=int(env.number("PREVIEW_BURST", 5, minimum=1)),
-                global_per_minute=env.number("PREVIEW_GLOBAL_PER_MINUTE", 300, minimum=0.1),
-                keep_s=env.number("PREVIEW_KEEP_S", 3600, minimum=60),
-                wait_s=env.number("PREVIEW_WAIT_S", 30, minimum=1),
-                squares_per_image=int(env.number("PREVIEW_SQUARES_PER_IMAGE", 6, minimum=1)),
+                size=env.integer("PREVIEW_SIZE"),
+                per_client_per_minute=env.number("PREVIEW_PER_CLIENT_PER_MINUTE"),
+                burst=env.integer("PREVIEW_BURST"),
+                global_per_minute=env.number("PREVIEW_GLOBAL_PER_MINUTE"),
+                keep_s=env.number("PREVIEW_KEEP_S"),
+                wait_s=env.number("PREVIEW_WAIT_S"),
+                squares_per_image=env.integer("PREVIEW_SQUARES_PER_IMAGE"),
             ),
             checkout_options=CheckoutOptions(
-                allow_promotion_codes=env.flag("ALLOW_PROMOTION_CODES", False),
-                automatic_tax=env.flag("AUTOMATIC_TAX", False),
+                allow_promotion_codes=env.flag("ALLOW_PROMOTION_CODES"),
+                automatic_tax=env.flag("AUTOMATIC_TAX"),
                 tax_behavior="inclusive" if tax_behavior == "inclusive" else "exclusive",
-                invoice_creation=env.flag("INVOICE_CREATION", False),
-                collect_billing_address=env.flag("COLLECT_BILLING_ADDRESS", False),
+                invoice_creation=env.flag("INVOICE_CREATION"),
+                collect_billing_address=env.flag("COLLECT_BILLING_ADDRESS"),
             ),
             seller=SellerConfig(
                 email=seller_email,
                 webhook_url=seller_webhook,
                 webhook_secret=seller_secret,
-                reconcile_interval_s=env.number("RECONCILE_INTERVAL_S", 3600, minimum=1),
-                max_attempts=int(env.number("SELLER_NOTIFY_MAX_ATTEMPTS", 10, minimum=1)),
-                backoff_s=env.number("SELLER_NOTIFY_BACKOFF_S", 5, minimum=0),
+                reconcile_interval_s=env.number("RECONCILE_INTERVAL_S"),
+                max_attempts=env.integer("SELLER_NOTIFY_MAX_ATTEMPTS"),
+                backoff_s=env.number("SELLER_NOTIFY_BACKOFF_S"),
             ),
             dashboard=DashboardConfig(
-                support_refund_limit=int(env.number("SUPPORT_REFUND_LIMIT", 0, minimum=0)),
-                session_hours=env.number("DASHBOARD_SESSION_HOURS", 12, minimum=0.01, maximum=720),
-                idle_minutes=env.number("DASHBOARD_IDLE_MINUTES", 30, minimum=1),
-                max_failures=int(env.number("SIGN_IN_MAX_FAILURES", 5, minimum=1)),
-                max_failures_per_address=int(
-                    env.number("SIGN_IN_MAX_FAILURES_PER_ADDRESS", 20, minimum=1)
-                ),
-                lockout_minutes=env.number("SIGN_IN_LOCKOUT_MINUTES", 15, minimum=1),
+                support_refund_limit=env.integer("SUPPORT_REFUND_LIMIT"),
+                session_hours=env.number("DASHBOARD_SESSION_HOURS"),
+                idle_minutes=env.number("DASHBOARD_IDLE_MINUTES"),
+                max_failures=env.integer("SIGN_IN_MAX_FAILURES"),
+                max_failures_per_address=env.integer("SIGN_IN_MAX_FAILURES_PER_ADDRESS"),
+                lockout_minutes=env.number("SIGN_IN_LOCKOUT_MINUTES"),
             ),
         )
         if env.problems:
@@ -521,12 +490,10 @@ def _is_http_url(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
-def _bench_figures(env: EnvReader, paths: str) -> tuple[tuple[str, float], ...]:
+def _bench_figures(env: EnvReader, paths: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
     """Seconds per output megapixel of each model, from ``smi-bench --json`` reports."""
     figures: dict[str, float] = {}
-    for raw in paths.split(","):
-        if not raw.strip():
-            continue
+    for raw in paths:
         try:
             report = json.loads(Path(raw.strip()).read_text())
             model, rate = str(report["model"]), float(report["input_megapixels_per_s"])

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import signal
 
+from shared.settings import read
+
 POINTS = {
     "webhook.applied": "an event's changes made, not yet committed",
     "webhook.committed": "an event's changes committed, Stripe not yet answered",
@@ -20,9 +22,7 @@ POINTS = {
     "refund.sent": "Stripe has made the refund, we have not recorded it",
 }
 
-_ARMED = frozenset(
-    name.strip() for name in os.environ.get("SMI_FAILPOINTS", "").split(",") if name.strip()
-)
+_ARMED = frozenset(name.strip() for name in read("FAILPOINTS").split(",") if name.strip())
 _unknown = _ARMED - POINTS.keys()
 if _unknown:
     raise ValueError(f"SMI_FAILPOINTS names no such point: {', '.join(sorted(_unknown))}")

@@ -28,7 +28,9 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
-DEFAULT_MAX_PIXELS = 4096 * 4096
+from shared.settings import SETTINGS
+
+DEFAULT_MAX_PIXELS = int(SETTINGS["MAX_SOURCE_PIXELS"].default or 0)  # 4096x4096
 FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
 MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 EXIF_ORIENTATION = 0x0112

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from shared import settings
 
 SERVICE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # What every LogRecord has: anything else on a record came from ``extra=``.
@@ -135,7 +136,7 @@ def configure_service_logging(**fields: str) -> None:
     (started with ``log_config=None``) come here too, so its access lines are
     JSON with the rest.
     """
-    choice = os.environ.get("SMI_LOG_FORMAT", "").strip().lower()
+    choice = settings.read("LOG_FORMAT").lower()
     as_json = choice == "json" or (choice != "text" and not sys.stderr.isatty())
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if as_json else TextFormatter())

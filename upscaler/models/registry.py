@@ -82,8 +82,8 @@ class ModelRegistry:
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ModelRegistry:
         """The project's manifest, or ``SMI_MODELS_DIR`` / ``SMI_WEIGHTS_DIR`` when set."""
         env = EnvReader(environ)
-        models_dir = Path(env.text("MODELS_DIR", "") or PROJECT_MODELS_DIR)
-        weights_dir = env.text("WEIGHTS_DIR", "")
+        models_dir = Path(env.text("MODELS_DIR", str(PROJECT_MODELS_DIR)))
+        weights_dir = env.text("WEIGHTS_DIR")
         return cls.load(models_dir, Path(weights_dir) if weights_dir else None)
 
     def get(self, name: str | None = None) -> ModelSpec:

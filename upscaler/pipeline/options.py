@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from shared.settings import SETTINGS
 from upscaler.errors import InvalidOptionsError
 from upscaler.models.registry import ModelSpec
 
@@ -29,7 +30,7 @@ from upscaler.models.registry import ModelSpec
 #   1.20x the pixels of no overlap at all. On CUDA the tile is sized from the
 #   card's free memory instead (``tile_for_memory``).
 DEFAULT_TILE = 512
-DEFAULT_OVERLAP = 32
+DEFAULT_OVERLAP = int(SETTINGS["WORKER_OVERLAP"].default or 0)  # 32, the worker's too
 # Batches multiply activation memory: four 548x548 fp32 windows would want
 # ~11 GiB of host memory, and running out there kills the process instead of
 # raising an error. On CUDA the batch is sized from free memory.

@@ -18,9 +18,8 @@ from pathlib import Path
 
 from shared.broker import default_broker_url
 from shared.env import EnvReader
-from shared.images import DEFAULT_MAX_PIXELS
 from shared.storage import default_storage_url
-from upscaler.pipeline.options import DEFAULT_OVERLAP, Overrides, default_device
+from upscaler.pipeline.options import Overrides, default_device
 from upscaler.pipeline.precision import AUTO, PRECISION_SETTINGS
 
 
@@ -59,45 +58,43 @@ class WorkerConfig:
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> WorkerConfig:
         """Build and validate; ``ConfigError`` lists every problem."""
         env = EnvReader(environ)
-        data_dir = Path(env.text("DATA_DIR", "var"))
-        device = env.text("WORKER_DEVICE", "") or default_device()
-        precision = env.text("WORKER_PRECISION", "") or AUTO
-        preview_precision = env.text("WORKER_PREVIEW_PRECISION", "") or AUTO
+        data_dir = Path(env.text("DATA_DIR"))
+        device = env.text("WORKER_DEVICE", default_device())
+        precision = env.text("WORKER_PRECISION")
+        preview_precision = env.text("WORKER_PREVIEW_PRECISION")
         for name, value in (
             ("WORKER_PRECISION", precision),
             ("WORKER_PREVIEW_PRECISION", preview_precision),
         ):
             if value not in PRECISION_SETTINGS:
                 env.problem(f"SMI_{name} must be auto, fp32, fp16 or bf16, not {value!r}")
-        tile = env.text("WORKER_TILE", "auto")
+        tile = env.text("WORKER_TILE")
         if tile != "auto" and not tile.isdigit():
             env.problem(f"SMI_WORKER_TILE must be auto or a whole number of pixels, not {tile!r}")
-        batch = int(env.number("WORKER_BATCH", 0, minimum=0))
-        lanes = int(env.number("WORKER_LANES", 0, minimum=0))
+        batch = env.integer("WORKER_BATCH")
+        lanes = env.integer("WORKER_LANES")
         if lanes > 1 and device != "cpu":
             env.problem(f"SMI_WORKER_LANES > 1 is for the CPU, not {device}")
         config = cls(
             broker_url=env.text("BROKER_URL", default_broker_url(data_dir)),
             storage_url=env.text("STORAGE_URL", default_storage_url(data_dir)),
-            name=env.text("WORKER_NAME", "") or f"{socket.gethostname()}:{os.getpid()}",
+            name=env.text("WORKER_NAME", f"{socket.gethostname()}:{os.getpid()}"),
             device=device,
             precision=precision,
             tile=int(tile) if tile.isdigit() else None,
-            overlap=int(env.number("WORKER_OVERLAP", DEFAULT_OVERLAP, minimum=0)),
+            overlap=env.integer("WORKER_OVERLAP"),
             batch=batch or None,
             lanes=lanes or None,
-            compile=env.flag("WORKER_COMPILE", False),
-            pipeline=env.flag("WORKER_PIPELINE", True),
-            max_pixels=int(env.number("MAX_SOURCE_PIXELS", DEFAULT_MAX_PIXELS, minimum=1)),
-            max_attempts=int(env.number("WORKER_MAX_ATTEMPTS", 3, minimum=1, maximum=20)),
-            retry_backoff_s=env.number("WORKER_RETRY_BACKOFF_S", 2.0, minimum=0),
-            heartbeat_s=env.number("WORKER_HEARTBEAT_S", 15.0, minimum=0.1),
-            progress_interval_s=env.number("WORKER_PROGRESS_INTERVAL_S", 1.0, minimum=0),
-            broker_heartbeat_s=env.number("WORKER_BROKER_HEARTBEAT_S", 30.0, minimum=0),
-            metrics_port=int(env.number("WORKER_METRICS_PORT", 0, minimum=0, maximum=65535))
-            if env.text("WORKER_METRICS_PORT", "")
-            else None,
-            stall_s=env.number("WORKER_STALL_S", 600.0, minimum=1),
+            compile=env.flag("WORKER_COMPILE"),
+            pipeline=env.flag("WORKER_PIPELINE"),
+            max_pixels=env.integer("MAX_SOURCE_PIXELS"),
+            max_attempts=env.integer("WORKER_MAX_ATTEMPTS"),
+            retry_backoff_s=env.number("WORKER_RETRY_BACKOFF_S"),
+            heartbeat_s=env.number("WORKER_HEARTBEAT_S"),
+            progress_interval_s=env.number("WORKER_PROGRESS_INTERVAL_S"),
+            broker_heartbeat_s=env.number("WORKER_BROKER_HEARTBEAT_S"),
+            metrics_port=env.optional_integer("WORKER_METRICS_PORT"),
+            stall_s=env.number("WORKER_STALL_S"),
             preview_precision=preview_precision,
         )
         env.check()

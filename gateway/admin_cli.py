@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import httpx
 
-from gateway.money.currencies import format_money
+from gateway.currencies import format_money
 from shared import settings
 
 

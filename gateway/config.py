@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from gateway.money.currencies import CurrencyError, check_currency, minimum_charge
+from gateway.currencies import CurrencyError, check_currency, minimum_charge
 from shared.broker import default_broker_url
 from shared.env import ConfigError, EnvReader
 from shared.models import DEFAULT_MODEL, MODELS

@@ -28,8 +28,8 @@ from gateway.app import create_app
 from gateway.config import GatewayConfig
 from gateway.errors import PaymentProviderRejected, RateLimitedError, SourceImageError
 from gateway.http.limits import CheckoutLimits
+from gateway.images.sources import check_url
 from gateway.money.payments import Payments
-from gateway.money.sources import check_url
 from gateway.store.database import create_database_engine, session_factory
 from gateway.store.lifecycle import audit_trail
 from gateway.store.tables import Job, OutboxMessage

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.config import ConfigError, GatewayConfig, PricingConfig
-from gateway.money.currencies import format_money, minimum_charge, step
+from gateway.currencies import format_money, minimum_charge, step
 from gateway.money.pricing import quote_price
 
 TEST_ENV = {

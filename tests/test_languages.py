@@ -13,11 +13,11 @@ from markupsafe import escape
 from starlette.testclient import TestClient
 
 from devtools.shop import SHOP_TEXT, create_shop_app
+from gateway.currencies import format_money
 from gateway.dashboard.overview import PERIODS
 from gateway.delivery.emails import KINDS, EmailSettings, render_email
 from gateway.http.dashboard_view import NAVIGATION
 from gateway.languages import LANGUAGES, catalogue, choose, translate
-from gateway.money.currencies import format_money
 from gateway.store.tables import Job, SellerRole
 from shared.jobs import JobStatus
 from shared.models import MODELS

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from system import running_system
 
-from gateway.delivery.previews import most_detailed_square
+from gateway.images.previews import most_detailed_square
 from servers import wait_for
 from shared.images import check_image, decode_image
 from shared.storage import Storage

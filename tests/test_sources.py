@@ -23,7 +23,7 @@ from test_gateway_app import start_stack
 
 from conftest import sample
 from gateway.errors import SourceImageError
-from gateway.money.sources import SourcePolicy, fetch_source
+from gateway.images.sources import SourcePolicy, fetch_source
 from upscaler.output.images import encode_image
 
 PHOTO = encode_image(np.ascontiguousarray(sample("coffee")[100:180, 200:320]), "jpeg")
@@ -112,7 +112,7 @@ def test_a_compression_bomb_stops_at_the_limit_with_bounded_memory():
         # The same fetch in a fresh process: its peak memory barely moves.
         script = (
             "import resource, sys\n"
-            "from gateway.money.sources import SourcePolicy, fetch_source\n"
+            "from gateway.images.sources import SourcePolicy, fetch_source\n"
             "from gateway.errors import SourceImageError\n"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             f"policy = SourcePolicy(({host!r},), 1_000_000, 4096 * 4096, 10.0)\n"

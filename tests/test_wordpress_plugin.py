@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from wordpress import WordPressSite, build_plugin, wordpress_site
 
+from gateway.currencies import THREE_DECIMAL, ZERO_DECIMAL
 from gateway.languages import LANGUAGES, catalogue
-from gateway.money.currencies import THREE_DECIMAL, ZERO_DECIMAL
 from servers import free_port
 
 INTEGRATION = Path(__file__).resolve().parent.parent / "integrations" / "wordpress"

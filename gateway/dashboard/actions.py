@@ -21,10 +21,10 @@ from typing import Any
 from sqlalchemy import select
 
 from gateway.background.retention import Erasure, erase_customer
+from gateway.currencies import format_money
 from gateway.delivery.emails import email_kind, queue_email_again
 from gateway.delivery.mailer import MAX_SEND_ATTEMPTS
 from gateway.errors import ConflictError, NotFoundError, NotPermittedError
-from gateway.money.currencies import format_money
 from gateway.money.fulfilment import retry_job, settle_from_stripe
 from gateway.money.reconciliation import reconcile as reconcile_with_stripe
 from gateway.money.refunds import refund_job

@@ -39,8 +39,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.orm import Session
 
+from gateway.currencies import format_money
 from gateway.languages import choose, translate
-from gateway.money.currencies import format_money
 from gateway.store.lifecycle import add_outbox_message
 from gateway.store.tables import (
     Job,

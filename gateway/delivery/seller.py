@@ -33,9 +33,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import SellerConfig
+from gateway.currencies import format_money
 from gateway.delivery.emails import message_id
 from gateway.delivery.mailer import Mailer
-from gateway.money.currencies import format_money
 from gateway.store.leases import backoff_s, claim_due
 from gateway.store.tables import Notification, utcnow
 

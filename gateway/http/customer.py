@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.currencies import exponent
 from gateway.delivery.emails import request_links
 from gateway.delivery.links import DownloadLinks, holds_buyer_key
 from gateway.errors import GatewayError, RequestError
@@ -38,7 +39,6 @@ from gateway.http.limits import client_of
 from gateway.http.requests import email_in, in_session, off_loop, read_json, services_of
 from gateway.metrics import CHECKOUTS
 from gateway.money.checkout import origin_of, parse_checkout_request, start_checkout
-from gateway.money.currencies import exponent
 from gateway.money.fulfilment import fulfil_on_return
 from gateway.store.lifecycle import MESSAGE_KEYS, get_job
 from gateway.store.tables import Job

@@ -24,8 +24,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from gateway.currencies import format_money
 from gateway.languages import DEFAULT, LANGUAGES, translate
-from gateway.money.currencies import format_money
 from gateway.store.tables import as_utc
 
 LANGUAGE_COOKIE = "smi_dashboard_language"

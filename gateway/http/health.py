@@ -33,8 +33,8 @@ from starlette.routing import Route
 
 from gateway.errors import UnauthorizedError
 from gateway.http.requests import services_of
+from gateway.images.storing import free_bytes
 from gateway.metrics import render
-from gateway.money.checkout import free_bytes
 from gateway.services import Services
 from shared.topology import UPSCALE_QUEUE
 

@@ -18,11 +18,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.delivery.previews import preview_image_key, preview_status, start_preview
 from gateway.errors import NotFoundError, RequestError
 from gateway.http.customer import BODY_LIMIT, checkout_limiter
 from gateway.http.limits import client_of
 from gateway.http.requests import off_loop, read_json, services_of
+from gateway.images.previews import preview_image_key, preview_status, start_preview
 
 
 async def create(request: Request) -> Response:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -12,13 +11,14 @@ from urllib.parse import urlsplit
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import GatewayConfig
+from gateway.currencies import exponent
 from gateway.delivery.links import new_buyer_key
-from gateway.errors import GatewayError, RequestError, StorageFullError
+from gateway.errors import GatewayError, RequestError
+from gateway.images.sources import fetch_source, split_url
+from gateway.images.storing import EXTENSIONS, ensure_room, source_policy
 from gateway.languages import choose
-from gateway.money.currencies import exponent
 from gateway.money.payments import Payments
 from gateway.money.pricing import quote_price
-from gateway.money.sources import SourcePolicy, fetch_source, split_url
 from gateway.store.lifecycle import (
     NewJob,
     create_job,
@@ -31,8 +31,6 @@ from shared.models import MODELS
 from shared.storage import Storage, source_key_for
 
 log = logging.getLogger(__name__)
-
-EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 
 
 @dataclass(frozen=True)
@@ -95,36 +93,6 @@ def origin_of(url: str) -> str:
     """``https://shop.example`` of ``https://shop.example/a/b?c``, lower-cased."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}".lower()
-
-
-def source_policy(config: GatewayConfig) -> SourcePolicy:
-    """Where images may come from and how big they may be, for checkouts and previews."""
-    return SourcePolicy(
-        config.source_hosts,
-        config.max_source_bytes,
-        config.max_source_pixels,
-        config.fetch_timeout_s,
-    )
-
-
-def free_bytes(config: GatewayConfig, storage: Storage) -> int | None:
-    """The least free space among the disks new work writes to: the storage folder's (when
-    it is one) and the data folder's (SQLite, the embedded broker); ``None`` for neither."""
-    found = [storage.free_bytes()]
-    if config.data_dir.exists():
-        found.append(shutil.disk_usage(config.data_dir).free)
-    known = [free for free in found if free is not None]
-    return min(known) if known else None
-
-
-def ensure_room(config: GatewayConfig, storage: Storage) -> None:
-    """``StorageFullError`` (503, try later) when a disk new work writes to holds less than
-    ``SMI_MIN_FREE_MB``: refused before anything is fetched or written, so what is running
-    (payments, refunds, deliveries) keeps its room."""
-    free = free_bytes(config, storage)
-    if free is not None and free < config.min_free_bytes:
-        log.error("disk nearly full: new work refused", extra={"free_bytes": free})
-        raise StorageFullError("the shop cannot take new orders for a moment; try again later")
 
 
 def start_checkout(

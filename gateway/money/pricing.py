@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 
 from gateway.config import PricingConfig
-from gateway.money.currencies import round_to_currency
+from gateway.currencies import round_to_currency
 from gateway.store.tables import Job
 from shared.models import DEFAULT_MODEL, scale_of
 

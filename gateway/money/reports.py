@@ -14,7 +14,7 @@ from datetime import date, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.money.currencies import format_money
+from gateway.currencies import format_money
 from gateway.store.tables import Dispute, Payment, Refund, RefundStatus
 
 

@@ -33,7 +33,7 @@ import pytest
 from proxy import TcpProxy
 from test_gateway_app import Stack, start_stack
 
-import gateway.delivery.previews
+import gateway.images.previews
 from conftest import FAST_MODEL, RABBITMQ_URL, purge_queues
 from servers import wait_for
 from shared.broker import EXPIRES_HEADER, Broker
@@ -80,7 +80,7 @@ def test_on_the_embedded_broker_an_expired_preview_request_is_dropped_and_a_fres
 ):
     # The gateway's minute, shortened so that the test need not wait for it.
     ttl_s = 5.0
-    monkeypatch.setattr(gateway.delivery.previews, "PREVIEW_TTL_MS", int(ttl_s * 1000))
+    monkeypatch.setattr(gateway.images.previews, "PREVIEW_TTL_MS", int(ttl_s * 1000))
     caplog.set_level(logging.INFO, logger="upscaler.worker.loop")
     broker_url = f"filesystem://{tmp_path / 'broker'}"
     storage = Storage(f"file://{tmp_path / 'storage'}")

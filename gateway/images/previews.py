@@ -28,8 +28,8 @@ import numpy as np
 
 from gateway.config import GatewayConfig
 from gateway.errors import NotFoundError, RateLimitedError, RequestError
-from gateway.money.checkout import EXTENSIONS, ensure_room, source_policy
-from gateway.money.sources import fetch_source
+from gateway.images.sources import fetch_source
+from gateway.images.storing import EXTENSIONS, ensure_room, source_policy
 from shared.broker import Broker
 from shared.messages import PreviewRequest
 from shared.models import scale_of

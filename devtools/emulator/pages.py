@@ -21,7 +21,7 @@ from devtools.emulator.api import form_pairs, state_of
 from devtools.emulator.errors import StripeError
 from devtools.emulator.state import Buyer, PaymentOutcome
 from devtools.emulator.webhooks import Faults, WebhookSender
-from gateway.money.currencies import format_money
+from gateway.currencies import format_money
 
 
 async def hosted_page(request: Request) -> Response:

@@ -30,7 +30,7 @@ from devtools.emulator.money_back import (
     new_id,
 )
 from devtools.emulator.totals import TAX_RATES, new_coupon, new_promotion_code, totals
-from gateway.money.currencies import format_money, minimum_charge, step
+from gateway.currencies import format_money, minimum_charge, step
 
 SUCCESS_CARD = "4242424242424242"
 PAYING_CARDS = frozenset({SUCCESS_CARD, DISPUTE_CARD, REFUND_FAILS_CARD})

@@ -1,18 +1,25 @@
-"""The models a job may name, and what each makes: the scale is a property of the model.
+"""The models a job may name, and what each makes, from ``shared/models.toml``: every
+fact of a model is there, once.
 
     >>> scale_of("RealESRGAN_x2plus")
     2
+    >>> MODELS["RealESRGAN_x4plus_anime_6B"].kind
+    'illustration'
 
-Workers load the models from ``models/manifest.toml`` (``upscaler.models.registry``);
-the gateway, which has neither PyTorch nor the manifest, prices and
-describes them from here. ``tests/test_shared.py`` checks that the two agree.
+The gateway, which has no PyTorch, prices and describes the models from here;
+the workers build and load them from the same file
+(``upscaler.models.registry``), which adds the architecture, its parameters
+and the weights' provenance.
 """
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 
-DEFAULT_MODEL = "RealESRGAN_x4plus"
+MANIFEST = Path(__file__).with_name("models.toml")
+KINDS = ("photo", "illustration")
 
 
 @dataclass(frozen=True)
@@ -21,15 +28,22 @@ class ModelInfo:
 
     scale: int
     kind: str  # "photo" or "illustration": the label the buyer reads
+    description: str = ""
 
 
-MODELS = {
-    "RealESRGAN_x4plus": ModelInfo(4, "photo"),
-    "RealESRGAN_x4plus_anime_6B": ModelInfo(4, "illustration"),
-    "RealESRGAN_x2plus": ModelInfo(2, "photo"),
-    "realesr-animevideov3": ModelInfo(4, "illustration"),
-    "realesr-general-x4v3": ModelInfo(4, "photo"),
-}
+def _load() -> tuple[str, dict[str, ModelInfo]]:
+    manifest = tomllib.loads(MANIFEST.read_text())
+    models = {
+        name: ModelInfo(int(entry["scale"]), str(entry["kind"]), str(entry.get("description", "")))
+        for name, entry in manifest["models"].items()
+    }
+    for name, info in models.items():
+        if info.kind not in KINDS:
+            raise ValueError(f"{MANIFEST}: {name}'s kind must be one of {KINDS}, not {info.kind!r}")
+    return str(manifest["default"]), models
+
+
+DEFAULT_MODEL, MODELS = _load()
 
 
 def scale_of(model: str) -> int:

@@ -833,9 +833,11 @@ _DECLARED: tuple[Setting, ...] = (
             "MODELS_DIR",
             "text",
             None,
-            "the folder of the model manifest (`manifest.toml`)",
+            "a folder holding a model manifest of one's own (`manifest.toml`, the shape of "
+            "`shared/models.toml`), for trying a model before it is sold: the gateway sells "
+            "what `shared/models.toml` lists",
             readers=("worker", "smi-upscale", "smi-models", "smi-bench"),
-            shown="the project's `models/`",
+            shown="`shared/models.toml`",
         ),
         Setting(
             "WEIGHTS_DIR",
@@ -843,7 +845,7 @@ _DECLARED: tuple[Setting, ...] = (
             None,
             "the folder of the weight files",
             readers=("worker", "smi-upscale", "smi-models", "smi-bench"),
-            shown="`weights/` in `SMI_MODELS_DIR`",
+            shown="`weights/` in `SMI_MODELS_DIR`, else the project's `models/weights/`",
         ),
     ),
     *_group(

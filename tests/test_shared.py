@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -157,14 +158,39 @@ def test_work_queues_dead_letter_and_everything_is_durable():
     assert all(queue.durable for queue in ALL_QUEUES)
 
 
-def test_the_gateway_s_models_are_the_manifest_s_with_the_same_scales():
+def test_the_gateway_and_the_workers_read_each_model_from_one_manifest():
+    import json
+
+    from gateway.languages import LANGUAGES
     from shared.models import DEFAULT_MODEL, MODELS
+    from upscaler.models.archs import ARCHITECTURES
     from upscaler.models.registry import ModelRegistry
 
     registry = ModelRegistry.from_env({})
+    # Both ways: every model the gateway sells is one a worker builds, and the reverse.
+    assert {spec.name for spec in registry} == set(MODELS)
     assert registry.default_name == DEFAULT_MODEL
-    for name, info in MODELS.items():
-        assert registry.get(name).scale == info.scale, name
+    for spec in registry:
+        assert (spec.scale, spec.description) == (
+            MODELS[spec.name].scale,
+            MODELS[spec.name].description,
+        )
+    # Every architecture runs some model; every kind has a label in every language.
+    assert {spec.arch.name for spec in registry} == set(ARCHITECTURES)
+    i18n = Path(__file__).resolve().parent.parent / "gateway" / "static" / "i18n"
+    for language in LANGUAGES:
+        labels = json.loads((i18n / f"{language}.json").read_text())
+        assert {f"model.{info.kind}" for info in MODELS.values()} <= labels.keys(), language
+
+
+def test_a_model_of_an_unknown_kind_is_refused(tmp_path, monkeypatch):
+    import shared.models
+
+    manifest = shared.models.MANIFEST.read_text().replace('kind = "photo"', 'kind = "painting"', 1)
+    (tmp_path / "models.toml").write_text(manifest)
+    monkeypatch.setattr(shared.models, "MANIFEST", tmp_path / "models.toml")
+    with pytest.raises(ValueError, match="painting"):
+        shared.models._load()
 
 
 def test_log_lines_carry_what_the_call_passed_in_extra(capsys, monkeypatch):

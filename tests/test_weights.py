@@ -19,7 +19,7 @@ import torch
 from conftest import sample
 from upscaler.errors import ChecksumMismatchError, DownloadError, UnknownModelError, WeightsError
 from upscaler.models.ncnn import convert_ncnn, ncnn_models_dir
-from upscaler.models.registry import PROJECT_MODELS_DIR, ModelRegistry
+from upscaler.models.registry import ModelRegistry
 from upscaler.models.weights import fetch_weights, load_network, read_state_dict
 from upscaler.pipeline.options import Overrides
 from upscaler.pipeline.upscaler import Upscaler
@@ -36,7 +36,7 @@ params = {{ num_in_ch = 3, num_out_ch = 3, num_feat = 4, num_conv = 1, upscale =
 
 
 def test_manifest_lists_upstream_models_with_provenance():
-    registry = ModelRegistry.load(PROJECT_MODELS_DIR)
+    registry = ModelRegistry.load()
     assert registry.default_name == "RealESRGAN_x4plus"
     x4plus = registry.get()
     assert (x4plus.arch.name, x4plus.scale, x4plus.params["num_block"]) == ("RRDBNet", 4, 23)
@@ -49,7 +49,7 @@ def test_manifest_lists_upstream_models_with_provenance():
 
 
 def test_unknown_model_names_the_known_ones():
-    registry = ModelRegistry.load(PROJECT_MODELS_DIR)
+    registry = ModelRegistry.load()
     with pytest.raises(UnknownModelError, match="RealESRGAN_x4plus"):
         registry.get("RealESRGAN_x8")
 
@@ -71,7 +71,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def weights_server() -> Iterator[tuple[str, bytes]]:
     """A loopback HTTP server handing out a real (tiny) weight file."""
     network = (
-        ModelRegistry.load(PROJECT_MODELS_DIR)
+        ModelRegistry.load()
         .get("realesr-animevideov3")
         .arch.build(
             4, {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 4, "num_conv": 1, "upscale": 4}
@@ -203,7 +203,7 @@ def test_2x_weights_when_present_load_strictly_and_run_as_basicsr_s_2x_network(r
         for tensor in reference.state_dict().values():
             tensor.mul_(0.1)
     torch.save({"params_ema": reference.state_dict()}, tmp_path / "RealESRGAN_x2plus.pth")
-    own = ModelRegistry.load(PROJECT_MODELS_DIR, tmp_path)
+    own = ModelRegistry.load(None, tmp_path)
     two = Upscaler.load(own, "RealESRGAN_x2plus", precision="fp32", options=Overrides(tile=0))
     assert (two.spec.name, two.spec.scale, two.outscale) == ("RealESRGAN_x2plus", 2, 2)
     pixels = np.ascontiguousarray(sample("chelsea")[100:124, 180:212])

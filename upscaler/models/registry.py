@@ -1,6 +1,6 @@
-"""The model manifest (``models/manifest.toml``) as frozen dataclasses.
+"""The model manifest (``shared/models.toml``) as frozen dataclasses.
 
->>> registry = ModelRegistry.load(Path("models"))
+>>> registry = ModelRegistry.load()
 >>> spec = registry.get("RealESRGAN_x4plus")
 >>> spec.scale, spec.arch.name
 (4, 'RRDBNet')
@@ -18,9 +18,11 @@ from typing import Any
 from torch import nn
 
 from shared.env import EnvReader
+from shared.models import MANIFEST
 from upscaler.errors import UnknownModelError, WeightsError
 from upscaler.models.archs import ARCHITECTURES, Architecture
 
+# The project's models/ folder: the weights (git-ignored) go in its weights/.
 PROJECT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
 
@@ -60,9 +62,11 @@ class ModelRegistry:
     weights_dir: Path
 
     @classmethod
-    def load(cls, models_dir: Path, weights_dir: Path | None = None) -> ModelRegistry:
-        """Read ``models_dir/manifest.toml``; raise ``ValueError`` if it is malformed."""
-        manifest_path = models_dir / "manifest.toml"
+    def load(cls, models_dir: Path | None = None, weights_dir: Path | None = None) -> ModelRegistry:
+        """Read ``shared/models.toml`` (or ``models_dir/manifest.toml``, a manifest of one's
+        own); raise ``ValueError`` if it is malformed. The weights are in ``weights_dir``,
+        else the ``weights/`` beside that manifest (``models/weights/`` for the project's)."""
+        manifest_path = MANIFEST if models_dir is None else models_dir / "manifest.toml"
         with manifest_path.open("rb") as fh:
             manifest = tomllib.load(fh)
         models = {name: _spec_from_entry(name, entry) for name, entry in manifest["models"].items()}
@@ -76,15 +80,18 @@ class ModelRegistry:
         default_name = manifest["default"]
         if default_name not in models:
             raise ValueError(f"{manifest_path}: default model {default_name!r} is not listed")
-        return cls(models, default_name, weights_dir or models_dir / "weights")
+        return cls(
+            models, default_name, weights_dir or (models_dir or PROJECT_MODELS_DIR) / "weights"
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ModelRegistry:
         """The project's manifest, or ``SMI_MODELS_DIR`` / ``SMI_WEIGHTS_DIR`` when set."""
         env = EnvReader(environ)
-        models_dir = Path(env.text("MODELS_DIR", str(PROJECT_MODELS_DIR)))
-        weights_dir = env.text("WEIGHTS_DIR")
-        return cls.load(models_dir, Path(weights_dir) if weights_dir else None)
+        models_dir, weights_dir = env.text("MODELS_DIR"), env.text("WEIGHTS_DIR")
+        return cls.load(
+            Path(models_dir) if models_dir else None, Path(weights_dir) if weights_dir else None
+        )
 
     def get(self, name: str | None = None) -> ModelSpec:
         """The named model, or the default; ``UnknownModelError`` if it is not listed."""

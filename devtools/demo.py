@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = demo_environment(data_dir, args.host, args.port, gateway_port, args.emulator_port)
     gateway = f"http://{args.host}:{gateway_port}"
     shop_url = f"http://{args.host}:{args.port}"
-    shop = _serve_shop(args.host, args.port, gateway)
+    shop, shop_thread = _serve_shop(args.host, args.port, gateway)
     children = Processes(logs, env)
     stop_requested = False
 
@@ -210,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Stopping: the worker finishes and reports the job in hand, then the rest ...")
         children.stop()
         shop.should_exit = True
+        # Wait for the shop's server to close: a daemon thread still inside its event loop
+        # while the interpreter shuts down can crash the process on its way out.
+        shop_thread.join(timeout=10)
         print("Stopped.", flush=True)
 
 
@@ -226,13 +229,14 @@ def _seller_account(gateway: str, token: str) -> str:
     return str(answer.json()["password"])
 
 
-def _serve_shop(host: str, port: int, gateway: str) -> uvicorn.Server:
+def _serve_shop(host: str, port: int, gateway: str) -> tuple[uvicorn.Server, threading.Thread]:
     """The demo shop on its own origin, in a thread of this process."""
     server = uvicorn.Server(
         uvicorn.Config(create_shop_app(gateway), host=host, port=port, log_level="warning")
     )
-    threading.Thread(target=server.run, name="demo-shop", daemon=True).start()
-    return server
+    thread = threading.Thread(target=server.run, name="demo-shop", daemon=True)
+    thread.start()
+    return server, thread
 
 
 def _wait_until_ready(children: Processes, gateway: str, stopping: object) -> bool:

@@ -114,12 +114,17 @@ lint: $(STAMP)
 #   podman, buildah, mmdebstrap, runc   the gateway image's test (tests/test_container.py)
 #   wordpress, php, phpcs, ...    the WordPress plugin's tests (tests/test_wordpress*.py)
 # from Debian's packages (apt-get, as root, as on the development machines and CI).
+# Four test processes (pytest-xdist), each a file at a time with its own RabbitMQ vhost,
+# databases and ports: most tests wait on processes and sockets, so two cores keep four
+# busy. PYTEST_ARGS="-n 0" runs them in one process.
+PYTEST_ARGS ?= -n 4 --dist loadfile
+
 test: setup browser ops-tools container-tools wordpress lint
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 # For development: everything but the tests marked slow (the fault suite, whole-system runs).
 test-fast: setup ops-tools wordpress lint
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest $(PYTEST_ARGS) -m "not slow"
 
 BENCH := $(BIN)/smi-bench --input-size 128 --tile 64 --overlap 10 --baseline --no-seams --warmup 1 --repeat 15
 

@@ -1,6 +1,7 @@
 """The OpenAPI description (/openapi.json) cannot drift from the routes: it is made from the
 declarations beside the endpoints, and fails to be made when a route has none or a
-declaration fits no route."""
+declaration fits no route. Also the fixes Schemathesis's runs led to (tests/test_api_fuzz.py),
+each through the real app."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from test_gateway_app import Stack, start_stack
 import gateway.http
 from gateway.app import create_app
 from gateway.config import GatewayConfig
+from gateway.errors import RequestError
 from gateway.http.openapi import (
     Answer,
     DescriptionError,
@@ -28,6 +30,7 @@ from gateway.http.openapi import (
     document,
     doors,
 )
+from gateway.http.previews import _point
 
 TOKEN = "admin-token-openapi-0123456789"
 
@@ -197,6 +200,9 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         yield s
 
 
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
 class TestServed:
     def test_the_gateway_serves_its_description(self, stack):
         answer = httpx.get(f"{stack.gateway}/openapi.json", timeout=30)
@@ -205,3 +211,73 @@ class TestServed:
         validate(served)
         assert served["openapi"] == "3.1.0"
         assert served["servers"] == [{"url": stack.config.public_url}]
+
+    def test_a_method_not_allowed_names_every_method_of_its_path(self, stack):
+        """Found by Schemathesis (allow_header_conformance): a path with a route per method
+        said only its first route's methods (POST /admin/users was missing from Allow)."""
+        for path, allowed in (
+            ("/admin/users", "GET, HEAD, POST"),
+            ("/dashboard/sign-in", "GET, HEAD, POST"),
+            ("/static/smi-checkout.js", "GET, HEAD"),
+        ):
+            answer = httpx.request("PUT", f"{stack.gateway}{path}", headers=ADMIN, timeout=30)
+            assert answer.status_code == 405, path
+            assert answer.headers["allow"] == allowed, path
+            assert answer.json()["error"]["type"] == "method_not_allowed"
+
+    def test_times_carry_their_offset_on_sqlite_too(self, stack):
+        """Found by Schemathesis (response_schema_conformance, format date-time): on SQLite
+        the admin API's and the job's times came without their zone."""
+        made = httpx.post(
+            f"{stack.gateway}/admin/users",
+            json={"email": "times@shop.test", "role": "support"},
+            headers=ADMIN,
+            timeout=30,
+        )
+        assert made.json()["user"]["created_at"].endswith("+00:00")
+        listed = httpx.get(f"{stack.gateway}/admin/users", headers=ADMIN, timeout=30).json()
+        assert all(user["created_at"].endswith("+00:00") for user in listed["users"])
+        job_id = stack.checkout().json()["job_id"]
+        job = stack.status(job_id)
+        assert job["created_at"].endswith("+00:00") and job["updated_at"].endswith("+00:00")
+        admin_job = httpx.get(f"{stack.gateway}/admin/jobs/{job_id}", headers=ADMIN, timeout=30)
+        assert admin_job.json()["job"]["created_at"].endswith("+00:00")
+        assert all(entry["at"].endswith("+00:00") for entry in admin_job.json()["audit"])
+
+    @pytest.mark.parametrize(
+        ("query", "status"),
+        [
+            ("/admin/jobs?status=paid", 400),
+            ("/admin/jobs?status=completed", 200),
+            ("/admin/jobs?status=", 200),  # smi-admin sends empty filters
+            ("/admin/events?outcome=applied", 200),
+            ("/admin/events?outcome=done", 400),
+            ("/admin/events?outcome=", 200),
+            ("/admin/reports/revenue?format=xml", 400),
+            ("/admin/reports/revenue?format=csv&since=&until=", 200),
+        ],
+    )
+    def test_admin_filters_refuse_what_is_not_one(self, stack, query, status):
+        """Found by Schemathesis (negative_data_rejection): a status, outcome or format that
+        is not one was taken as a filter that matches nothing (or as JSON)."""
+        answer = httpx.get(f"{stack.gateway}{query}", headers=ADMIN, timeout=30)
+        assert answer.status_code == status, answer.text
+        if status == 400:
+            assert answer.json()["error"]["type"] == "invalid_request"
+
+
+def test_a_preview_square_at_whole_numbers_written_as_json_numbers_with_a_point():
+    """Found by Schemathesis (positive_data_acceptance): JSON Schema's integer 12.0 was
+    refused as a pixel; x and y still come together, whole, within the limit."""
+    assert _point({"x": 12.0, "y": 3}) == (12, 3)
+    assert _point({"image_url": "…"}) is None
+    for body in (
+        {"x": 12.5, "y": 3},
+        {"x": 1, "y": None},
+        {"x": None, "y": None},
+        {"x": True, "y": 1},
+        {"x": 2**20, "y": 0},
+        {"y": 0},
+    ):
+        with pytest.raises(RequestError, match="whole numbers"):
+            _point(body)

@@ -161,11 +161,11 @@ def admin_only(handler: Handler) -> Handler:
 async def jobs(request: Request) -> Response:
     params = request.query_params
     limit = _integer(params.get("limit", "100"), "limit", 1, 1000)
-
+    status = _choice(params.get("status"), "status", list(JobStatus))
     pricing = services_of(request).config.pricing
 
     def work(session: Session) -> list[dict[str, Any]]:
-        found = list_jobs(session, params.get("status"), params.get("q"), limit)
+        found = list_jobs(session, status, params.get("q"), limit)
         return [{**job_record(job), **margin_of(job, pricing)} for job in found]
 
     return JSONResponse({"jobs": await in_session(request, work)})
@@ -303,8 +303,11 @@ async def erase(request: Request) -> Response:
 async def revenue(request: Request) -> Response:
     params = request.query_params
     since, until = _date(params.get("since"), "since"), _date(params.get("until"), "until")
+    kind = params.get("format", "json")
+    if kind not in ("json", "csv"):
+        raise RequestError("format must be json or csv")
     rows = await in_session(request, lambda s: revenue_by_day(s, since, until))
-    if params.get("format", "json") == "csv":
+    if kind == "csv":
         return PlainTextResponse(as_csv(rows), media_type="text/csv")
     return JSONResponse({"days": as_json(rows)})
 
@@ -348,12 +351,13 @@ async def reconciliation(request: Request) -> Response:
 async def events(request: Request) -> Response:
     params = request.query_params
     limit = _integer(params.get("limit", "100"), "limit", 1, 1000)
+    outcome = _choice(params.get("outcome"), "outcome", list(EventOutcome))
     found = await in_session(
         request,
         lambda s: list_events(
             s,
             params.get("job") or None,
-            params.get("outcome") or None,
+            outcome,
             params.get("type") or None,
             limit,
         ),
@@ -561,6 +565,15 @@ def _integer(raw: str, name: str, low: int, high: int) -> int:
     if not low <= value <= high:
         raise RequestError(f"{name} must be within {low}..{high}")
     return value
+
+
+def _choice(raw: str | None, name: str, allowed: list[str]) -> str | None:
+    """``raw`` if it is one of ``allowed``; ``None`` for none (or empty); else 400."""
+    if not raw:
+        return None
+    if raw not in allowed:
+        raise RequestError(f"{name} must be one of {', '.join(allowed)}")
+    return raw
 
 
 def _date(raw: str | None, name: str) -> date | None:

@@ -169,12 +169,22 @@ async def image(request: Request) -> Response:
 
 
 def _point(body: dict[str, Any]) -> tuple[int, int] | None:
-    x, y = body.get("x"), body.get("y")
-    if x is None and y is None:
+    """The square's top left corner: ``x`` and ``y`` together, or neither."""
+    if "x" not in body and "y" not in body:
         return None
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 20 for v in (x, y)):
+    x, y = _pixels(body.get("x")), _pixels(body.get("y"))
+    if x is None or y is None:
         raise RequestError("x and y must be whole numbers of pixels from the top left")
-    return int(x), int(y)  # type: ignore[arg-type]
+    return x, y
+
+
+def _pixels(value: Any) -> int | None:
+    """A pixel coordinate: a whole number (JSON's 12.0 is one too) within 0..2**20-1."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 20:
+        return value
+    return None
 
 
 def _answer(status: dict[str, Any]) -> Response:

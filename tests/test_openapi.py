@@ -6,8 +6,14 @@ each through the real app."""
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+import re
+import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -33,6 +39,7 @@ from gateway.http.openapi import (
 from gateway.http.previews import _point
 
 TOKEN = "admin-token-openapi-0123456789"
+README = Path(__file__).parent.parent / "README.md"
 
 
 def config(**settings: str) -> GatewayConfig:
@@ -211,6 +218,34 @@ class TestServed:
         validate(served)
         assert served["openapi"] == "3.1.0"
         assert served["servers"] == [{"url": stack.config.public_url}]
+
+    def test_the_readmes_generated_client_buys_an_image(self, stack, tmp_path):
+        """The README's two blocks, as written there: a client generated from the served
+        description with openapi-python-client, then a checkout and its job's status."""
+        blocks = re.findall(r"```(\w+)\n(.*?)```", README.read_text(), re.S)
+        shell = next(code for kind, code in blocks if kind == "sh" and "openapi-python-" in code)
+        client = next(code for kind, code in blocks if kind == "python" and "smi_client" in code)
+        ours = {
+            "https://gateway.example": stack.gateway,
+            "https://shop.example/photos/lake.jpg": f"{stack.images}/photo.jpg",
+            "https://shop.example/gallery": "http://shop.test/gallery",
+        }
+        for theirs, here in ours.items():
+            shell, client = shell.replace(theirs, here), client.replace(theirs, here)
+        command = next(line for line in shell.splitlines() if " generate " in line)
+        tools = str(Path(sys.executable).parent)  # the generator, and ruff for its formatting
+        env = {**os.environ, "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}"}
+        made = subprocess.run(
+            shlex.split(command), cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert made.returncode == 0, made.stdout + made.stderr
+        bought = subprocess.run(
+            [sys.executable, "-c", client], cwd=tmp_path, capture_output=True, text=True
+        )
+        assert bought.returncode == 0, bought.stderr
+        status, checkout_url = bought.stdout.split()
+        assert status == "awaiting_payment"
+        assert checkout_url.startswith(stack.emulator)
 
     def test_a_method_not_allowed_names_every_method_of_its_path(self, stack):
         """Found by Schemathesis (allow_header_conformance): a path with a route per method

@@ -8,7 +8,8 @@ Routes (each module of ``gateway.http`` lists its own):
     GET  /downloads/{token}                                                signed downloads
     /admin/...                                                             bearer token
     /dashboard/...                     the seller's dashboard (sign-in, session cookie)
-    GET  /healthz, /static/smi-checkout.js
+    GET  /healthz, /readyz, /metrics, /static/smi-checkout.js
+    GET  /openapi.json         the OpenAPI 3.1 description of them all (gateway/http/openapi.py)
 
 The lifespan opens the process's ``Services`` (and migrates a SQLite
 database) and, unless ``SMI_BACKGROUND_IN_PROCESS=false``, starts the
@@ -37,6 +38,7 @@ from gateway.http import (
     dashboard_actions,
     downloads,
     health,
+    openapi,
     previews,
     seller_auth,
     webhooks,
@@ -44,8 +46,27 @@ from gateway.http import (
 from gateway.http.errors import HANDLERS
 from gateway.http.headers import SafeHeaders
 from gateway.http.limits import CheckoutLimits, DatabaseBuckets
+from gateway.http.openapi import Answer, Header, Operation, described, errors
 from gateway.http.requests import StorableText
 from gateway.services import Services
+
+STATIC = Operation(
+    "staticFile",
+    "The storefront's script (smi-checkout.js) and its catalogues (i18n/en.json, ...)",
+    tags=("customer",),
+    path={"path": "the file: smi-checkout.js, smi-dashboard.css, i18n/fr.json, ..."},
+    answers={
+        200: Answer(
+            "the file",
+            {"type": "string"},
+            media_type="text/javascript",
+            headers={"ETag": Header("its version"), "Last-Modified": Header("its date")},
+            also={"application/json": {}, "text/css": {"type": "string"}},
+        ),
+        304: Answer("not modified (If-None-Match, If-Modified-Since)"),
+    },
+    errors={**errors(404, 405)},
+)
 
 
 def create_app(config: GatewayConfig) -> Starlette:
@@ -79,7 +100,12 @@ def create_app(config: GatewayConfig) -> Starlette:
             *dashboard.ROUTES,
             *dashboard_actions.ROUTES,
             *health.ROUTES,
-            Mount("/static", StaticFiles(packages=[("gateway", "static")]), name="static"),
+            *openapi.ROUTES,
+            Mount(
+                "/static",
+                described(STATIC)(StaticFiles(packages=[("gateway", "static")])),
+                name="static",
+            ),
         ],
         exception_handlers=HANDLERS,
         lifespan=lifespan,

@@ -36,7 +36,33 @@ from starlette.routing import Route
 
 from gateway.background.retention import erase_customer
 from gateway.errors import ConflictError, NotFoundError, RequestError, UnauthorizedError
+from gateway.http.openapi import (
+    ADMIN,
+    DAY_OR_EMPTY,
+    EMAIL,
+    Answer,
+    Body,
+    Link,
+    Operation,
+    Param,
+    described,
+    errors,
+    obj,
+    string,
+)
 from gateway.http.requests import email_in, in_session, off_loop, read_json, services_of
+from gateway.http.schemas import (
+    ADMIN_JOB,
+    ERASURE,
+    EVENT,
+    EVENT_WITH_PAYLOAD,
+    JOB_DETAILS,
+    JOB_DONE,
+    RECONCILIATION,
+    REVENUE_DAY,
+    USER,
+    USER_AND_PASSWORD,
+)
 from gateway.money.fulfilment import retry_job, settle_from_stripe
 from gateway.money.pricing import margin_of
 from gateway.money.reconciliation import reconcile
@@ -54,11 +80,45 @@ from gateway.store.queries import (
     list_jobs,
     stamp,
 )
-from gateway.store.tables import WebhookEvent
+from gateway.store.tables import EventOutcome, SellerRole, WebhookEvent
+from shared.jobs import JobStatus
 
 BODY_LIMIT = 16 * 1024
 Handler = Callable[[Request], Awaitable[Response]]
 T = TypeVar("T")
+
+# A filter's empty value is no filter (smi-admin sends one for each it was not given).
+ANY = ""
+USER_LINKS = {
+    "Reset": Link("resetUser", {"email": "$response.body#/user/email"}),
+    "Remove": Link("removeUser", {"email": "$response.body#/user/email"}),
+}
+JOB_ID = "the job's id"
+EVENT_ID = "Stripe's event id (evt_...)"
+ACCOUNT = "the account's email address"
+LIMIT = Param(
+    "limit", "query", "at most this many (100)", {"type": "integer", "minimum": 1, "maximum": 1000}
+)
+DAY = DAY_OR_EMPTY
+UNAUTHORIZED = {401: "unauthorized: Authorization: Bearer $SMI_ADMIN_TOKEN is missing or wrong"}
+NO_JOB = {404: "not_found: no such job"}
+STRIPE_TROUBLE = {
+    502: errors(502)[502],
+    503: "payment_provider_unavailable (Stripe), the broker or the database; try again after "
+    "Retry-After",
+}
+
+
+def admin(operation_id: str, summary: str, **more: Any) -> Operation:
+    """An operation of the admin API: the admin token, and 401 without it."""
+    return Operation(
+        operation_id,
+        summary,
+        tags=("admin",),
+        security=ADMIN,
+        errors={**UNAUTHORIZED, **more.pop("errors", {})},
+        **more,
+    )
 
 
 def admin_only(handler: Handler) -> Handler:
@@ -77,20 +137,49 @@ def admin_only(handler: Handler) -> Handler:
     return checked
 
 
+@described(
+    admin(
+        "listJobs",
+        "Jobs, newest first: by status, or matching part of an id, email, Stripe id or URL",
+        params=(
+            Param(
+                "status",
+                "query",
+                "only jobs in this status",
+                {"type": "string", "enum": [*JobStatus, ANY]},
+            ),
+            Param("q", "query", "part of a job id, email, Stripe session or intent id, or URL"),
+            LIMIT,
+        ),
+        answers={
+            200: Answer("the jobs", obj(("jobs",), jobs={"type": "array", "items": ADMIN_JOB}))
+        },
+        errors=errors(400),
+    )
+)
 @admin_only
 async def jobs(request: Request) -> Response:
     params = request.query_params
     limit = _integer(params.get("limit", "100"), "limit", 1, 1000)
-
+    status = _choice(params.get("status"), "status", list(JobStatus))
     pricing = services_of(request).config.pricing
 
     def work(session: Session) -> list[dict[str, Any]]:
-        found = list_jobs(session, params.get("status"), params.get("q"), limit)
+        found = list_jobs(session, status, params.get("q"), limit)
         return [{**job_record(job), **margin_of(job, pricing)} for job in found]
 
     return JSONResponse({"jobs": await in_session(request, work)})
 
 
+@described(
+    admin(
+        "getAdminJob",
+        "One job in full: payment, audit trail, refunds, disputes, events, emails, outbox",
+        path={"job_id": JOB_ID},
+        answers={200: Answer("the job and its records", JOB_DETAILS)},
+        errors=NO_JOB,
+    )
+)
 @admin_only
 async def job(request: Request) -> Response:
     job_id = request.path_params["job_id"]
@@ -104,6 +193,15 @@ async def job(request: Request) -> Response:
     return JSONResponse(await in_session(request, work))
 
 
+@described(
+    admin(
+        "retryJob",
+        "Publish a failed job again",
+        path={"job_id": JOB_ID},
+        answers={202: Answer("queued again", JOB_DONE)},
+        errors={**NO_JOB, **errors(409, 503)},
+    )
+)
 @admin_only
 async def retry(request: Request) -> Response:
     job_id = request.path_params["job_id"]
@@ -111,6 +209,19 @@ async def retry(request: Request) -> Response:
     return JSONResponse({"job": job_record(done)}, status_code=202)
 
 
+@described(
+    admin(
+        "fulfilJob",
+        "A job still awaiting payment: ask Stripe, and fulfil it if it is paid",
+        path={"job_id": JOB_ID},
+        answers={202: Answer("fulfilled (or refunded, if the payment cannot be used)", JOB_DONE)},
+        errors={
+            **NO_JOB,
+            409: "conflict: not awaiting payment, or Stripe says it is not paid",
+            **STRIPE_TROUBLE,
+        },
+    )
+)
 @admin_only
 async def fulfil(request: Request) -> Response:
     services = services_of(request)
@@ -119,6 +230,20 @@ async def fulfil(request: Request) -> Response:
     return JSONResponse({"job": job_record(done)}, status_code=202)
 
 
+@described(
+    admin(
+        "refundJob",
+        "Refund a job by hand",
+        path={"job_id": JOB_ID},
+        body=Body(
+            "why (kept in the audit trail); an empty body says 'refunded by an admin'",
+            obj(reason={"type": "string", "maxLength": 500}),
+            required=False,
+        ),
+        answers={202: Answer("refunding", JOB_DONE)},
+        errors={**NO_JOB, **errors(400, 409, 413, 415), **STRIPE_TROUBLE},
+    )
+)
 @admin_only
 async def refund(request: Request) -> Response:
     job_id = request.path_params["job_id"]
@@ -130,6 +255,18 @@ async def refund(request: Request) -> Response:
     return JSONResponse({"job": job_record(done)}, status_code=202)
 
 
+@described(
+    admin(
+        "eraseCustomer",
+        "Erase a customer's images, email address and page addresses from every finished job",
+        body=Body(
+            "the customer's address",
+            obj(("email",), email=EMAIL),
+        ),
+        answers={200: Answer("what was erased, and what is kept", ERASURE)},
+        errors=errors(400, 413, 415),
+    )
+)
 @admin_only
 async def erase(request: Request) -> Response:
     email = email_in(await read_json(request, BODY_LIMIT))
@@ -138,32 +275,89 @@ async def erase(request: Request) -> Response:
     return JSONResponse(vars(done))
 
 
+@described(
+    admin(
+        "revenueReport",
+        "Revenue per day (UTC) and currency: gross, refunded, lost to disputes, net, tax",
+        params=(
+            Param(
+                "format",
+                "query",
+                "json (default) or csv",
+                {"type": "string", "enum": ["json", "csv"]},
+            ),
+            Param("since", "query", "from this day on", DAY),
+            Param("until", "query", "up to this day", DAY),
+        ),
+        answers={
+            200: Answer(
+                "the days, oldest first",
+                obj(("days",), days={"type": "array", "items": REVENUE_DAY}),
+                also={"text/csv": {"type": "string"}},
+            )
+        },
+        errors=errors(400),
+    )
+)
 @admin_only
 async def revenue(request: Request) -> Response:
     params = request.query_params
     since, until = _date(params.get("since"), "since"), _date(params.get("until"), "until")
+    kind = params.get("format", "json")
+    if kind not in ("json", "csv"):
+        raise RequestError("format must be json or csv")
     rows = await in_session(request, lambda s: revenue_by_day(s, since, until))
-    if params.get("format", "json") == "csv":
+    if kind == "csv":
         return PlainTextResponse(as_csv(rows), media_type="text/csv")
     return JSONResponse({"days": as_json(rows)})
 
 
+@described(
+    admin(
+        "reconcile",
+        "Stripe's Checkout Sessions and refunds against our records",
+        answers={200: Answer("what does not match", RECONCILIATION)},
+        errors=STRIPE_TROUBLE,
+    )
+)
 @admin_only
 async def reconciliation(request: Request) -> Response:
     payments = services_of(request).payments
     return JSONResponse(await in_session(request, lambda s: reconcile(s, payments)))
 
 
+@described(
+    admin(
+        "listEvents",
+        "Stripe events received, newest first, and what each did",
+        params=(
+            Param("job", "query", "of this job"),
+            Param(
+                "outcome",
+                "query",
+                "with this outcome",
+                {"type": "string", "enum": [*EventOutcome, ANY]},
+            ),
+            Param("type", "query", "of this Stripe type"),
+            LIMIT,
+        ),
+        answers={
+            200: Answer("the events", obj(("events",), events={"type": "array", "items": EVENT}))
+        },
+        errors=errors(400),
+    )
+)
 @admin_only
 async def events(request: Request) -> Response:
     params = request.query_params
     limit = _integer(params.get("limit", "100"), "limit", 1, 1000)
+    outcome = _choice(params.get("outcome"), "outcome", list(EventOutcome))
     found = await in_session(
         request,
         lambda s: list_events(
             s,
             params.get("job") or None,
-            params.get("outcome") or None,
+            outcome,
             params.get("type") or None,
             limit,
         ),
@@ -171,6 +365,15 @@ async def events(request: Request) -> Response:
     return JSONResponse({"events": found})
 
 
+@described(
+    admin(
+        "getEvent",
+        "One Stripe event received, with its payload",
+        path={"event_id": EVENT_ID},
+        answers={200: Answer("the event", obj(("event",), event=EVENT_WITH_PAYLOAD))},
+        errors={404: "not_found: no such event"},
+    )
+)
 @admin_only
 async def event(request: Request) -> Response:
     event_id = request.path_params["event_id"]
@@ -184,6 +387,27 @@ async def event(request: Request) -> Response:
     return JSONResponse({"event": await in_session(request, work)})
 
 
+@described(
+    admin(
+        "replayEvent",
+        "Apply a stored Stripe event again (it takes effect once, whatever happens)",
+        path={"event_id": EVENT_ID},
+        answers={
+            200: Answer(
+                "what it did this time, and the event",
+                obj(
+                    ("outcome", "event"),
+                    outcome=string("", enum=list(EventOutcome)),
+                    event=EVENT,
+                ),
+            )
+        },
+        errors={
+            404: "not_found: no such event (or it was received before payloads were kept)",
+            **STRIPE_TROUBLE,
+        },
+    )
+)
 @admin_only
 async def replay(request: Request) -> Response:
     services = services_of(request)
@@ -233,12 +457,37 @@ def _one(session: Session, email: str) -> dict[str, Any]:
     return _user(next(a for a in accounts.list_accounts(session) if a["email"] == wanted))
 
 
+@described(
+    admin(
+        "listUsers",
+        "The seller dashboard's accounts",
+        answers={
+            200: Answer("the accounts", obj(("users",), users={"type": "array", "items": USER}))
+        },
+    )
+)
 @admin_only
 async def users(request: Request) -> Response:
     found = await in_session(request, accounts.list_accounts)
     return JSONResponse({"users": [_user(account) for account in found]})
 
 
+@described(
+    admin(
+        "addUser",
+        "A dashboard account, and its one-time password",
+        body=Body(
+            "the account",
+            obj(
+                ("email", "role"),
+                email=EMAIL,
+                role={"type": "string", "enum": list(SellerRole)},
+            ),
+        ),
+        answers={201: Answer("made", USER_AND_PASSWORD, links=USER_LINKS)},
+        errors={**errors(400, 413, 415), 409: "conflict: the address has an account already"},
+    )
+)
 @admin_only
 async def add_user(request: Request) -> Response:
     body = await read_json(request, BODY_LIMIT)
@@ -253,6 +502,15 @@ async def add_user(request: Request) -> Response:
     return JSONResponse(await _on_accounts(request, work), status_code=201)
 
 
+@described(
+    admin(
+        "resetUser",
+        "A new one-time password for an account; its sessions end",
+        path={"email": ACCOUNT},
+        answers={200: Answer("reset", USER_AND_PASSWORD, links=USER_LINKS)},
+        errors={404: "not_found: no such account"},
+    )
+)
 @admin_only
 async def reset_user(request: Request) -> Response:
     email = request.path_params["email"]
@@ -264,6 +522,15 @@ async def reset_user(request: Request) -> Response:
     return JSONResponse(await _on_accounts(request, work))
 
 
+@described(
+    admin(
+        "removeUser",
+        "Remove an account and its sessions (never the last owner)",
+        path={"email": ACCOUNT},
+        answers={200: Answer("removed", obj(("removed",), removed=string("the address")))},
+        errors={404: "not_found: no such account", 409: "conflict: the last owner stays"},
+    )
+)
 @admin_only
 async def remove_user(request: Request) -> Response:
     email = request.path_params["email"]
@@ -298,6 +565,15 @@ def _integer(raw: str, name: str, low: int, high: int) -> int:
     if not low <= value <= high:
         raise RequestError(f"{name} must be within {low}..{high}")
     return value
+
+
+def _choice(raw: str | None, name: str, allowed: list[str]) -> str | None:
+    """``raw`` if it is one of ``allowed``; ``None`` for none (or empty); else 400."""
+    if not raw:
+        return None
+    if raw not in allowed:
+        raise RequestError(f"{name} must be one of {', '.join(allowed)}")
+    return raw
 
 
 def _date(raw: str | None, name: str) -> date | None:

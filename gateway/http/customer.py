@@ -22,7 +22,6 @@ seller's notices. The emailed link is the other way in.
 
 from __future__ import annotations
 
-from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -36,11 +35,29 @@ from gateway.delivery.emails import request_links
 from gateway.delivery.links import DownloadLinks, holds_buyer_key
 from gateway.errors import GatewayError, RequestError
 from gateway.http.limits import client_of
+from gateway.http.openapi import (
+    BUYER_OR_ANYONE,
+    EMAIL,
+    NO_STORE_HEADER,
+    STRING,
+    Answer,
+    Body,
+    Link,
+    Operation,
+    Param,
+    described,
+    errors,
+    nullable,
+    obj,
+    string,
+)
 from gateway.http.requests import email_in, in_session, off_loop, read_json, services_of
+from gateway.http.schemas import CHECKOUT_STARTED, CHOSEN_MODEL, JOB
 from gateway.metrics import CHECKOUTS
 from gateway.money.checkout import origin_of, parse_checkout_request, start_checkout
 from gateway.money.fulfilment import fulfil_on_return
 from gateway.store.lifecycle import MESSAGE_KEYS, get_job
+from gateway.store.queries import stamp
 from gateway.store.tables import Job
 from shared.jobs import JobStatus
 from shared.models import scale_of
@@ -52,7 +69,63 @@ CHECKOUT_THREADS = 16
 NO_STORE = {"Cache-Control": "no-store"}
 KEY_HEADER = "X-Buyer-Key"
 
+JOB_ID = "the job's id, from the checkout's answer"
+BUYER_KEY = Param(
+    KEY_HEADER,
+    "header",
+    "the job's buyer key (the checkout's buyer_key): with it, a completed job's answer holds "
+    "its download_url, and one awaiting payment its checkout_url",
+)
+JOB_LINKS = {
+    "GetJob": Link(
+        "getJob",
+        {"job_id": "$response.body#/job_id", "header.X-Buyer-Key": "$response.body#/buyer_key"},
+        "the job's status, as its buyer",
+    ),
+    "ReturnFromCheckout": Link(
+        "returnFromCheckout",
+        {"job_id": "$response.body#/job_id", "header.X-Buyer-Key": "$response.body#/buyer_key"},
+        "the buyer back from Stripe's page",
+    ),
+}
 
+
+@described(
+    Operation(
+        "createCheckout",
+        "Start a purchase: the image is fetched and priced, a job and a Checkout Session made",
+        tags=("customer",),
+        description="The price is computed by the gateway from the image's output size; a "
+        "body naming price, amount or amount_cents is refused. Limited per client and for "
+        "everyone (SMI_CHECKOUT_*).",
+        body=Body(
+            "what the buyer clicked",
+            obj(
+                ("image_url",),
+                image_url=string(
+                    "the full-size image to sell, on one of the shop's hosts (SMI_SOURCE_HOSTS)",
+                    minLength=1,
+                ),
+                return_url=string(
+                    "where the buyer comes back after paying, on a storefront origin "
+                    "(SMI_STOREFRONT_ORIGINS) or the gateway's own; the gateway's own by default"
+                ),
+                language=nullable(
+                    string("the page's language, a BCP 47 tag (fr-CA); English otherwise")
+                ),
+                model=CHOSEN_MODEL,
+            ),
+        ),
+        answers={
+            201: Answer("the job and where to pay", CHECKOUT_STARTED, links=JOB_LINKS),
+        },
+        errors={
+            **errors(400, 413, 415, 422, 429, 502),
+            503: "payment_provider_unavailable (Stripe), storage_full, or the database; try "
+            "again after Retry-After",
+        },
+    )
+)
 async def checkout(request: Request) -> Response:
     try:
         response = await _checkout(request)
@@ -97,6 +170,27 @@ LINKS_SENT = (
 )
 
 
+@described(
+    Operation(
+        "requestDownloadLinks",
+        "Email fresh download links for an address's completed orders",
+        tags=("customer",),
+        description="The answer is the same, and as fast, whether or not the address is "
+        "known: it only stores the request. At most one email every ten minutes per address; "
+        "limited per client and for everyone.",
+        body=Body(
+            "the buyer's address",
+            obj(("email",), email=EMAIL),
+        ),
+        answers={
+            202: Answer(
+                "asked for (the same words for every address)",
+                obj(("message",), message=STRING),
+            )
+        },
+        errors=errors(400, 413, 415, 429, 503),
+    )
+)
 async def lost_links(request: Request) -> Response:
     limits, client = request.app.state.link_limits, client_of(request)
     await limits.take_client(client)
@@ -117,10 +211,44 @@ def checkout_limiter(request: Request) -> anyio.CapacityLimiter:
     return limiter
 
 
+@described(
+    Operation(
+        "getJob",
+        "A job as its page shows it: status, progress, price; its download with its buyer key",
+        tags=("customer",),
+        description="A pure read. The job id alone shows the status, never the download or "
+        "the buyer's email; with X-Buyer-Key a completed job's answer holds a fresh signed "
+        "download_url.",
+        path={"job_id": JOB_ID},
+        params=(BUYER_KEY,),
+        security=BUYER_OR_ANYONE,
+        answers={200: Answer("the job", JOB, headers={"Cache-Control": NO_STORE_HEADER})},
+        errors={404: "not_found: no such job", 503: errors(503)[503]},
+    )
+)
 async def job_status(request: Request) -> Response:
     return JSONResponse(await read_status(request), headers=NO_STORE)
 
 
+@described(
+    Operation(
+        "returnFromCheckout",
+        "The buyer is back from Stripe's page: fulfil the job if it is paid, then its status",
+        tags=("customer",),
+        description="If Stripe's webhook has not come yet, the gateway asks Stripe about the "
+        "job's own Checkout Session and fulfils a paid one; then it answers what GET "
+        "/api/jobs/{job_id} would.",
+        path={"job_id": JOB_ID},
+        params=(BUYER_KEY,),
+        security=BUYER_OR_ANYONE,
+        body=Body(
+            "the Checkout Session the buyer paid on (session_id in the return address)",
+            obj(("session_id",), session_id=string("Stripe's cs_... id", minLength=1)),
+        ),
+        answers={200: Answer("the job", JOB, headers={"Cache-Control": NO_STORE_HEADER})},
+        errors={**errors(400, 413, 415, 502, 503), 404: "not_found: no such job"},
+    )
+)
 async def returned(request: Request) -> Response:
     services = services_of(request)
     job_id = request.path_params["job_id"]
@@ -148,10 +276,6 @@ def status_of(job: Job, links: DownloadLinks, buyer_key: str | None = None) -> d
     """What the customer's page shows about a job; the download (and the checkout's
     address) only to the holder of its buyer key."""
     buyer = holds_buyer_key(job.buyer_key_hash, buyer_key)
-
-    def stamp(value: datetime | None) -> str | None:
-        return value.isoformat() if value else None
-
     return {
         "job_id": job.id,
         "status": job.status,

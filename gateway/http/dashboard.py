@@ -33,8 +33,9 @@ from gateway.dashboard.settings import read_settings
 from gateway.dashboard.thumbnails import Thumbnails
 from gateway.errors import NotFoundError, RequestError
 from gateway.http.dashboard_view import helpers, language_of, page
+from gateway.http.openapi import DAY_OR_EMPTY, Answer, Operation, Param, described
 from gateway.http.requests import in_session, off_loop, services_of
-from gateway.http.seller_auth import signed_in
+from gateway.http.seller_auth import dashboard_page, signed_in
 from gateway.money.pricing import margin_of
 from gateway.money.reports import as_csv, revenue_by_day
 from gateway.store.lifecycle import get_job
@@ -47,13 +48,30 @@ from shared.models import MODELS
 REFUNDABLE = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.REFUND_FAILED)
 RETRYABLE = (JobStatus.FAILED, JobStatus.REFUND_FAILED)
 SETTLEABLE = (JobStatus.AWAITING_PAYMENT, JobStatus.EXPIRED)
+JOB_ID = "the order's job id"
+DAY = DAY_OR_EMPTY
 OUTCOMES = ("applied", "no change", "ignored", "unknown job", "error")
 
 
+@described(
+    Operation(
+        "dashboardHome",
+        "The dashboard's home, with its slash",
+        tags=("dashboard",),
+        answers={308: Answer("to /dashboard/")},
+    )
+)
 async def to_home(request: Request) -> Response:
     return RedirectResponse("/dashboard/", status_code=308)
 
 
+@described(
+    dashboard_page(
+        "overview",
+        "30 days in figures, and what needs a person now",
+        params=(Param("done", "query", "what was just done, to say so"),),
+    )
+)
 @signed_in()
 async def overview(request: Request) -> Response:
     config = services_of(request).config
@@ -110,6 +128,21 @@ def _day_param(request: Request, name: str) -> date | None:
         raise RequestError(f"{name} must be a day like 2026-11-26") from None
 
 
+@described(
+    dashboard_page(
+        "orders",
+        "Find orders: by email, job id, Stripe id or day; 50 a page",
+        params=(
+            Param("q", "query", "an email, job id, Stripe id"),
+            Param("status", "query", "a job status"),
+            Param("model", "query", "a model"),
+            Param("since", "query", "from this day", DAY),
+            Param("until", "query", "up to this day", DAY),
+            Param("older", "query", "the next page: older than this order"),
+        ),
+        more_errors={400: "a day or status that is not one"},
+    )
+)
 @signed_in()
 async def orders(request: Request) -> Response:
     params = request.query_params
@@ -184,6 +217,15 @@ async def order_page(
     return page(request, "order.html", "orders", status_code=status_code, **values, **extra)
 
 
+@described(
+    dashboard_page(
+        "order",
+        "One order: timeline, images, money, emails, events, and what may be done",
+        path={"job_id": JOB_ID},
+        params=(Param("done", "query", "what was just done, to say so"),),
+        more_errors={404: "no such order"},
+    )
+)
 @signed_in()
 async def order(request: Request) -> Response:
     return await order_page(
@@ -191,6 +233,17 @@ async def order(request: Request) -> Response:
     )
 
 
+@described(
+    dashboard_page(
+        "orderThumbnail",
+        "An order's source or result, small, as JPEG",
+        path={"job_id": JOB_ID, "which": {"type": "string", "enum": ["source", "result"]}},
+        shown=Answer(
+            "the thumbnail", {"type": "string", "format": "binary"}, media_type="image/jpeg"
+        ),
+        more_errors={404: "no such order or image"},
+    )
+)
 @signed_in()
 async def thumbnail(request: Request) -> Response:
     job_id, which = request.path_params["job_id"], request.path_params["which"]
@@ -219,6 +272,7 @@ async def thumbnail(request: Request) -> Response:
     )
 
 
+@described(dashboard_page("fleet", "Queues, workers and previews"))
 @signed_in()
 async def fleet(request: Request) -> Response:
     services = services_of(request)
@@ -226,6 +280,17 @@ async def fleet(request: Request) -> Response:
     return page(request, "fleet.html", "fleet", fleet=found)
 
 
+@described(
+    dashboard_page(
+        "dashboardEvents",
+        "Stripe events received",
+        params=(
+            Param("job", "query", "of this job"),
+            Param("outcome", "query", "with this outcome"),
+            Param("type", "query", "of this type"),
+        ),
+    )
+)
 @signed_in()
 async def events(request: Request) -> Response:
     params = request.query_params
@@ -246,6 +311,15 @@ async def events(request: Request) -> Response:
     )
 
 
+@described(
+    dashboard_page(
+        "dashboardEvent",
+        "One Stripe event, its payload, and a replay",
+        path={"event_id": "Stripe's event id"},
+        params=(Param("done", "query", "a replay's outcome"),),
+        more_errors={404: "no such event"},
+    )
+)
 @signed_in()
 async def event(request: Request) -> Response:
     event_id = request.path_params["event_id"]
@@ -270,6 +344,14 @@ async def event(request: Request) -> Response:
     )
 
 
+@described(
+    dashboard_page(
+        "reports",
+        "Revenue by day",
+        params=(Param("since", "query", "", DAY), Param("until", "query", "", DAY)),
+        more_errors={400: "a day that is not one"},
+    )
+)
 @signed_in("reports")
 async def reports(request: Request) -> Response:
     since, until = _day_param(request, "since"), _day_param(request, "until")
@@ -284,6 +366,15 @@ async def reports(request: Request) -> Response:
     )
 
 
+@described(
+    dashboard_page(
+        "reportsCsv",
+        "Revenue by day, as CSV",
+        params=(Param("since", "query", "", DAY), Param("until", "query", "", DAY)),
+        shown=Answer("the CSV file", {"type": "string"}, media_type="text/csv"),
+        more_errors={400: "a day that is not one"},
+    )
+)
 @signed_in("reports")
 async def reports_csv(request: Request) -> Response:
     since, until = _day_param(request, "since"), _day_param(request, "until")
@@ -298,6 +389,7 @@ async def reports_csv(request: Request) -> Response:
     )
 
 
+@described(dashboard_page("reconciliation", "The last reconciliation"))
 @signed_in("reconcile")
 async def reconciliation(request: Request) -> Response:
     def last(session: Session) -> dict[str, Any] | None:
@@ -311,6 +403,7 @@ async def reconciliation(request: Request) -> Response:
     )
 
 
+@described(dashboard_page("settings", "The gateway's settings, read-only"))
 @signed_in("settings")
 async def settings(request: Request) -> Response:
     return page(

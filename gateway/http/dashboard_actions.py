@@ -28,16 +28,24 @@ from starlette.routing import Route
 
 from gateway.dashboard import actions
 from gateway.errors import GatewayError, RequestError
-from gateway.http.dashboard import order_page
+from gateway.http.dashboard import JOB_ID, order_page
 from gateway.http.dashboard_view import language_of, page, words
 from gateway.http.errors import answer_for
+from gateway.http.openapi import EMAIL, STRING, Param, described, errors, string
 from gateway.http.requests import in_session, off_loop, services_of
-from gateway.http.seller_auth import signed_in
+from gateway.http.seller_auth import dashboard_form, dashboard_page, signed_in
 from gateway.store import accounts
 from gateway.store.accounts import AccountError, Seller
 from gateway.store.tables import SellerAccount, SellerRole
 
 log = logging.getLogger(__name__)
+
+ORDER_REFUSED = {
+    400: "the form is not complete (the order's page says what is missing)",
+    404: "no such order",
+    409: "the order's state does not allow it (its page says why)",
+    **errors(502, 503),
+}
 
 
 def _done(path: str, what: str) -> Response:
@@ -57,6 +65,16 @@ async def _on_order(request: Request, what: str, work: Any) -> Response:
     return _done(f"/dashboard/orders/{job_id}", what)
 
 
+@described(
+    dashboard_form(
+        "dashboardRefund",
+        "Refund what is left of an order's payment",
+        {"reason": STRING, "confirm": {"type": "string", "const": "yes"}},
+        required=("reason", "confirm"),
+        path={"job_id": JOB_ID},
+        more_errors=ORDER_REFUSED,
+    )
+)
 @signed_in("refund")
 async def refund(request: Request) -> Response:
     form, seller = request.state.form, request.state.seller
@@ -71,6 +89,14 @@ async def refund(request: Request) -> Response:
     )
 
 
+@described(
+    dashboard_form(
+        "dashboardRetry",
+        "A failed order, once more",
+        path={"job_id": JOB_ID},
+        more_errors=ORDER_REFUSED,
+    )
+)
 @signed_in("retry")
 async def retry(request: Request) -> Response:
     services, seller = services_of(request), request.state.seller
@@ -78,6 +104,14 @@ async def retry(request: Request) -> Response:
     return await _on_order(request, "retry", lambda: actions.retry(services, seller, job_id))
 
 
+@described(
+    dashboard_form(
+        "dashboardFulfil",
+        "An order awaiting payment: ask Stripe, fulfil it if paid",
+        path={"job_id": JOB_ID},
+        more_errors=ORDER_REFUSED,
+    )
+)
 @signed_in("fulfil")
 async def fulfil(request: Request) -> Response:
     services, seller = services_of(request), request.state.seller
@@ -85,6 +119,14 @@ async def fulfil(request: Request) -> Response:
     return await _on_order(request, "fulfil", lambda: actions.fulfil(services, seller, job_id))
 
 
+@described(
+    dashboard_form(
+        "dashboardResend",
+        "The completion email again, with a fresh link",
+        path={"job_id": JOB_ID},
+        more_errors=ORDER_REFUSED,
+    )
+)
 @signed_in("resend")
 async def resend(request: Request) -> Response:
     services, seller = services_of(request), request.state.seller
@@ -92,11 +134,27 @@ async def resend(request: Request) -> Response:
     return await _on_order(request, "resend", lambda: actions.resend_link(services, seller, job_id))
 
 
+@described(
+    dashboard_page(
+        "eraseForm",
+        "Erase a customer's data: the form",
+        params=(Param("email", "query", "the address to fill in"),),
+    )
+)
 @signed_in("erase")
 async def erase_form(request: Request) -> Response:
     return page(request, "erase.html", "erase", email=request.query_params.get("email", ""))
 
 
+@described(
+    dashboard_form(
+        "dashboardErase",
+        "Erase a customer's images and personal data",
+        {"email": EMAIL, "confirm": string("the address again")},
+        required=("email", "confirm"),
+        shown="done: the page says what was erased and what is kept",
+    )
+)
 @signed_in("erase")
 async def erase(request: Request) -> Response:
     form, seller = request.state.form, request.state.seller
@@ -111,6 +169,14 @@ async def erase(request: Request) -> Response:
     return page(request, "erase.html", "erase", email="", erasure=done)
 
 
+@described(
+    dashboard_form(
+        "dashboardReplay",
+        "Apply a stored Stripe event again",
+        path={"event_id": "Stripe's event id"},
+        more_errors={404: "no such event", **errors(502, 503)},
+    )
+)
 @signed_in("replay")
 async def replay(request: Request) -> Response:
     services, seller = services_of(request), request.state.seller
@@ -119,6 +185,13 @@ async def replay(request: Request) -> Response:
     return _done(f"/dashboard/events/{event_id}", outcome.replace(" ", "_"))
 
 
+@described(
+    dashboard_form(
+        "dashboardReconcile",
+        "Compare Stripe with our records now",
+        more_errors=errors(502, 503),
+    )
+)
 @signed_in("reconcile")
 async def reconcile(request: Request) -> Response:
     services, seller = services_of(request), request.state.seller
@@ -139,11 +212,28 @@ async def _accounts_page(request: Request, status_code: int = 200, **extra: Any)
     )
 
 
+@described(
+    dashboard_page(
+        "accountsPage",
+        "The team: its accounts",
+        params=(Param("done", "query", "what was just done, to say so"),),
+    )
+)
 @signed_in("accounts")
 async def accounts_page(request: Request) -> Response:
     return await _accounts_page(request, done=request.query_params.get("done"))
 
 
+@described(
+    dashboard_form(
+        "dashboardAddAccount",
+        "Add an account: its one-time password, shown once",
+        {"email": STRING, "role": {"type": "string", "enum": list(SellerRole)}},
+        required=("email", "role"),
+        shown="made: the page shows its one-time password, once",
+        more_errors={409: "not an address, a role that is not one, or the address has one"},
+    )
+)
 @signed_in("accounts")
 async def add_account(request: Request) -> Response:
     form, seller = request.state.form, request.state.seller
@@ -171,6 +261,15 @@ def _account_email(session: Session, account_id: str) -> str:
     return found.email
 
 
+@described(
+    dashboard_form(
+        "dashboardResetAccount",
+        "A new one-time password for an account",
+        path={"account_id": "the account's number"},
+        shown="reset: the page shows its one-time password, once",
+        more_errors={409: "no such account, or your own"},
+    )
+)
 @signed_in("accounts")
 async def reset_account(request: Request) -> Response:
     account_id = request.path_params["account_id"]
@@ -192,6 +291,16 @@ async def reset_account(request: Request) -> Response:
     return await _accounts_page(request, shown_email=shown[0], one_time=password)
 
 
+@described(
+    dashboard_form(
+        "dashboardRemoveAccount",
+        "Remove an account (never your own, never the last owner)",
+        {"confirm": {"type": "string", "const": "yes"}},
+        required=("confirm",),
+        path={"account_id": "the account's number"},
+        more_errors={409: "no such account, your own, or the last owner"},
+    )
+)
 @signed_in("accounts")
 async def remove_account(request: Request) -> Response:
     account_id = request.path_params["account_id"]

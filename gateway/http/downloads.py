@@ -29,6 +29,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.delivery.links import open_download
+from gateway.http.openapi import Answer, Header, Operation, Param, described, errors
 from gateway.http.requests import services_of
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,69 @@ class Unsatisfiable(Exception):
     """A range that starts past the end of the object."""
 
 
+RESULT = {"type": "string", "format": "binary"}
+SAVED_AS = Header('attachment; filename="JOB-MODEL-4x.png": the name to save it under')
+VALIDATORS = {
+    "ETag": Header("the result's sha256, quoted (the store's own on a redirect)"),
+    "Accept-Ranges": Header("bytes"),
+    "Content-Disposition": SAVED_AS,
+    "Last-Modified": Header("when the result was stored"),
+}
+
+
+@described(
+    Operation(
+        "download",
+        "The upscaled image, for a signed link (from the job's status or the email)",
+        tags=("downloads",),
+        description="On S3 storage a GET is answered 302 to a short-lived address at the store "
+        "(SMI_DOWNLOAD_REDIRECT); otherwise the bytes are streamed. Range (one range), "
+        "If-Range and If-None-Match work as browsers and download managers expect.",
+        path={"token": "the signed token of the download link"},
+        params=(
+            Param("Range", "header", "bytes=START-END, bytes=START- or bytes=-LAST: one range"),
+            Param("If-Range", "header", "the ETag or Last-Modified the range is of"),
+            Param("If-None-Match", "header", "ETags held already (or *): 304 when one matches"),
+        ),
+        head=True,
+        answers={
+            200: Answer(
+                "the whole result",
+                RESULT,
+                media_type="image/png",
+                headers={**VALIDATORS, "Content-Length": Header("bytes", {"type": "integer"})},
+                also={"image/jpeg": RESULT, "image/webp": RESULT},
+            ),
+            206: Answer(
+                "the range asked for",
+                RESULT,
+                media_type="image/png",
+                headers={
+                    **VALIDATORS,
+                    "Content-Range": Header("bytes START-END/SIZE", required=True),
+                },
+                also={"image/jpeg": RESULT, "image/webp": RESULT},
+            ),
+            302: Answer(
+                "a short-lived address at the store (S3), which saves under the job's name",
+                headers={"Location": Header("the presigned address", required=True)},
+            ),
+            304: Answer("not modified: If-None-Match named this result's ETag"),
+            416: Answer(
+                "the range starts past the end",
+                headers={"Content-Range": Header("bytes */SIZE", required=True)},
+            ),
+        },
+        errors={
+            403: "forbidden: the token was changed or made up",
+            409: "result_unavailable: the stored result is missing or not what its worker "
+            "reported (the job's audit trail says which)",
+            410: "link_expired: the link is past its lifetime, or the result was deleted",
+            503: "storage_unavailable: storage does not answer; try again after Retry-After",
+            **errors(404),
+        },
+    )
+)
 async def download(request: Request) -> Response:
     services = services_of(request)
     config, storage = services.config, services.storage

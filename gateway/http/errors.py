@@ -16,6 +16,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match, Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from gateway.errors import (
     ConflictError,
@@ -143,14 +145,36 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own answers (no such route, method not allowed) in our error shape."""
+    """Starlette's own answers (no such route, method not allowed) in our error shape; a 405
+    names in ``Allow`` every method the path takes (Starlette names only its first route's,
+    where a path has a route per method, and none for static files)."""
     assert isinstance(exc, HTTPException)
     kinds = {404: "not_found", 405: "method_not_allowed"}
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        allowed = allowed_methods(request)
+        if allowed:
+            headers["Allow"] = ", ".join(sorted(allowed))
     return JSONResponse(
         {"error": {"type": kinds.get(exc.status_code, "http_error"), "message": exc.detail}},
         status_code=exc.status_code,
-        headers=exc.headers,
+        headers=headers,
     )
+
+
+def allowed_methods(request: Request) -> set[str]:
+    """Every method some route of the app takes on the request's path."""
+    allowed: set[str] = set()
+    for route in getattr(request.app, "routes", ()):
+        if isinstance(route, Route) and route.methods:
+            methods = route.methods
+        elif isinstance(route, Mount) and isinstance(route.app, StaticFiles):
+            methods = {"GET", "HEAD"}
+        else:
+            continue
+        if route.matches(request.scope)[0] != Match.NONE:
+            allowed |= methods
+    return allowed
 
 
 HANDLERS = {

@@ -32,6 +32,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.errors import UnauthorizedError
+from gateway.http.openapi import (
+    BOOLEAN,
+    METRICS,
+    Answer,
+    Header,
+    Operation,
+    described,
+    obj,
+    schema,
+    string,
+)
 from gateway.http.requests import services_of
 from gateway.images.storing import free_bytes
 from gateway.metrics import render
@@ -43,11 +54,40 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 3.0
 UNAVAILABLE = "unavailable"
 
+CHECK = string("ok, or unavailable (why goes to the log)", enum=["ok", UNAVAILABLE])
+READINESS = schema(
+    "Readiness",
+    obj(
+        ("ready", "checks"),
+        ready={"type": "boolean", "description": "whether the database answers"},
+        checks=obj(("database", "broker", "storage"), database=CHECK, broker=CHECK, storage=CHECK),
+    ),
+)
 
+
+@described(
+    Operation(
+        "healthz",
+        "The process answers",
+        tags=("operations",),
+        answers={200: Answer("alive", obj(("ok",), ok=BOOLEAN))},
+    )
+)
 async def healthz(request: Request) -> Response:
     return JSONResponse({"ok": True})
 
 
+@described(
+    Operation(
+        "readyz",
+        "What the process needs answers: the database (required), the broker and storage",
+        tags=("operations",),
+        answers={
+            200: Answer("ready: the database answers", READINESS),
+            503: Answer("not ready: the database does not answer", READINESS),
+        },
+    )
+)
 async def readyz(request: Request) -> Response:
     checks = await run_in_threadpool(readiness, services_of(request))
     ready = checks["database"] == "ok"  # the broker and storage: reported, not required
@@ -76,6 +116,23 @@ def _database(services: Services) -> Any:
         return connection.execute(text("SELECT 1")).scalar_one()
 
 
+@described(
+    Operation(
+        "metrics",
+        "Prometheus metrics of the gateway (of all its processes)",
+        tags=("operations",),
+        security=METRICS,
+        answers={
+            200: Answer(
+                "the text exposition format",
+                {"type": "string"},
+                media_type="text/plain",
+                headers={"Content-Type": Header("text/plain; version=0.0.4; charset=utf-8")},
+            )
+        },
+        errors={401: "unauthorized: the metrics token is missing or wrong (or none is set)"},
+    )
+)
 async def metrics(request: Request) -> Response:
     services = services_of(request)
     token = services.config.metrics_token

@@ -21,10 +21,83 @@ from starlette.routing import Route
 from gateway.errors import NotFoundError, RequestError
 from gateway.http.customer import BODY_LIMIT, checkout_limiter
 from gateway.http.limits import client_of
+from gateway.http.openapi import (
+    NO_STORE_HEADER,
+    Answer,
+    Body,
+    Header,
+    Link,
+    Operation,
+    described,
+    errors,
+    obj,
+    string,
+)
 from gateway.http.requests import off_loop, read_json, services_of
+from gateway.http.schemas import CHOSEN_MODEL, PREVIEW
 from gateway.images.previews import preview_image_key, preview_status, start_preview
 
+PIXELS = {"type": "integer", "minimum": 0, "maximum": (1 << 20) - 1}
+PREVIEW_ID = {
+    "type": "string",
+    "description": "the preview's id, from POST /api/previews",
+    "pattern": "^[0-9a-f]{32}$",
+}
+IMAGE_LINKS = {
+    which.capitalize(): Link(
+        "getPreviewImage",
+        {"preview_id": "$response.body#/preview_id", "which": which},
+        f"the {which} image",
+    )
+    for which in ("before", "after")
+}
+PREVIEW_ANSWERS = {
+    200: Answer(
+        "ready or failed",
+        PREVIEW,
+        headers={"Cache-Control": NO_STORE_HEADER},
+        links={
+            **IMAGE_LINKS,
+            "Status": Link("getPreview", {"preview_id": "$response.body#/preview_id"}),
+        },
+    ),
+    202: Answer(
+        "pending: ask GET /api/previews/{preview_id} again shortly",
+        PREVIEW,
+        headers={"Cache-Control": NO_STORE_HEADER},
+        links={"Status": Link("getPreview", {"preview_id": "$response.body#/preview_id"})},
+    ),
+}
 
+
+@described(
+    Operation(
+        "createPreview",
+        "Ask for a free preview: a square of the image, upscaled, beside a simple enlargement",
+        tags=("previews",),
+        description="Identical requests (image, model, square) share one preview. Limited "
+        "per client and for everyone (SMI_PREVIEW_*), and in squares per image.",
+        body=Body(
+            "the image and, optionally, the model and the square's top left corner",
+            {
+                **obj(
+                    ("image_url",),
+                    image_url=string("the image, on one of the shop's hosts", minLength=1),
+                    model=CHOSEN_MODEL,
+                    x=PIXELS,
+                    y=PIXELS,
+                ),
+                # The square's corner: x and y together, or neither (the most detailed).
+                "dependentRequired": {"x": ["y"], "y": ["x"]},
+            },
+        ),
+        answers=PREVIEW_ANSWERS,
+        errors={
+            **errors(400, 413, 415, 422, 429),
+            503: "storage_full, or the broker or the database; try again after Retry-After",
+        },
+    )
+)
 async def create(request: Request) -> Response:
     services = services_of(request)
     limits, client = request.app.state.preview_limits, client_of(request)
@@ -50,12 +123,39 @@ async def create(request: Request) -> Response:
     return _answer(status)
 
 
+@described(
+    Operation(
+        "getPreview",
+        "A preview's status",
+        tags=("previews",),
+        path={"preview_id": PREVIEW_ID},
+        answers=PREVIEW_ANSWERS,
+        errors={404: "not_found: no such preview (previews are kept for a while only)"},
+    )
+)
 async def show(request: Request) -> Response:
     storage = services_of(request).storage
     preview_id = request.path_params["preview_id"]
     return _answer(await off_loop(lambda: preview_status(storage, preview_id)))
 
 
+@described(
+    Operation(
+        "getPreviewImage",
+        "A preview's image: before (a simple enlargement) or after (the model)",
+        tags=("previews",),
+        path={"preview_id": PREVIEW_ID, "which": {"type": "string", "enum": ["before", "after"]}},
+        answers={
+            200: Answer(
+                "the PNG, at the model's scale",
+                {"type": "string", "format": "binary"},
+                media_type="image/png",
+                headers={"Cache-Control": Header("public: the id names its content")},
+            )
+        },
+        errors={404: "not_found: no such preview image, or not ready yet"},
+    )
+)
 async def image(request: Request) -> Response:
     storage = services_of(request).storage
     key = preview_image_key(request.path_params["preview_id"], request.path_params["which"])
@@ -69,12 +169,22 @@ async def image(request: Request) -> Response:
 
 
 def _point(body: dict[str, Any]) -> tuple[int, int] | None:
-    x, y = body.get("x"), body.get("y")
-    if x is None and y is None:
+    """The square's top left corner: ``x`` and ``y`` together, or neither."""
+    if "x" not in body and "y" not in body:
         return None
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 20 for v in (x, y)):
+    x, y = _pixels(body.get("x")), _pixels(body.get("y"))
+    if x is None or y is None:
         raise RequestError("x and y must be whole numbers of pixels from the top left")
-    return int(x), int(y)  # type: ignore[arg-type]
+    return x, y
+
+
+def _pixels(value: Any) -> int | None:
+    """A pixel coordinate: a whole number (JSON's 12.0 is one too) within 0..2**20-1."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 20:
+        return value
+    return None
 
 
 def _answer(status: dict[str, Any]) -> Response:

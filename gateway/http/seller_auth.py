@@ -53,6 +53,22 @@ from gateway.errors import (
 from gateway.http.dashboard_view import LANGUAGE_COOKIE, language_of, page, words
 from gateway.http.errors import answer_for
 from gateway.http.limits import client_of
+from gateway.http.openapi import (
+    FORM,
+    HTML,
+    SIGNED_IN,
+    STRING,
+    Answer,
+    Body,
+    Header,
+    Operation,
+    Param,
+    Schema,
+    described,
+    errors,
+    obj,
+    string,
+)
 from gateway.http.requests import in_session, off_loop, read_body, services_of, storable
 from gateway.languages import LANGUAGES
 from gateway.store import accounts
@@ -68,6 +84,78 @@ HOME = "/dashboard/"
 SIGN_IN = "/dashboard/sign-in"
 PASSWORD = "/dashboard/password"
 Handler = Callable[[Request], Awaitable[Response]]
+
+# The dashboard in the OpenAPI description: pages and forms for a browser, answered in HTML.
+PAGE = Answer("the page", {"type": "string"}, media_type=HTML)
+SEE_OTHER = Answer(
+    "to another page: the sign-in form (?next= this page) when not signed in, the password "
+    "form while the account's one-time password is not changed, or after a change the page "
+    "that shows it (?done=...)",
+    headers={"Location": Header("the page to go to", required=True)},
+)
+REFUSED_PAGE = {
+    403: "cross_site_request (another site's doing: a change without this session's form "
+    "token or from another origin) or not_permitted (the account's role does not allow it)",
+}
+CSRF = string("the session's form token, from the page's form")
+FORM_REFUSED = {
+    400: "the form cannot be read, or what it asks is not right (the page says why)",
+    401: "sign in first",
+    **REFUSED_PAGE,
+    413: errors(413)[413],
+    415: "send the form as application/x-www-form-urlencoded",
+}
+
+
+def dashboard_page(
+    operation_id: str,
+    summary: str,
+    *,
+    shown: Answer = PAGE,
+    more_errors: dict[int, str] | None = None,
+    **more: Any,
+) -> Operation:
+    """A page of the dashboard behind ``@signed_in``, as the OpenAPI description shows it."""
+    return Operation(
+        operation_id,
+        summary,
+        tags=("dashboard",),
+        security=SIGNED_IN,
+        answers={200: shown, 303: SEE_OTHER},
+        errors={**REFUSED_PAGE, **(more_errors or {})},
+        error_media_types=(HTML,),
+        **more,
+    )
+
+
+def dashboard_form(
+    operation_id: str,
+    summary: str,
+    fields: dict[str, Schema] | None = None,
+    *,
+    required: tuple[str, ...] = (),
+    shown: str = "",
+    more_errors: dict[int, str] | None = None,
+    **more: Any,
+) -> Operation:
+    """A form of the dashboard behind ``@signed_in``: 303 once done (``shown``: 200 with
+    the page that shows what was done), the page again with why when refused."""
+    answers = {303: SEE_OTHER, **({200: Answer(shown, PAGE.body, HTML)} if shown else {})}
+    return Operation(
+        operation_id,
+        summary,
+        tags=("dashboard",),
+        security=SIGNED_IN,
+        body=Body(
+            "the page's form",
+            obj(("csrf", *required), csrf=CSRF, **(fields or {})),
+            media_type=FORM,
+        ),
+        answers=answers,
+        errors={**FORM_REFUSED, **(more_errors or {})},
+        error_media_types=(HTML,),
+        **more,
+    )
 
 
 def rules_of(config: DashboardConfig) -> SessionRules:
@@ -238,6 +326,15 @@ def signed_in(action: str = "view", *, temporary_too: bool = False) -> Callable[
     return wrap
 
 
+@described(
+    Operation(
+        "signInForm",
+        "The dashboard's sign-in form",
+        tags=("dashboard",),
+        params=(Param("next", "query", "the dashboard page to go to after signing in"),),
+        answers={200: PAGE},
+    )
+)
 async def sign_in_form(request: Request) -> Response:
     return page(
         request,
@@ -251,6 +348,34 @@ async def sign_in_form(request: Request) -> Response:
     )
 
 
+@described(
+    Operation(
+        "signIn",
+        "Sign in to the dashboard: the session cookie",
+        tags=("dashboard",),
+        description="Failed sign-ins lock the account and the client address for a while.",
+        body=Body(
+            "the sign-in form",
+            obj(("email", "password"), email=STRING, password=STRING, next=STRING),
+            media_type=FORM,
+        ),
+        answers={
+            303: Answer(
+                "signed in: the session cookie, and on to ?next= (or the password form)",
+                headers={
+                    "Location": Header("the page to go to", required=True),
+                    "Set-Cookie": Header("the session: smi_dashboard (__Secure- over https)"),
+                },
+            ),
+        },
+        errors={
+            **FORM_REFUSED,
+            401: "the address or password is wrong",
+            429: "too many failed sign-ins: locked for a while (Retry-After)",
+        },
+        error_media_types=(HTML,),
+    )
+)
 async def sign_in(request: Request) -> Response:
     try:
         refuse_other_sites(request)
@@ -312,6 +437,7 @@ async def sign_in(request: Request) -> Response:
     return response
 
 
+@described(dashboard_form("signOut", "End this session"))
 @signed_in(temporary_too=True)
 async def sign_out(request: Request) -> Response:
     token = request.state.token
@@ -321,11 +447,20 @@ async def sign_out(request: Request) -> Response:
     return response
 
 
+@described(dashboard_page("passwordForm", "Choose the account's own password"))
 @signed_in(temporary_too=True)
 async def password_form(request: Request) -> Response:
     return page(request, "password.html", "account")
 
 
+@described(
+    dashboard_form(
+        "changePassword",
+        "Change the account's password; its other sessions end",
+        {"current": STRING, "new": STRING, "repeat": STRING},
+        required=("current", "new", "repeat"),
+    )
+)
 @signed_in(temporary_too=True)
 async def change_password(request: Request) -> Response:
     seller: Seller = request.state.seller
@@ -347,6 +482,7 @@ async def change_password(request: Request) -> Response:
     return RedirectResponse(f"{HOME}?done=password", status_code=303)
 
 
+@described(dashboard_page("accountPage", "The account and its open sessions"))
 @signed_in()
 async def account(request: Request) -> Response:
     seller: Seller = request.state.seller
@@ -362,6 +498,7 @@ async def account(request: Request) -> Response:
     )
 
 
+@described(dashboard_form("endOtherSessions", "End the account's other sessions"))
 @signed_in()
 async def end_other_sessions(request: Request) -> Response:
     seller: Seller = request.state.seller
@@ -372,6 +509,18 @@ async def end_other_sessions(request: Request) -> Response:
     return RedirectResponse("/dashboard/account?done=ended", status_code=303)
 
 
+@described(
+    Operation(
+        "chooseLanguage",
+        "The dashboard's language (a cookie), then on to ?next=",
+        tags=("dashboard",),
+        params=(
+            Param("lang", "query", "en, fr, de, es or ja"),
+            Param("next", "query", "the dashboard page to go to"),
+        ),
+        answers={303: SEE_OTHER},
+    )
+)
 async def choose_language(request: Request) -> Response:
     chosen = request.query_params.get("lang", "")
     response = RedirectResponse(safe_next(request.query_params.get("next")), status_code=303)

@@ -23,12 +23,14 @@ from gateway.store.tables import (
     Payment,
     Refund,
     WebhookEvent,
+    as_utc,
 )
 
 
 def stamp(value: datetime | None) -> str | None:
-    """A time as ISO 8601, or ``None``."""
-    return value.isoformat() if value else None
+    """A time as RFC 3339 (ISO 8601 with its offset: SQLite gives times back without their
+    zone, which is UTC), or ``None``."""
+    return as_utc(value).isoformat() if value else None
 
 
 def job_record(job: Job) -> dict[str, Any]:

@@ -925,7 +925,6 @@ def markdown_table() -> str:
             lines += ["", f"**{group}**", "", "| variable | meaning | default | read by |"]
             lines.append("|---|---|---|---|")
         readers = ", ".join(setting.readers)
-        lines.append(
-            f"| `{setting.variable}` | {setting.meaning} | {setting.default_text()} | {readers} |"
-        )
+        name = f"`{setting.variable}`" + (" *secret*" if setting.secret else "")
+        lines.append(f"| {name} | {setting.meaning} | {setting.default_text()} | {readers} |")
     return "\n".join(lines[1:]) + "\n"

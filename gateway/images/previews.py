@@ -127,17 +127,31 @@ def start_preview(
 
 
 def _count_square(storage: Storage, config: GatewayConfig, digest: str, preview_id: str) -> None:
-    """Mark a new square of the image ``digest``; ``RateLimitedError`` when the image has as
-    many as it may keep (the page offers those; retention makes room later)."""
+    """Take one of the image ``digest``'s square slots for ``preview_id`` (its own, if it
+    holds one already); ``RateLimitedError`` when every slot is taken (the page offers
+    those squares; retention frees slots with the previews, SMI_PREVIEW_KEEP_S later).
+
+    A slot is claimed by writing it only if it is not there (``put(replace=False)``: a
+    link on a folder, a conditional PUT on S3), so requests at once, in any number of
+    gateway processes, never take more slots than there are."""
     folder = f"previews/squares/{digest}"
-    made = [key.rsplit("/", 1)[1] for key in storage.keys(folder)]
+    for key in storage.keys(folder):
+        try:
+            if storage.get(key).decode() == preview_id:
+                return
+        except FileNotFoundError:  # freed by retention meanwhile
+            continue
     limit = config.previews.squares_per_image
-    if preview_id not in made and len(made) >= limit:
-        raise RateLimitedError(
-            f"this image has {limit} previews already; look at those, or ask again later",
-            retry_after_s=max(1, int(config.previews.keep_s)),
-        )
-    storage.put(f"{folder}/{preview_id}", b"")
+    for slot in range(limit):
+        try:
+            storage.put(f"{folder}/{slot}", preview_id.encode(), replace=False)
+            return
+        except FileExistsError:
+            continue
+    raise RateLimitedError(
+        f"this image has {limit} previews already; look at those, or ask again later",
+        retry_after_s=max(1, int(config.previews.keep_s)),
+    )
 
 
 def preview_status(storage: Storage, preview_id: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import logging
 import re
 import shutil
 import string
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,10 @@ from test_seller import open_shop
 
 from gateway.background.catch_up import StripeCatchUp
 from gateway.background.retention import Retention
+from gateway.config import GatewayConfig
+from gateway.errors import RateLimitedError
 from gateway.http.limits import counted_client
+from gateway.images import previews
 from gateway.money.payments import Payments
 from gateway.money.refunds import Refunder
 from gateway.store.lifecycle import expire
@@ -493,6 +497,37 @@ def test_one_image_keeps_a_bounded_number_of_preview_squares(tmp_path):
         assert again.json()["preview_id"] == first.json()["preview_id"]
         kept = list((tmp_path / "storage" / "previews").glob("*/meta.json"))
         assert len(kept) == 2
+
+
+@pytest.mark.parametrize("where", ["folder", "s3"])
+def test_squares_claimed_at_once_never_outnumber_what_an_image_keeps(where, tmp_path, request):
+    """Nine previews of one image claim their square at the same moment, as nine requests
+    in any number of gateway processes would: two slots, two claims."""
+    url = request.getfixturevalue("s3_url") if where == "s3" else f"file://{tmp_path}"
+    storage = Storage(url)
+    config = GatewayConfig.from_env(
+        {
+            "SMI_STRIPE_TEST_SECRET_KEY": "sk_test_x",
+            "SMI_STRIPE_TEST_WEBHOOK_SECRET": "whsec_x",
+            "SMI_PREVIEW_SQUARES_PER_IMAGE": "2",
+        }
+    )
+    start = threading.Barrier(9)
+
+    def claim(n: int) -> str:
+        start.wait()
+        try:
+            previews._count_square(storage, config, "d1gest", f"preview-{n}")
+        except RateLimitedError:
+            return "refused"
+        return "claimed"
+
+    with ThreadPoolExecutor(9) as pool:
+        outcomes = sorted(pool.map(claim, range(9)))
+    assert outcomes == ["claimed"] * 2 + ["refused"] * 7
+    holders = {storage.get(key) for key in storage.keys("previews/squares/d1gest")}
+    assert len(holders) == 2
+    previews._count_square(storage, config, "d1gest", holders.pop().decode())  # its own: kept
 
 
 def test_a_source_bought_many_times_is_stored_once_and_deleted_with_its_last_job(loop):

@@ -138,7 +138,13 @@ def test_checkout_refuses_bytes_that_are_not_json(stack, unchanged, raw):
 
 
 @EXAMPLES
-@given(job_id=st.text(min_size=1, max_size=60).filter(lambda s: "/" not in s and "?" not in s))
+# "." and ".." never reach a server as a path segment: clients remove them (RFC 3986), and
+# what is left is another path ("/api/jobs/return": 405).
+@given(
+    job_id=st.text(min_size=1, max_size=60).filter(
+        lambda s: "/" not in s and "?" not in s and s not in (".", "..")
+    )
+)
 def test_status_and_return_of_made_up_jobs(stack, unchanged, job_id):
     refused(httpx.get(f"{stack.gateway}/api/jobs/{_quoted(job_id)}", timeout=30))
     back = httpx.post(

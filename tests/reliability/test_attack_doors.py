@@ -61,6 +61,15 @@ def paid_job(stack: Stack) -> str:
     body = stack.checkout().json()
     assert stack.pay(body["checkout_url"], "4242424242424242")["outcome"] == "paid"
     wait_for(lambda: stack.status(body["job_id"])["status"] == "pending")  # the webhook came
+    # ... and every other event of the payment (charge, intent), so that none lands while a
+    # test compares the records before and after.
+    emitted = {event.id for event in stack.stripe.v1.events.list({"limit": 100}).data}
+
+    def all_received() -> bool:
+        with stack.sessions()() as session:
+            return emitted <= set(session.scalars(select(WebhookEvent.event_id)))
+
+    wait_for(all_received, timeout=30)
     return str(body["job_id"])
 
 

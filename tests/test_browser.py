@@ -359,7 +359,7 @@ def test_a_preview_is_shown_before_paying_and_another_square_can_be_chosen(syste
     expect(dialog).to_have_attribute("data-smi-state", "quote")
     preview = dialog.locator(".smi-preview")
     expect(preview).to_have_attribute(
-        "data-smi-preview", re.compile("^[0-9a-f]{32}$"), timeout=60_000
+        "data-smi-preview", re.compile("^[0-9a-f]{32}$"), timeout=FINISH_MS
     )
     first = preview.get_attribute("data-smi-preview")
     after = preview.locator("img.smi-after")

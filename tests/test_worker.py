@@ -31,7 +31,7 @@ from shared.topology import DEAD_QUEUE, EVENTS_QUEUE, PREVIEW_QUEUE, UPSCALE_QUE
 from upscaler.output.images import encode_image
 from upscaler.pipeline.options import PipelineOptions, default_options
 from upscaler.worker.config import WorkerConfig
-from upscaler.worker.loop import EventPublisher, UpscaleWorker
+from upscaler.worker.loop import PROGRESS_DECODED, EventPublisher, UpscaleWorker
 from upscaler.worker.metrics import serve_health
 
 BIN = Path(sys.executable).parent
@@ -265,7 +265,7 @@ def test_undecodable_messages_go_to_the_dead_letter_queue(broker_url, storage, r
 
 def test_sigterm_lets_the_current_job_finish(tmp_path, storage, registry):
     broker_url = f"filesystem://{tmp_path / 'broker'}"
-    photo(storage, "jobs/j6/source.png", size=96)
+    photo(storage, "jobs/j6/source.png", size=160)  # long enough on the model to be seen there
     submit(broker_url, UpscaleRequest("j6", "jobs/j6/source.png", "jobs/j6/result.png").to_json())
     worker = subprocess.Popen(
         [BIN / "smi-worker", "--device", "cpu", "--tile", "32"],
@@ -279,6 +279,14 @@ def test_sigterm_lets_the_current_job_finish(tmp_path, storage, registry):
         text=True,
     )
     assert events_of(broker_url, 1, timeout=120)[0].kind == EventKind.STARTED
+    # On the model (a tile done, past decoding): the job in hand. One only decoded when the
+    # signal comes goes back to the queue instead (a test of its own, below).
+    seen: list[JobEvent] = []
+    while not any(
+        e.kind == EventKind.PROGRESS and (e.progress or 0) > PROGRESS_DECODED for e in seen
+    ):
+        seen += events_of(broker_url, 1, timeout=120)
+        assert EventKind.COMPLETED not in {e.kind for e in seen}, seen
     worker.send_signal(signal.SIGTERM)  # mid-job
     _, errors = worker.communicate(timeout=180)
     assert worker.returncode == 0, errors

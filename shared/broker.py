@@ -451,6 +451,21 @@ def _folder_transport(folder: str) -> type[filesystem.Transport]:
     """
     if folder not in _FOLDER_TRANSPORTS:
         _FOLDER_TRANSPORTS[folder] = type(
-            "FolderTransport", (filesystem.Transport,), {"global_state": BrokerState()}
+            "FolderTransport",
+            (filesystem.Transport,),
+            {"global_state": BrokerState(), "Channel": _FolderChannel},
         )
     return _FOLDER_TRANSPORTS[folder]
+
+
+class _FolderChannel(filesystem.Channel):
+    """kombu's folder channel, reading a binding table again when it was read while another
+    process rewrote it (the writer empties the file before it takes its lock)."""
+
+    def get_table(self, exchange: str) -> Any:
+        for _ in range(100):
+            try:
+                return super().get_table(exchange)
+            except ValueError:
+                time.sleep(0.01)
+        return super().get_table(exchange)

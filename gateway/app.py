@@ -82,6 +82,7 @@ def create_app(config: GatewayConfig) -> Starlette:
             for kind in ("checkout_limits", "link_limits", "preview_limits"):
                 getattr(app.state, kind).buckets = shared
         background = Background.start(services) if config.background_in_process else None
+        app.state.background = background  # /readyz reports its threads
         try:
             yield
         finally:

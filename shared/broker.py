@@ -3,6 +3,7 @@
     broker = Broker("amqp://guest:guest@rabbit//")     # or filesystem://FOLDER (one machine)
     broker.publish(UPSCALE_QUEUE, body, message_id="job_1:upscale:1")
     broker.consume(EVENTS_QUEUE, handle, prefetch=20, stop=stop)     # until ``stop`` is set
+    broker.keep_consuming(EVENTS_QUEUE, handle, prefetch=20, stop=stop, up=up)  # restarted
 
 Every handler settles each ``Delivery`` once: ``ack()`` when its effect is
 done, ``requeue()`` to have it delivered again, ``dead_letter(reason)`` to
@@ -33,31 +34,40 @@ When ``stop`` is set the consumer stops taking messages and keeps running
 until every delivery it handed out is settled (or ``drain_timeout_s``
 passes; the broker then delivers the rest again). This is the only module
 that uses kombu.
+
+``consume`` raises what its loop cannot survive (a message the transport
+cannot even parse, a bug); ``keep_consuming`` starts it again after a pause
+that doubles up to ``RESTART_MAX_S``, keeping ``up`` clear while it is down,
+for consumers whose process would otherwise go on without them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import amqp.exceptions
 from kombu import Connection, Producer, Queue
-from kombu.exceptions import OperationalError
+from kombu.exceptions import ChannelError, OperationalError
 from kombu.mixins import ConsumerMixin
 from kombu.transport import filesystem
 from kombu.transport.virtual.base import BrokerState
+from kombu.utils import json as kombu_json
 
 from shared.topology import DEAD_QUEUE
 
 log = logging.getLogger(__name__)
 
 SETTLE_INTERVAL_S = 0.2
+RESTART_S, RESTART_MAX_S = 1.0, 30.0
 EXPIRES_HEADER = "x-smi-expires-at"
 # What kombu raises while the broker is away or drops the connection; py-amqp's own
 # connection errors too (ConnectionForced: RabbitMQ closed it, as on a restart or
@@ -188,6 +198,34 @@ class Broker:
         """
         consumer = _Consumer(self, source, handle, prefetch, stop, drain_timeout_s, on_poll)
         consumer.run_until_stopped()
+
+    def keep_consuming(
+        self,
+        source: Queue,
+        handle: Callable[[Delivery], None],
+        *,
+        prefetch: int,
+        stop: threading.Event,
+        up: threading.Event | None = None,
+    ) -> None:
+        """``consume``, started again whenever it dies, until ``stop``; ``up`` is set while
+        it runs. What the dead loop had handed out and not settled, the broker delivers
+        again (its connection is gone)."""
+        up = up if up is not None else threading.Event()
+        delay = RESTART_S
+        while not stop.is_set():
+            up.set()
+            try:
+                self.consume(source, handle, prefetch=prefetch, stop=stop)
+                return
+            except Exception:
+                up.clear()
+                log.exception(
+                    "the %s consumer died; starting it again in %.0f s", source.name, delay
+                )
+                if stop.wait(delay):
+                    return
+                delay = min(delay * 2, RESTART_MAX_S)
 
     def queue_stats(self, names: list[str], timeout_s: float = 3.0) -> dict[str, tuple[int, int]]:
         """Each queue's (messages waiting, consumers attached), on a connection of its own.
@@ -459,8 +497,27 @@ def _folder_transport(folder: str) -> type[filesystem.Transport]:
 
 
 class _FolderChannel(filesystem.Channel):
-    """kombu's folder channel, reading a binding table again when it was read while another
-    process rewrote it (the writer empties the file before it takes its lock)."""
+    """kombu's folder channel, with a message file that appears only whole, and a binding
+    table read again when it was read while another process rewrote it (the writer empties
+    the file before it takes its lock)."""
+
+    def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        # kombu creates the message file, then locks it and writes; a reader takes it
+        # without a lock, so a consumer in another process could take it empty (a
+        # JSONDecodeError that ended that consumer, and the message lost). Written under
+        # a name no reader takes (it does not end in ".<queue>.msg"), then renamed. (The
+        # ignore: kombu's two base classes declare this method differently.)
+        name = f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        final = os.path.join(self.data_folder_out, name)
+        partial = f"{final}.part"
+        try:
+            with open(partial, "wb") as file:
+                file.write(kombu_json.dumps(payload).encode())
+            os.replace(partial, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise ChannelError(f"Cannot add a message to {self.data_folder_out!r}") from exc
 
     def get_table(self, exchange: str) -> Any:
         for _ in range(100):

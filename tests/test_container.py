@@ -97,6 +97,7 @@ def test_the_gateway_image_builds_from_the_wheel_and_is_ready_with_postgresql_an
                 "database": "ok",
                 "broker": "ok",
                 "storage": "ok",
+                "background": "ok",
             }
             scraper = {"Authorization": "Bearer metrics-token-image-0123"}
             assert "smi_jobs" in httpx.get(f"{url}/metrics", headers=scraper, timeout=10).text

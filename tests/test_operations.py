@@ -156,7 +156,12 @@ def test_readyz_names_the_broker_while_it_is_away_and_metrics_add_up_over_proces
             ready = httpx.get(f"{gateway}/readyz", timeout=30).json()
             assert ready == {
                 "ready": True,
-                "checks": {"database": "ok", "broker": "ok", "storage": "ok"},
+                "checks": {
+                    "database": "ok",
+                    "broker": "ok",
+                    "storage": "ok",
+                    "background": "ok",
+                },
             }
             worker_port = free_port()
             system.start_worker(SMI_WORKER_METRICS_PORT=str(worker_port))
@@ -230,6 +235,7 @@ def test_readyz_names_the_broker_while_it_is_away_and_metrics_add_up_over_proces
                 "database": "ok",
                 "broker": "unavailable",
                 "storage": "ok",
+                "background": "ok",
             }
             wait_for(lambda: _status(worker, "/readyz") == 503, timeout=60)
             worker_down = httpx.get(f"{worker}/readyz", timeout=30).json()["checks"]

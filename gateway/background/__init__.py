@@ -59,6 +59,7 @@ class Background:
     threads: list[threading.Thread] = field(default_factory=list)
     stops: list[threading.Event] = field(default_factory=list)
     loops: list[Periodic] = field(default_factory=list)
+    events_up: threading.Event | None = None  # set while the job-events consumer runs
 
     @classmethod
     def start(cls, services: Services) -> Background:
@@ -102,7 +103,9 @@ class Background:
                 max_backoff_s=max(config.seller.reconcile_interval_s, 300.0),
             ),
         ]
-        background = cls(loops=loops)
+        events_up = threading.Event()
+        events_up.set()  # until its consumer is seen to die
+        background = cls(loops=loops, events_up=events_up)
         for loop in loops:
             thread, stop = loop.start()
             background.threads.append(thread)
@@ -110,7 +113,7 @@ class Background:
         events_stop = threading.Event()
         consumer = threading.Thread(
             target=consume_job_events,
-            args=(services.broker, sessions, events_stop),
+            args=(services.broker, sessions, events_stop, events_up),
             name="job-events",
             daemon=True,
         )
@@ -130,6 +133,8 @@ class Background:
         for thread in self.threads:
             if not thread.is_alive():
                 return f"the {thread.name} thread has ended"
+        if self.events_up is not None and not self.events_up.is_set():
+            return "the job-events consumer is restarting"
         now = time.monotonic()
         for loop in self.loops:
             if loop.stuck_for(now) > STUCK_S:

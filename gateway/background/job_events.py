@@ -1,6 +1,6 @@
 """What workers report, applied to jobs: progress, completion, failure.
 
-    consume_job_events(broker, sessions, stop)      # a thread of the gateway, until ``stop``
+    consume_job_events(broker, sessions, stop, up)  # a thread of the gateway, until ``stop``
 
 ``apply_job_event`` runs in one transaction with the job row locked, and
 the status guard makes every event safe to repeat or reorder: a second
@@ -62,11 +62,19 @@ def apply_job_event(session: Session, event: JobEvent) -> str:
 
 
 def consume_job_events(
-    broker: Broker, sessions: sessionmaker[Session], stop: threading.Event
+    broker: Broker,
+    sessions: sessionmaker[Session],
+    stop: threading.Event,
+    up: threading.Event | None = None,
 ) -> None:
-    """Apply ``smi.job-events`` until ``stop``; any number of gateway processes may run one."""
-    broker.consume(
-        EVENTS_QUEUE, partial(apply_delivery, sessions), prefetch=EVENTS_PREFETCH, stop=stop
+    """Apply ``smi.job-events`` until ``stop``, the consumer started again whenever it dies
+    (``up`` clear meanwhile); any number of gateway processes may run one."""
+    broker.keep_consuming(
+        EVENTS_QUEUE,
+        partial(apply_delivery, sessions),
+        prefetch=EVENTS_PREFETCH,
+        stop=stop,
+        up=up,
     )
 
 

@@ -6,7 +6,9 @@ each with a short timeout. Its status is what the process can serve, and
 that takes the database alone: with the broker away, checkouts, payments,
 status pages and refunds go on (the outbox keeps paid jobs until it is
 back), so a broker or storage blip must not take every gateway out of its
-load balancer. The body names each, and metrics and alerts report them:
+load balancer. Where the background threads run in this process, the body
+says whether they all run (``background``), reported, not required. The body
+names each, and metrics and alerts report them:
 
     200 {"ready": true, "checks": {"database": "ok", "broker": "unavailable", "storage": "ok"}}
     503 {"ready": false, "checks": {"database": "unavailable", ...}}
@@ -60,7 +62,16 @@ READINESS = schema(
     obj(
         ("ready", "checks"),
         ready={"type": "boolean", "description": "whether the database answers"},
-        checks=obj(("database", "broker", "storage"), database=CHECK, broker=CHECK, storage=CHECK),
+        checks=obj(
+            ("database", "broker", "storage"),
+            database=CHECK,
+            broker=CHECK,
+            storage=CHECK,
+            background={
+                **CHECK,
+                "description": "the background threads, where they run in this process",
+            },
+        ),
     ),
 )
 
@@ -90,6 +101,12 @@ async def healthz(request: Request) -> Response:
 )
 async def readyz(request: Request) -> Response:
     checks = await run_in_threadpool(readiness, services_of(request))
+    background = getattr(request.app.state, "background", None)
+    if background is not None:
+        problem = background.problem()
+        if problem is not None:
+            log.warning("not ready: %s", problem)
+        checks["background"] = "ok" if problem is None else UNAVAILABLE
     ready = checks["database"] == "ok"  # the broker and storage: reported, not required
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

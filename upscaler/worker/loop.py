@@ -79,7 +79,6 @@ log = logging.getLogger(__name__)
 # Messages in hand at once when pipelined: one being prepared, one ready for
 # the device, one on it, one being finished.
 PIPELINE_PREFETCH = 4
-PREVIEW_RESTART_S, PREVIEW_RESTART_MAX_S = 1.0, 30.0
 REPORT_POLL_S = 0.05
 # How far a job is at each point of its stages (see the module docstring).
 PROGRESS_DECODED = 0.05
@@ -228,18 +227,9 @@ class UpscaleWorker:
         """The preview consumer, started again whenever it dies (as it did when two
         consumers bound the embedded broker's fresh folder at once) until ``stop``; while it
         is down ``/readyz`` says so."""
-        delay = PREVIEW_RESTART_S
-        while not self.stop.is_set():
-            self._previews_up.set()
-            try:
-                self.broker.consume(PREVIEW_QUEUE, self._on_preview, prefetch=1, stop=self.stop)
-                return  # stopped
-            except Exception:
-                self._previews_up.clear()
-                log.exception("the preview consumer died; starting it again in %.0f s", delay)
-                if self.stop.wait(delay):
-                    return
-                delay = min(delay * 2, PREVIEW_RESTART_MAX_S)
+        self.broker.keep_consuming(
+            PREVIEW_QUEUE, self._on_preview, prefetch=1, stop=self.stop, up=self._previews_up
+        )
 
     def readiness(self) -> dict[str, str | None]:
         """What ``/readyz`` reports: ``None`` for each check that passes, else what is wrong

@@ -14,7 +14,6 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.store.database import create_database_engine, migrate, session_factory
 from gateway.store.lifecycle import (
-    DuplicateEventError,
     NewJob,
     Paid,
     UnknownJobError,
@@ -28,6 +27,7 @@ from gateway.store.lifecycle import (
     get_job,
     lock_for_payment,
     mark_paid,
+    settle_event,
     start_processing,
 )
 from gateway.store.tables import OutboxMessage, WebhookEvent
@@ -105,19 +105,26 @@ class TestJobStoreContract:
         Session = session_factory(engine)
         with Session.begin() as session:
             create_job(session, NEW_JOB)
-            claim_event(session, event("evt_1", "checkout.session.completed"))
-        with pytest.raises(DuplicateEventError), Session.begin() as session:
-            claim_event(session, event("evt_1", "checkout.session.completed"))
+            claimed = claim_event(session, event("evt_1", "checkout.session.completed"))
+            assert claimed is not None and claimed.deliveries == 1
+        with Session.begin() as session:  # a duplicate: nothing to apply, its delivery counted
+            assert claim_event(session, event("evt_1", "checkout.session.completed")) is None
         with Session.begin() as session:
-            claim_event(session, event("evt_2", "checkout.session.expired")).outcome = "error"
+            failed = claim_event(session, event("evt_2", "checkout.session.expired"))
+            assert failed is not None
+            settle_event(session, failed, None, "error", "it failed")
         with Session.begin() as session:  # an error rolled its effect back: claimable again
-            assert claim_event(session, event("evt_2", "checkout.session.expired")).deliveries == 2
-        with Session.begin() as session:  # an admin's replay
-            assert claim_event(session, event("evt_1", "x"), replay=True).event_id == "evt_1"
+            again = claim_event(session, event("evt_2", "checkout.session.expired"))
+            assert again is not None and again.deliveries == 2
+            assert (again.outcome, again.detail) == ("error", "it failed")
+        with Session.begin() as session:  # an admin's replay counts no delivery
+            replayed = claim_event(session, event("evt_1", "x"), replay=True)
+            assert replayed is not None and replayed.event_id == "evt_1"
         with Session() as session:
             assert session.scalar(select(func.count()).select_from(WebhookEvent)) == 2
             stored = session.get_one(WebhookEvent, "evt_1")
             assert json.loads(stored.payload or "")["data"]["object"]["id"] == "cs_evt_1"
+            assert stored.deliveries == 2 and stored.type == "checkout.session.completed"
 
     def test_outbox_holds_one_message_per_job_kind_and_attempt(self, engine):
         Session = session_factory(engine)
@@ -139,14 +146,13 @@ class TestJobStoreContract:
 
         def deliver() -> None:
             barrier.wait()
-            try:
-                with Session.begin() as session:
-                    claim_event(session, event("evt_paid", "checkout.session.completed"))
-                    locked = lock_for_payment(session, job_id)
-                    mark_paid(session, job_id, locked, PAID, "evt_paid", [])
-                outcomes.append("applied")
-            except DuplicateEventError:
-                outcomes.append("duplicate")
+            with Session.begin() as session:
+                if claim_event(session, event("evt_paid", "checkout.session.completed")) is None:
+                    outcomes.append("duplicate")
+                    return
+                locked = lock_for_payment(session, job_id)
+                mark_paid(session, job_id, locked, PAID, "evt_paid", [])
+            outcomes.append("applied")
 
         threads = [threading.Thread(target=deliver) for _ in range(5)]
         for thread in threads:
@@ -155,6 +161,7 @@ class TestJobStoreContract:
             thread.join()
         assert sorted(outcomes) == ["applied"] + ["duplicate"] * 4
         with Session() as session:
+            assert session.get_one(WebhookEvent, "evt_paid").deliveries == 5
             assert session.scalar(select(func.count()).select_from(OutboxMessage)) == 1
             pending = [e for e in audit_trail(session, job_id) if e.to_status == "pending"]
             assert len(pending) == 1

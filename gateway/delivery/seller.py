@@ -26,16 +26,17 @@ import smtplib
 import time
 from datetime import timedelta
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, cast
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import SellerConfig
 from gateway.currencies import format_money
 from gateway.delivery.emails import message_id
 from gateway.delivery.mailer import Mailer
+from gateway.store.database import insert_into
 from gateway.store.leases import backoff_s, claim_due
 from gateway.store.tables import Notification, utcnow
 
@@ -71,39 +72,58 @@ def seller_channels(config: SellerConfig) -> tuple[str, ...]:
 def notify_seller(
     session: Session, kind: str, key: str, job_id: str | None = None, **details: Any
 ) -> bool:
-    """Queue a notification of ``kind`` unless one with ``key`` was queued before.
+    """Queue a notification of ``kind`` on each channel, unless that channel's with ``key``
+    was queued before.
 
     Call it in the transaction of the change it reports (with the job locked,
     when there is one). Only the channels the process sends to are queued
-    (``session.info``; all when it does not say). Returns whether it was queued now.
+    (``session.info``; all when it does not say). Returns whether any was queued now.
     """
     if kind not in TITLES:
         raise ValueError(f"unknown seller notification {kind!r}")
     channels = session.info.get(SELLER_CHANNELS, CHANNELS)
     if not channels:
         return False  # the seller listens nowhere: nothing to keep
-    keys = [f"{channel}:{key}" for channel in CHANNELS]
-    if session.scalar(select(Notification.id).where(Notification.key.in_(keys))) is not None:
-        return False
     body = json.dumps(
         {"id": key, "type": kind, "created": int(time.time()), "job_id": job_id, **details},
         sort_keys=True,
     )
-    for channel, channel_key in zip(CHANNELS, keys, strict=True):
-        if channel not in channels:
-            continue
-        session.add(
-            Notification(
-                key=channel_key,
-                channel=channel,
-                kind=kind,
-                job_id=job_id,
-                body=body,
-                attempts=0,
-                next_attempt_at=utcnow(),
-            )
+    rows = [
+        {
+            "key": f"{channel}:{key}",
+            "channel": channel,
+            "kind": kind,
+            "job_id": job_id,
+            "body": body,
+            "attempts": 0,
+            "next_attempt_at": utcnow(),
+        }
+        for channel in CHANNELS
+        if channel in channels
+    ]
+    if not rows:
+        return False
+    # One statement: a key queued before (by this change, or one that came again) stays.
+    return bool(session.execute(_queue_once(session), rows).all())
+
+
+_NOTIFICATIONS = cast(Table, Notification.__table__)
+_QUEUE_ONCE: dict[str, Any] = {}  # by dialect; built once, SQLAlchemy caches it compiled
+
+
+def _queue_once(session: Session) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect not in _QUEUE_ONCE:
+        _QUEUE_ONCE[dialect] = (
+            insert_into(session, _NOTIFICATIONS)
+            .values({name: bindparam(name) for name in _NOTIFICATION_FIELDS})
+            .on_conflict_do_nothing(index_elements=[_NOTIFICATIONS.c.key])
+            .returning(_NOTIFICATIONS.c.id)
         )
-    return True
+    return _QUEUE_ONCE[dialect]
+
+
+_NOTIFICATION_FIELDS = ("key", "channel", "kind", "job_id", "body", "attempts", "next_attempt_at")
 
 
 def sign(body: bytes, secret: str, timestamp: int) -> str:

@@ -29,7 +29,7 @@ from dataclasses import replace
 from typing import Any
 
 import stripe
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -56,12 +56,12 @@ from gateway.money.stripe_objects import (
 )
 from gateway.store import ledger
 from gateway.store.lifecycle import (
-    DuplicateEventError,
     UnknownJobError,
     claim_event,
     customer_forgotten,
     get_job,
     impersonal,
+    settle_event,
 )
 from gateway.store.tables import UNSTORABLE, EventOutcome, Job, Payment, WebhookEvent, utcnow
 from shared.failpoints import failpoint
@@ -171,31 +171,25 @@ def apply_event(
     context = {"event_id": event.id, "type": event.type}
     try:
         with sessions.begin() as session:
-            row = claim_event(session, event.payload, replay=replay)
-            before = row.outcome
+            named = stripe_object.job_id if isinstance(stripe_object, CHECKOUT_OBJECTS) else None
+            claimed = claim_event(session, event.payload, replay=replay, job_id=named)
+            if claimed is None:
+                return "duplicate"  # its delivery counted, in that one statement
             job_id, changed = _handle(session, event.type, stripe_object, f"stripe:{event.id}")
-            row.job_id = job_id
+            detail, payload = None, None
             if event.type not in HANDLED_TYPES:
-                row.outcome, row.detail = EventOutcome.IGNORED, "not a type the gateway acts on"
+                outcome, detail = EventOutcome.IGNORED, "not a type the gateway acts on"
             elif job_id is None:
-                row.outcome, row.detail = EventOutcome.IGNORED, "about no job of ours"
+                outcome, detail = EventOutcome.IGNORED, "about no job of ours"
             else:
-                row.outcome = EventOutcome.APPLIED if changed else EventOutcome.NO_CHANGE
-                row.detail = f"replayed by an admin (it was {before})" if replay else None
-                job = session.get(Job, job_id)
-                if job is not None and customer_forgotten(job):  # erased: kept erased
-                    row.payload = json.dumps(impersonal(event.payload))
+                outcome = EventOutcome.APPLIED if changed else EventOutcome.NO_CHANGE
+                if replay:
+                    detail = f"replayed by an admin (it was {claimed.outcome})"
+                if customer_forgotten(session, job_id):  # erased: kept erased
+                    payload = json.dumps(impersonal(event.payload))
+            settle_event(session, claimed, job_id, outcome, detail, payload)
             failpoint("webhook.applied")
-            outcome = str(row.outcome)
         failpoint("webhook.committed")
-    except DuplicateEventError:
-        if _count_delivery(sessions, event.id) == EventOutcome.ERROR:
-            # A concurrent delivery failed and rolled back just now: not applied yet.
-            raise EventTooEarlyError(
-                "another delivery of this event failed a moment ago; it is applied when "
-                "delivered again"
-            ) from None
-        return "duplicate"
     except UnknownJobError as exc:
         log.warning("event for an unknown job", extra={**context, "job_id": exc.job_id})
         _record(sessions, event, EventOutcome.UNKNOWN_JOB, f"no job {exc.job_id}")
@@ -207,7 +201,7 @@ def apply_event(
         _record(sessions, event, EventOutcome.ERROR, f"{type(exc).__name__}: {exc}")
         raise
     log.info("event %s", outcome, extra={**context, "job_id": job_id})
-    return outcome
+    return str(outcome)
 
 
 def replay_event(sessions: sessionmaker[Session], event_id: str, payments: Payments) -> str:
@@ -310,18 +304,3 @@ def _record(sessions: sessionmaker[Session], event: StripeEvent, outcome: str, d
             row.last_received_at = utcnow()
     except Exception:
         log.exception("could not store the event's outcome", extra={"event_id": event.id})
-
-
-def _count_delivery(sessions: sessionmaker[Session], event_id: str) -> str | None:
-    """Count one more delivery of a stored event; returns its stored outcome."""
-    try:
-        with sessions.begin() as session:
-            return session.scalar(
-                update(WebhookEvent)
-                .where(WebhookEvent.event_id == event_id)
-                .values(deliveries=WebhookEvent.deliveries + 1, last_received_at=utcnow())
-                .returning(WebhookEvent.outcome)
-            )
-    except Exception:
-        log.exception("could not count a duplicate delivery", extra={"event_id": event_id})
-        return None

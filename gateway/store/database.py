@@ -3,6 +3,7 @@
 >>> engine = create_database_engine("sqlite:///var/gateway.sqlite3")
 >>> migrate(engine)                 # alembic upgrade head
 >>> with session_factory(engine)() as session: ...
+>>> session.execute(insert_into(session, Source).values(...).on_conflict_do_nothing())
 """
 
 from __future__ import annotations
@@ -15,9 +16,18 @@ from typing import Any
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def insert_into(session: Session, entity: Any) -> Any:
+    """An INSERT of ``entity`` in the session's own dialect, which has ``ON CONFLICT``
+    (``on_conflict_do_nothing``, ``on_conflict_do_update``): both our databases do."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(entity)
+    return sqlite.insert(entity)
 
 
 def create_database_engine(url: str, **options: Any) -> Engine:

@@ -16,7 +16,7 @@ IMMEDIATE``), checks the move against ``shared.jobs`` (an illegal one is
 logged and raises ``IllegalTransitionError``), sets what the customer is
 told and writes an audit row. Effects that must happen once are guarded by
 unique keys in the same transaction (``claim_event``, the outbox's (job,
-kind, attempt)), so a duplicate delivery rolls back whole.
+kind, attempt)): a duplicate delivery changes nothing but its count.
 """
 
 from __future__ import annotations
@@ -29,12 +29,10 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.store import ledger
+from gateway.store.database import insert_into
 from gateway.store.tables import (
     AuditEntry,
     EventOutcome,
@@ -105,10 +103,6 @@ class UnknownJobError(LookupError):
         self.job_id = job_id
 
 
-class DuplicateEventError(Exception):
-    """Raised by ``claim_event`` when a Stripe event already took effect."""
-
-
 def new_job_id() -> str:
     """An unguessable job id (128 random bits)."""
     return "job_" + secrets.token_urlsafe(16)
@@ -134,10 +128,7 @@ def hold_source(session: Session, key: str) -> None:
     """Lock the stored source ``key`` for this transaction (its row made if need be): a
     checkout that will use it and a retention pass that may delete it take turns."""
     values = {"key": key, "used_at": utcnow()}
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(pg_insert(Source).values(values).on_conflict_do_nothing())
-    else:
-        session.execute(sqlite_insert(Source).values(values).on_conflict_do_nothing())
+    session.execute(insert_into(session, Source).values(values).on_conflict_do_nothing())
     session.execute(update(Source).where(Source.key == key).values(used_at=utcnow()))
 
 
@@ -150,10 +141,11 @@ def forget_customer(job: Job) -> None:
     job.checkout_url = None
 
 
-def customer_forgotten(job: Job) -> bool:
+def customer_forgotten(session: Session, job_id: str) -> bool:
     """Whether ``forget_customer`` erased this job's customer (no job is sold without an
-    image address otherwise)."""
-    return job.image_url == "" and job.customer_email is None
+    image address otherwise), read without loading the job."""
+    found = session.execute(_ERASED_OR_NOT, {"job_id": job_id}).one_or_none()
+    return found is not None and found.image_url == "" and found.customer_email is None
 
 
 # In a Stripe object, what is the buyer's own: their details, and every address of theirs.
@@ -533,40 +525,99 @@ def record_audit(session: Session, job: Job, reason: str, source: str) -> None:
     )
 
 
-def claim_event(session: Session, event: dict[str, Any], *, replay: bool = False) -> WebhookEvent:
-    """Store a Stripe event as taking effect now; ``DuplicateEventError`` if it already did.
+@dataclass(frozen=True)
+class ClaimedEvent:
+    """A Stripe event claimed in this transaction: its row as it stands."""
 
-    Call it first in the transaction that applies the event, and roll that
-    transaction back on ``DuplicateEventError``. An event stored with outcome
-    ``error`` or ``unknown job`` (its effect rolled back) may be claimed
-    again, any event by a ``replay``. On PostgreSQL a concurrent claim of the
-    same id waits for the first transaction and then fails here, which is
-    what makes five simultaneous deliveries take effect once.
+    event_id: str
+    job_id: str | None
+    outcome: str
+    detail: str | None
+    deliveries: int
+
+
+def claim_event(
+    session: Session, event: dict[str, Any], *, replay: bool = False, job_id: str | None = None
+) -> ClaimedEvent | None:
+    """Store a Stripe event as taking effect now; ``None`` if it already did.
+
+    Call it first in the transaction that applies the event, then
+    ``settle_event`` with what it did. ``None`` is a duplicate: its delivery
+    is counted in this transaction, so commit it and apply nothing. An event
+    stored with outcome ``error`` or ``unknown job`` (its effect rolled back)
+    is claimed again, any event by a ``replay`` (which counts no delivery).
+    One statement, an insert that counts a delivery instead where the id is
+    taken: on PostgreSQL a concurrent claim of the same id waits for the
+    first transaction, then counts, which is what makes five simultaneous
+    deliveries take effect once. ``job_id``, the job the event names where
+    that is known before it is applied, is stored with a new row.
     """
-    event_id = str(event["id"])
     now = utcnow()
-    row = session.get(WebhookEvent, event_id, with_for_update=True)
-    if row is not None:
-        if not replay and row.outcome not in (EventOutcome.ERROR, EventOutcome.UNKNOWN_JOB):
-            raise DuplicateEventError(event_id)
-        row.deliveries += 0 if replay else 1
-        row.last_received_at = now
-        return row
-    row = WebhookEvent(
-        event_id=event_id,
-        type=str(event["type"]),
-        payload=json.dumps(event),
-        outcome=EventOutcome.APPLIED,
-        deliveries=1,
-        received_at=now,
-        last_received_at=now,
+    values = {
+        "event_id": str(event["id"]),
+        "type": str(event["type"]),
+        "job_id": job_id,
+        "payload": json.dumps(event),
+        "outcome": EventOutcome.APPLIED,
+        "now": now,
+        "counted": 0 if replay else 1,
+    }
+    found = session.execute(_claim(session), values).one()
+    claimed = ClaimedEvent(
+        found.event_id, found.job_id, found.outcome, found.detail, found.deliveries
     )
-    session.add(row)
-    try:
-        session.flush()
-    except IntegrityError as exc:
-        raise DuplicateEventError(event_id) from exc
-    return row
+    fresh = claimed.deliveries == 1  # a stored row had a delivery before this one
+    if fresh or replay or claimed.outcome in (EventOutcome.ERROR, EventOutcome.UNKNOWN_JOB):
+        return claimed
+    return None
+
+
+def settle_event(
+    session: Session,
+    claimed: ClaimedEvent,
+    job_id: str | None,
+    outcome: str,
+    detail: str | None,
+    payload: str | None = None,
+) -> None:
+    """Store what a claimed event did (``payload``: a new one to keep instead, if any);
+    nothing is written when the claim already says so."""
+    changed = (job_id, outcome, detail) != (claimed.job_id, claimed.outcome, claimed.detail)
+    if not changed and payload is None:
+        return
+    values: dict[str, Any] = {"job_id": job_id, "outcome": outcome, "detail": detail}
+    if payload is not None:
+        values["payload"] = payload
+    session.execute(update(_EVENTS).where(_EVENTS.c.event_id == claimed.event_id).values(values))
+
+
+def _claim(session: Session) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect not in _CLAIMS:
+        new_row = insert_into(session, _EVENTS).values(
+            event_id=bindparam("event_id"),
+            type=bindparam("type"),
+            job_id=bindparam("job_id"),
+            payload=bindparam("payload"),
+            outcome=bindparam("outcome"),
+            deliveries=1,
+            received_at=bindparam("now"),
+            last_received_at=bindparam("now"),
+        )
+        _CLAIMS[dialect] = new_row.on_conflict_do_update(
+            index_elements=[_EVENTS.c.event_id],
+            set_={
+                "deliveries": _EVENTS.c.deliveries + bindparam("counted"),
+                "last_received_at": bindparam("now"),
+            },
+        ).returning(
+            _EVENTS.c.event_id,
+            _EVENTS.c.job_id,
+            _EVENTS.c.outcome,
+            _EVENTS.c.detail,
+            _EVENTS.c.deliveries,
+        )
+    return _CLAIMS[dialect]
 
 
 def add_outbox_message(session: Session, job: Job, kind: str, body: str, attempt: int = 1) -> None:
@@ -591,6 +642,11 @@ def audit_trail(session: Session, job_id: str) -> list[AuditEntry]:
 _JOBS = cast(Table, Job.__table__)
 _AUDIT = cast(Table, AuditEntry.__table__)
 _OUTBOX = cast(Table, OutboxMessage.__table__)
+_EVENTS = cast(Table, WebhookEvent.__table__)
+_CLAIMS: dict[str, Any] = {}  # by dialect
+_ERASED_OR_NOT = select(_JOBS.c.image_url, _JOBS.c.customer_email).where(
+    _JOBS.c.id == bindparam("job_id")
+)
 _LOCK_JOB = (
     select(
         _JOBS.c.status,

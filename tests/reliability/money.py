@@ -27,8 +27,11 @@ LIVE_REFUNDS = ("succeeded", "pending")
 
 def problems(system: System) -> list[str]:
     """What breaks an invariant right now (an empty list: the money is right)."""
-    sessions = [s.to_dict() for s in system.stripe.v1.checkout.sessions.list({"limit": 100})]
-    refunds = [r.to_dict() for r in system.stripe.v1.refunds.list({"limit": 100})]
+    stripe = system.stripe.v1
+    sessions = [
+        s.to_dict() for s in stripe.checkout.sessions.list({"limit": 100}).auto_paging_iter()
+    ]
+    refunds = [r.to_dict() for r in stripe.refunds.list({"limit": 100}).auto_paging_iter()]
     engine = create_database_engine(system.env["SMI_DATABASE_URL"])
     try:
         with session_factory(engine)() as session:

@@ -122,9 +122,16 @@ PYTEST_ARGS ?= -n 4 --dist loadfile
 test: setup browser ops-tools container-tools wordpress lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# For development: everything but the tests marked slow (the fault suite, whole-system runs).
-test-fast: setup ops-tools wordpress lint
-	$(BIN)/pytest $(PYTEST_ARGS) -m "not slow"
+# For development: the gateway, its stores, money and HTTP contract, on SQLite and
+# PostgreSQL (about 700 tests, 3 minutes on 2 cores). Left to `make test`: the tests marked
+# slow and these files, which run the model, browsers, containers or whole systems.
+HEAVY_TESTS := test_api_fuzz test_browser test_cli test_container test_dashboard_browser \
+	test_fused test_gateway_cli test_gpu_run test_operations test_packaging test_pipeline \
+	test_precision test_previews test_storage_s3 test_system test_system_hosts test_system_s3 \
+	test_wordpress test_wordpress_plugin test_worker
+test-fast: setup ops-tools
+	$(BIN)/pytest $(PYTEST_ARGS) -m "not slow" --ignore=tests/reliability \
+		$(foreach name,$(HEAVY_TESTS),--ignore=tests/$(name).py)
 
 BENCH := $(BIN)/smi-bench --input-size 128 --tile 64 --overlap 10 --baseline --no-seams --warmup 1 --repeat 15
 

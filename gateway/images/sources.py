@@ -77,11 +77,19 @@ class SourceImage:
     small: np.ndarray  # upright 8-bit gray, about an eighth of each side
 
 
+# One TLS context for every fetch: httpx builds a new one for each client otherwise, loading
+# the CA bundle each time (about 10-20 ms of CPU, half a checkout's). Sharing it across
+# threads is what it is made for.
+_TLS = httpx.create_ssl_context()
+
+
 def fetch_source(url: str, policy: SourcePolicy) -> SourceImage:
     """Fetch and check one image; ``SourceImageError`` says what was wrong, for the customer."""
     deadline = time.monotonic() + policy.timeout_s
     # Images are compressed already: ask for them as they are.
-    client = httpx.Client(follow_redirects=False, headers={"Accept-Encoding": "identity"})
+    client = httpx.Client(
+        follow_redirects=False, headers={"Accept-Encoding": "identity"}, verify=_TLS
+    )
     watchdog = threading.Timer(policy.timeout_s, client.close)  # the one deadline
     watchdog.daemon = True
     watchdog.start()

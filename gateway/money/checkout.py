@@ -26,6 +26,7 @@ from gateway.store.lifecycle import (
     get_job,
     hold_source,
     new_job_id,
+    record_checkout_session,
 )
 from shared.models import MODELS
 from shared.storage import Storage, source_key_for
@@ -154,9 +155,7 @@ def start_checkout(
             )
         raise
     with sessions.begin() as session:
-        job = get_job(session, job_id, lock=True)
-        job.stripe_session_id = checkout.id
-        job.checkout_url = str(checkout.url)
+        record_checkout_session(session, job_id, checkout.id, str(checkout.url))
     log.info(
         "checkout created",
         extra={"job_id": job_id, "session_id": checkout.id, "amount_cents": quote.amount_cents},

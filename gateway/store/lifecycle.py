@@ -200,6 +200,14 @@ def create_job(session: Session, new: NewJob, job_id: str | None = None) -> Job:
     return job
 
 
+def record_checkout_session(session: Session, job_id: str, session_id: str, url: str) -> None:
+    """The Checkout Session made for a new job: its id and the address the buyer pays at
+    (one statement; the job's status does not move)."""
+    session.execute(
+        _SET_CHECKOUT, {"job_id": job_id, "stripe_session_id": session_id, "checkout_url": url}
+    )
+
+
 def get_job(session: Session, job_id: str, *, lock: bool = False) -> Job:
     """The job, locked for update when ``lock``; ``UnknownJobError`` if there is none."""
     query = select(Job).where(Job.id == job_id)
@@ -644,6 +652,13 @@ _AUDIT = cast(Table, AuditEntry.__table__)
 _OUTBOX = cast(Table, OutboxMessage.__table__)
 _EVENTS = cast(Table, WebhookEvent.__table__)
 _CLAIMS: dict[str, Any] = {}  # by dialect
+_SET_CHECKOUT = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("job_id"))
+    .values(
+        stripe_session_id=bindparam("stripe_session_id"), checkout_url=bindparam("checkout_url")
+    )
+)
 _ERASED_OR_NOT = select(_JOBS.c.image_url, _JOBS.c.customer_email).where(
     _JOBS.c.id == bindparam("job_id")
 )

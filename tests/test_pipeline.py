@@ -217,6 +217,7 @@ def test_same_pixels_as_realesrganer_untiled(layout, x4plus, reference, cat_crop
     assert np.abs(ours.astype(np.int64) - nearest.astype(np.int64)).mean() > 1
 
 
+@pytest.mark.timeout(1200)  # the suite's heaviest model test: four runs of x4plus at 128x128
 def test_seams_are_half_of_realesrganer_on_fur(registry):
     """At the same tile size our default overlap leaves at most half RealESRGANer's seam error."""
     spec = registry.get("RealESRGAN_x4plus")
